@@ -1,0 +1,270 @@
+"""Structured calls to the student (vLLM) and the teacher (any OpenAI-compatible API).
+
+Every call asks for JSON matching a pydantic model (``response_format`` json_schema), validates the
+reply, retries transient failures (connection errors, timeouts, 429, 5xx) with exponential backoff,
+and fails with an ``LLMError`` whose message names the server URL and the reason.
+All calls of one client share a concurrency bound, so a burst of requests reaches vLLM as one batch
+without flooding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import httpx
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, ValidationError
+
+from bot.config import ConfigError, Settings
+
+T = TypeVar("T", bound=BaseModel)
+
+MAX_RETRY_AFTER_S = 60.0
+
+
+class LLMError(Exception):
+    """A model call failed; the message says which server and why."""
+
+
+class LLMUnavailable(LLMError):
+    """The server could not be reached, timed out, or kept failing (5xx, 429) through all retries."""
+
+
+class LLMRejected(LLMError):
+    """The server refused the request (4xx other than 429): unknown model, bad adapter, bad input."""
+
+
+class LLMBadAnswer(LLMError):
+    """The reply did not match the requested schema (or was cut off by ``max_tokens``)."""
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    value: T
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    value = exc.response.headers.get("retry-after")
+    try:
+        return min(float(value), MAX_RETRY_AFTER_S) if value is not None else None
+    except ValueError:
+        return None
+
+
+def response_format(answer_type: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAI ``response_format`` asking for JSON that matches ``answer_type``."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": answer_type.__name__,
+            "schema": answer_type.model_json_schema(),
+            "strict": True,
+        },
+    }
+
+
+class LLMClient:
+    """One OpenAI-compatible server (the student's vLLM or the teacher)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        role: str,
+        timeout_s: float = 120.0,
+        max_retries: int = 3,
+        concurrency: int = 16,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.role = role
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        # Retries are ours (uniform policy and error messages), so the SDK's own are off.
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=api_key, timeout=timeout_s, max_retries=0
+        )
+        self._api_key = api_key
+        self._slots = asyncio.Semaphore(concurrency)
+
+    @classmethod
+    def student(cls, settings: Settings) -> LLMClient:
+        return cls(
+            str(settings.student_base_url),
+            settings.student_api_key.get_secret_value(),
+            role="student",
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+        )
+
+    @classmethod
+    def teacher(cls, settings: Settings) -> LLMClient:
+        if settings.teacher_base_url is None or not settings.teacher_model:
+            raise ConfigError(
+                "the teacher is not configured: set REVIEWBOT_TEACHER_BASE_URL and REVIEWBOT_TEACHER_MODEL"
+            )
+        key = settings.teacher_api_key.get_secret_value() if settings.teacher_api_key else "EMPTY"
+        return cls(
+            str(settings.teacher_base_url),
+            key,
+            role="teacher",
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    def _where(self) -> str:
+        return f"{self.role} model server at {self.base_url}"
+
+    async def ask(
+        self,
+        messages: Sequence[ChatCompletionMessageParam],
+        answer_type: type[T],
+        model: str,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+    ) -> Answer[T]:
+        """Ask ``model`` (a base model or adapter name) for an answer of ``answer_type``."""
+        async with self._slots:
+            started = time.perf_counter()
+            completion = await self._with_retries(
+                lambda: self._client.chat.completions.create(
+                    model=model,
+                    messages=list(messages),
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    response_format=response_format(answer_type),  # type: ignore[arg-type]
+                )
+            )
+            seconds = time.perf_counter() - started
+        choice = completion.choices[0]
+        content = choice.message.content or ""
+        if choice.finish_reason == "length":
+            raise LLMBadAnswer(
+                f"{self._where()}: the answer of {model} was cut off at max_tokens={max_tokens}: "
+                f"{content[:200]!r}"
+            )
+        try:
+            value = answer_type.model_validate_json(content)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            raise LLMBadAnswer(
+                f"{self._where()}: the answer of {model} does not match {answer_type.__name__} "
+                f"({problems}): {content[:200]!r}"
+            ) from None
+        usage = completion.usage
+        return Answer(
+            value=value,
+            model=model,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            seconds=seconds,
+        )
+
+    async def ask_many(
+        self,
+        conversations: Sequence[Sequence[ChatCompletionMessageParam]],
+        answer_type: type[T],
+        model: str,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        on_done: Callable[[], None] | None = None,
+    ) -> list[Answer[T] | LLMError]:
+        """Send all conversations at once (bounded by the client's concurrency); answers come back
+        in order, and a call that failed after its retries is returned as its ``LLMError``."""
+
+        async def one(messages: Sequence[ChatCompletionMessageParam]) -> Answer[T] | LLMError:
+            try:
+                return await self.ask(
+                    messages, answer_type, model, temperature=temperature, max_tokens=max_tokens
+                )
+            except LLMError as exc:
+                return exc
+            finally:
+                if on_done is not None:
+                    on_done()
+
+        return list(await asyncio.gather(*(one(m) for m in conversations)))
+
+    async def list_models(self) -> list[str]:
+        """Names the server serves: the base model and every loaded adapter."""
+        page = await self._with_retries(lambda: self._client.models.list())
+        return [m.id for m in page.data]
+
+    async def load_lora_adapter(self, name: str, path: str) -> None:
+        """Make vLLM serve the adapter at ``path`` (a path on the vLLM host) as ``name``.
+
+        Needs the server started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
+        """
+        url = f"{self.base_url}/load_lora_adapter"
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+                response = await http.post(
+                    url,
+                    json={"lora_name": name, "lora_path": path},
+                    headers={"Authorization": f"Bearer {self._api_key}"},
+                )
+        except httpx.HTTPError as exc:
+            raise LLMUnavailable(f"{self._where()} unreachable: {_root_cause(exc)}") from exc
+        if response.status_code >= 400:
+            raise LLMRejected(
+                f"{self._where()} refused adapter {name!r} from {path}: "
+                f"HTTP {response.status_code} {response.text[:500]}"
+            )
+
+    async def _with_retries(self, call: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            delay: float | None = None
+            try:
+                return await call()
+            except openai.APITimeoutError as exc:
+                reason = f"no answer within {self.timeout_s:g} s"
+                failure: Exception = exc
+            except openai.APIConnectionError as exc:
+                reason = _root_cause(exc)
+                failure = exc
+            except (openai.RateLimitError, openai.InternalServerError) as exc:
+                reason = f"HTTP {exc.status_code}: {exc.message}"
+                delay = _retry_after(exc)
+                failure = exc
+            except openai.APIStatusError as exc:
+                raise LLMRejected(f"{self._where()} refused the request: {exc.message}") from exc
+            if attempt >= self.max_retries:
+                raise LLMUnavailable(
+                    f"{self._where()} unreachable: {reason} (after {attempt + 1} attempts)"
+                ) from failure
+            if delay is None:
+                delay = self.backoff_s * 2**attempt * (1 + random.random() / 4)
+            attempt += 1
+            await asyncio.sleep(delay)

@@ -1,0 +1,170 @@
+"""Database tables of the whole product (SQLModel). Every change here needs an Alembic migration.
+
+Enumerated columns are plain strings (validated by the ``StrEnum``s below), so adding a value
+never needs a database migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import JSON, Column, Field, SQLModel
+
+
+# Named constraints, so later migrations can alter them on SQLite (batch mode) and PostgreSQL alike.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _when(**kwargs: Any) -> Any:
+    return Field(sa_type=sa.DateTime(timezone=True), **kwargs)
+
+
+class Forge(StrEnum):
+    GITLAB = "gitlab"
+    GITHUB = "github"
+
+
+class Severity(StrEnum):
+    """Ordered from most to least severe; see ``rank``."""
+
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    TRIVIAL = "trivial"
+
+    @property
+    def rank(self) -> int:
+        """Higher is more severe: critical 3 … trivial 0."""
+        return len(Severity) - 1 - list(Severity).index(self)
+
+
+class ReviewStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # the MR moved to a newer head before this review ran
+
+
+class Side(StrEnum):
+    NEW = "new"  # added or context line, numbered in the new file
+    OLD = "old"  # removed line, numbered in the old file
+
+
+class ModelStatus(StrEnum):
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Project(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("forge", "forge_url", "path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    forge: str = Field(max_length=16)
+    forge_url: str = Field(max_length=512)
+    path: str = Field(max_length=512, description="namespace/project on GitLab, owner/repo on GitHub")
+    forge_project_id: str | None = Field(default=None, max_length=64)
+    webhook_secret: str = Field(max_length=256)
+    token_env: str | None = Field(default=None, max_length=128, description="variable holding the API token")
+    severity_threshold: str = Field(default=Severity.MINOR, max_length=16)
+    ignore_globs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    enabled: bool = True
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Review(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_review_project_mr", "project_id", "mr_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(foreign_key="project.id")
+    mr_number: int
+    head_sha: str = Field(max_length=64)
+    base_sha: str | None = Field(default=None, max_length=64)
+    status: str = Field(default=ReviewStatus.QUEUED, max_length=16)
+    error: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _when(default_factory=utcnow)
+    started_at: datetime | None = _when(default=None)
+    finished_at: datetime | None = _when(default=None)
+
+
+class Finding(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    review_id: int = Field(foreign_key="review.id", index=True)
+    path: str = Field(max_length=1024)
+    line: int | None = Field(default=None, description="None for a file-level finding")
+    side: str = Field(default=Side.NEW, max_length=8)
+    severity: str = Field(max_length=16)
+    title: str = Field(max_length=512)
+    review: str = Field(description="what the reviewer (the model) wrote about the code")
+    explanation: str = ""
+    code: str = Field(default="", description="the code the finding judged, as shown to the model")
+    fingerprint: str = Field(max_length=64, index=True)
+    forge_comment_id: str | None = Field(default=None, max_length=128, index=True)
+    model_version: str = Field(max_length=128)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Feedback(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    finding_id: int = Field(foreign_key="finding.id", index=True)
+    kind: str = Field(max_length=32, description="reaction, reply, severity, dismiss, resolved, addressed")
+    value: str = ""
+    author: str = Field(default="", max_length=256)
+    created_at: datetime = _when(default_factory=utcnow)
+    source_event_id: str = Field(max_length=256, unique=True, description="award/comment id or poll snapshot")
+
+
+class Delivery(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("forge", "delivery_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    forge: str = Field(max_length=16)
+    delivery_id: str = Field(max_length=256)
+    received_at: datetime = _when(default_factory=utcnow)
+    outcome: str = Field(default="", max_length=256, description="what was done with it, or why ignored")
+
+
+class ModelVersion(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=32, index=True)
+    adapter_name: str = Field(max_length=128, unique=True, description="served name, never reused")
+    path: str = Field(max_length=1024)
+    base_model: str = Field(max_length=256)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default=ModelStatus.CANDIDATE, max_length=16)
+    created_at: datetime = _when(default_factory=utcnow)
+    promoted_at: datetime | None = _when(default=None)
+
+
+class FlywheelRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=32, index=True)
+    status: str = Field(default=RunStatus.RUNNING, max_length=16)
+    rounds: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False),
+        description="one entry per round: scores, sizes, timings, adapter name",
+    )
+    error: str | None = None
+    started_at: datetime = _when(default_factory=utcnow)
+    finished_at: datetime | None = _when(default=None)

@@ -1,0 +1,123 @@
+"""Builds a tiny Llama-architecture student at test time: no download, seconds on a CPU.
+
+The tokenizer is a byte-level BPE trained here with ``tokenizers``; the chat template follows
+Llama 3's layout but ends the generation prompt on a lone newline, a pre-token of its own, so the
+tokens of ``prompt`` are always a prefix of the tokens of ``prompt + answer`` (training relies on it).
+``head_dim`` is 64 because vLLM's CPU attention rejects smaller heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BOS, HEADER_START, HEADER_END, EOT, PAD = (
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|pad|>",
+)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n{{ message['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n{% endif %}"
+)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+_CORPUS = [
+    'You rate the severity of an issue found in code review: critical, major, minor or trivial.',
+    'Answer with JSON: {"issue_type": "major"} {"issue_type": "minor"} {"issue_type": "critical"}',
+    '{"issue_type": "trivial"} {"explanation": "The change can crash at runtime."}',
+    '{"findings": [{"line": 12, "side": "new", "review": "This leaks the file handle."}]}',
+    "def load(path):\n    with open(path) as f:\n        return json.load(f)\n",
+    "+    if user is None:\n-    return None\n     for item in items:\n",
+    "SQL injection: the query is built by string formatting from user input.",
+    "Unused import. Typo in the docstring. Missing null check before dereference.",
+    "Race condition: the lock is released before the counter is written back.",
+    "class Handler:\n    def __init__(self, client):\n        self.client = client\n",
+    "function render(props) { return props.items.map((x) => x.name); }",
+    "0123456789 []{}():;,.=<>+-*/%!?&|^~'\"`@#$\\_ \t\n",
+]
+
+
+@dataclass(frozen=True)
+class TinyStudent:
+    path: Path
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path
+
+
+def build_tokenizer(dest: Path, vocab_size: int = 768) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, HEADER_START, HEADER_END, EOT, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD, chat_template=CHAT_TEMPLATE
+    )
+    fast.save_pretrained(dest)
+
+
+def build_tiny_student(dest: Path, seed: int = 0) -> TinyStudent:
+    """A random-weights Llama (2 layers, hidden 128, 2 heads of 64) with its tokenizer, in bf16."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    build_tokenizer(dest)
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    model.save_pretrained(dest)
+    return TinyStudent(dest)
+
+
+def build_lora_adapter(student: TinyStudent, dest: Path, seed: int, rank: int = 8) -> Path:
+    """A LoRA adapter loadable by vLLM (all linear layers, no bias, no modules_to_save) whose
+    random, non-zero B matrices visibly change the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(student.path, dtype=torch.bfloat16)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=LORA_TARGETS,
+        lora_dropout=0.0,
+        bias="none",
+        init_lora_weights=False,  # peft's default zero-initialises B, which would make the adapter a no-op
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+    model.save_pretrained(dest)
+    return dest

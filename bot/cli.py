@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -15,7 +14,7 @@ from bot.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
     name="reviewbot",
-    help="Self-hosted code-review bot for GitLab and GitHub, with a small model that learns from its reviewers.",
+    help="Self-hosted code-review bot for GitLab and GitHub; its small model learns from its reviewers.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -30,7 +29,10 @@ def _group(name: str, help_text: str) -> typer.Typer:
 
 db_app = _group("db", "Database schema: create or upgrade it.")
 _group("serve", "Run the API (webhooks, admin) with an embedded job consumer. No commands yet.")
-_group("worker", "Run job consumers (reviews, feedback polling, training) as separate processes. No commands yet.")
+_group(
+    "worker",
+    "Run job consumers (reviews, feedback polling, training) as separate processes. No commands yet.",
+)
 _group("review", "Review a local git range with the student model, without any forge. No commands yet.")
 _group("project", "Projects on GitLab or GitHub: add, list, configure. No commands yet.")
 _group("feedback", "Reviewers' reactions: list, export as training data, statistics. No commands yet.")
@@ -94,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

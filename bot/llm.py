@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, ValidationError
 
 from bot.config import ConfigError, Settings
@@ -67,7 +68,7 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         return None
 
 
-def response_format(answer_type: type[BaseModel]) -> dict[str, Any]:
+def response_format(answer_type: type[BaseModel]) -> ResponseFormatJSONSchema:
     """The OpenAI ``response_format`` asking for JSON that matches ``answer_type``."""
     return {
         "type": "json_schema",
@@ -162,7 +163,7 @@ class LLMClient:
                     messages=list(messages),
                     temperature=temperature,
                     max_tokens=max_tokens,
-                    response_format=response_format(answer_type),  # type: ignore[arg-type]
+                    response_format=response_format(answer_type),
                 )
             )
             seconds = time.perf_counter() - started

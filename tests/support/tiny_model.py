@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 _CORPUS = [
-    'You rate the severity of an issue found in code review: critical, major, minor or trivial.',
+    "You rate the severity of an issue found in code review: critical, major, minor or trivial.",
     'Answer with JSON: {"issue_type": "major"} {"issue_type": "minor"} {"issue_type": "critical"}',
     '{"issue_type": "trivial"} {"explanation": "The change can crash at runtime."}',
     '{"findings": [{"line": 12, "side": "new", "review": "This leaks the file handle."}]}',

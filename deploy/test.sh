@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up both environments (the project's .venv and vLLM's .venv-vllm), lints, type-checks and runs
+# the whole test suite: SQLite and PostgreSQL, and the real vLLM server with a tiny student model.
+# Needs PostgreSQL on 127.0.0.1:5432 (trust auth, database "test") and Redis on 127.0.0.1:6379.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+started=$(date +%s)
+bash deploy/setup.sh dev
+echo "project environment ready in $(( $(date +%s) - started )) s"
+vllm_started=$(date +%s)
+bash deploy/setup-vllm.sh
+echo "vLLM environment ready in $(( $(date +%s) - vllm_started )) s"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
+echo "setup, lint and tests took $(( $(date +%s) - started )) s"

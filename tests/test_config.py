@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+
+REVIEWBOT = [sys.executable, "-m", "bot.cli"]
+
+
+def test_defaults_are_the_embedded_setup() -> None:
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///reviewbot.db"
+    assert settings.queue_url == "sqlite:///reviewbot-queue.db"
+    assert str(settings.student_base_url) == "http://127.0.0.1:8000/v1"
+    assert settings.teacher_base_url is None and settings.admin_token is None
+    assert settings.log_level == "INFO"
+
+
+def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "REVIEWBOT_STUDENT_MODEL=from-dotenv\nREVIEWBOT_LOG_LEVEL=debug\nOTHER=1\n"
+    )
+    monkeypatch.setenv("REVIEWBOT_LOG_LEVEL", "warning")  # the environment wins over .env
+    monkeypatch.setenv("REVIEWBOT_DATABASE_URL", "postgresql://bot@db:5432/reviewbot")
+    monkeypatch.setenv("REVIEWBOT_QUEUE_URL", "redis://127.0.0.1:6379/0")
+    settings = load_settings()
+    assert settings.student_model == "from-dotenv"
+    assert settings.log_level == "WARNING"
+    assert settings.database_url == "postgresql+psycopg://bot@db:5432/reviewbot"
+    assert settings.queue_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("REVIEWBOT_DATABASE_URL", "mysql://x/y", "expected sqlite:///PATH or postgresql://"),
+        ("REVIEWBOT_QUEUE_URL", "amqp://x", "expected sqlite:///PATH or redis://"),
+        ("REVIEWBOT_STUDENT_BASE_URL", "not a url", "URL"),
+        ("REVIEWBOT_LOG_LEVEL", "loud", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ("REVIEWBOT_LLM_CONCURRENCY", "0", "greater than or equal to 1"),
+    ],
+)
+def test_bad_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert name in str(raised.value) and expected in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_bad_configuration_stops_the_cli_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "REVIEWBOT_DATABASE_URL": "mysql://nope", "REVIEWBOT_LLM_TIMEOUT_S": "-1"}
+    result = subprocess.run(
+        [*REVIEWBOT, "db", "upgrade"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "REVIEWBOT_DATABASE_URL" in lines[0] and "REVIEWBOT_LLM_TIMEOUT_S" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_password_in_a_bad_url_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVIEWBOT_DATABASE_URL", "mysql://bot:hunter2@db/x")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "hunter2" not in str(raised.value)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn
 
-from bot import __version__, db
+from bot import __version__, db, localgit, report
 from bot.config import ConfigError, Settings, load_settings
+from bot.diff import Diff, parse_diff
+from bot.llm import LLMClient, LLMError
+from bot.models import Severity
+from bot.review import ReviewResult, review_diff
+from bot.serving import served_models
 
 app = typer.Typer(
     name="reviewbot",
@@ -33,7 +43,6 @@ _group(
     "worker",
     "Run job consumers (reviews, feedback polling, training) as separate processes. No commands yet.",
 )
-_group("review", "Review a local git range with the student model, without any forge. No commands yet.")
 _group("project", "Projects on GitLab or GitHub: add, list, configure. No commands yet.")
 _group("feedback", "Reviewers' reactions: list, export as training data, statistics. No commands yet.")
 _group("flywheel", "The training flywheel: run, status, report. No commands yet.")
@@ -89,6 +98,86 @@ def db_upgrade(ctx: typer.Context) -> None:
         typer.echo(f"{where}: schema already at revision {after}")
     else:
         typer.echo(f"{where}: schema upgraded from {before or 'empty'} to {after}")
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+@app.command("review")
+def review_command(
+    ctx: typer.Context,
+    repo: Annotated[Path, typer.Option(help="The git repository.", file_okay=False)] = Path("."),
+    base: Annotated[
+        str | None, typer.Option(help="Review changes since this ref (merge base). Default: main or master.")
+    ] = None,
+    head: Annotated[str, typer.Option(help="The ref to review.")] = "HEAD",
+    threshold: Annotated[Severity, typer.Option(help="Drop findings below this severity.")] = Severity.MINOR,
+    output: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.TEXT,
+    fail_on: Annotated[
+        Severity | None, typer.Option(help="Exit with 1 when a finding at or above this severity is found.")
+    ] = None,
+) -> None:
+    """Review a local git range with the student model, without any forge.
+
+    Exit codes: 0 done, 1 a finding at or above --fail-on, 2 an error (bad ref, model server
+    unreachable, or part of the diff could not be reviewed).
+    """
+    settings = settings_from(ctx)
+    try:
+        patch = localgit.diff_range(repo, base or localgit.default_base(repo), head)
+        diff = parse_diff(patch)
+        result = asyncio.run(_review_with_progress(settings, diff, threshold))
+    except (localgit.GitError, ValueError, LLMError, ConfigError, sa.exc.SQLAlchemyError) as exc:
+        err.print(f"reviewbot review: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if output is OutputFormat.JSON:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    elif output is OutputFormat.MARKDOWN:
+        typer.echo(report.markdown(result))
+    else:
+        report.print_text(result, Console())
+    if result.failed:
+        raise typer.Exit(2)
+    if fail_on is not None and any(f.severity.rank >= fail_on.rank for f in result.findings):
+        raise typer.Exit(1)
+
+
+def _existing_database(settings: Settings) -> sa.Engine | None:
+    """The configured database, unless it is a SQLite file that does not exist: a local review
+    must not leave a new database file in the user's repository."""
+    url = sa.make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        return None
+    return db.make_engine(settings.database_url)
+
+
+async def _review_with_progress(settings: Settings, diff: Diff, threshold: Severity) -> ReviewResult:
+    async with LLMClient.student(settings) as llm:
+        served = await llm.list_models()  # fails fast, with the URL, when the server is down
+        models = served_models(settings, _existing_database(settings))
+        missing = sorted({name for name in models.values() if name not in served})
+        if missing:
+            raise ConfigError(f"{llm.base_url} does not serve {missing}; it serves {served}")
+        with Progress(
+            SpinnerColumn(),
+            *Progress.get_default_columns(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            bar = progress.add_task("reviewing chunks", total=None)
+            return await review_diff(
+                diff,
+                llm,
+                models,
+                threshold=threshold,
+                chunk_tokens=settings.review_chunk_tokens,
+                on_chunks=lambda n: progress.update(bar, total=n),
+                on_chunk_done=lambda: progress.advance(bar),
+            )
 
 
 def main() -> None:

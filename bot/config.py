@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(120.0, gt=0, description="timeout of one model call, seconds")
     llm_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors and 5xx")
     llm_concurrency: int = Field(16, ge=1, le=1024, description="model calls in flight at once")
+    task_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='served model per task, JSON, e.g. {"severity": "severity-v3"}; default: the base model',
+    )
+    review_chunk_tokens: int = Field(
+        2500, ge=200, description="most tokens of diff sent to the model in one find call"
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

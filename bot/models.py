@@ -49,6 +49,14 @@ class Severity(StrEnum):
         return len(Severity) - 1 - list(Severity).index(self)
 
 
+class Task(StrEnum):
+    """What a model is asked to do; each task can be served by its own adapter."""
+
+    FIND = "find"  # diff chunk -> candidate issues
+    SEVERITY = "severity"  # {code, review} -> issue_type (the seed's severity rating task)
+    EXPLANATION = "explanation"  # {code, review, issue_type} -> explanation
+
+
 class ReviewStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"

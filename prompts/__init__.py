@@ -1,6 +1,7 @@
 """Prompt templates (Jinja2, ``*.j2``) and the pydantic models of their JSON answers.
 
-The templates ship inside the wheel as package data, so an installed reviewbot finds them.
+Every conversation starts with the same system message (``system.j2``), so vLLM's prefix cache
+serves it once for all calls of a review. The templates ship inside the wheel as package data.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from openai.types.chat import ChatCompletionMessageParam
 
-from prompts.answers import RateAnswer
+from prompts.answers import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer
 
-__all__ = ["RateAnswer", "render"]
+__all__ = ["MAX_ISSUES_PER_CHUNK", "ExplainAnswer", "FindAnswer", "RateAnswer", "conversation", "render"]
 
 _env = Environment(
     loader=PackageLoader("prompts", ""),
@@ -24,3 +26,11 @@ _env = Environment(
 def render(template: str, **values: Any) -> str:
     """Render ``prompts/<template>.j2`` with ``values``."""
     return _env.get_template(f"{template}.j2").render(**values)
+
+
+def conversation(template: str, **values: Any) -> list[ChatCompletionMessageParam]:
+    """The shared system message, then ``template`` rendered as the user's message."""
+    return [
+        {"role": "system", "content": render("system")},
+        {"role": "user", "content": render(template, **values)},
+    ]

@@ -17,6 +17,14 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+_timings: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for what, seconds in _timings.items():
+        terminalreporter.write_line(f"{what}: {seconds:.1f} s")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's REVIEWBOT_* variables or .env file."""
@@ -68,6 +76,6 @@ def vllm_server(tiny_student: TinyStudent, tmp_path_factory: pytest.TempPathFact
     adapter = build_lora_adapter(tiny_student, tmp_path_factory.mktemp("tiny-lora"), seed=1)
     logs = tmp_path_factory.mktemp("vllm-log")
     server = start_vllm(tiny_student.path, "tiny-student", {"tiny-lora": adapter}, logs / "vllm.log")
-    print(f"\nvLLM tiny-student server up in {server.started_in_s:.1f} s at {server.base_url}")
+    _timings["vLLM server start (tiny student, to first /v1/models)"] = server.started_in_s
     yield server
     server.stop()

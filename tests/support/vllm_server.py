@@ -61,7 +61,7 @@ def start_vllm(
         "SERVED_NAME": served_name,
         "PORT": str(port),
         "MAX_LORA_RANK": str(max_lora_rank),
-        "MAX_MODEL_LEN": "2048",
+        "MAX_MODEL_LEN": "8192",
         "LORA_MODULES": " ".join(f"{name}={path}" for name, path in adapters.items()),
     }
     started = time.monotonic()

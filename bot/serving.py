@@ -1,0 +1,25 @@
+"""Which served model (base model or adapter name) answers each task."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from bot.config import ConfigError, Settings
+from bot.models import ModelStatus, ModelVersion, Task
+
+
+def served_models(settings: Settings, engine: sa.Engine | None = None) -> dict[Task, str]:
+    """Per task: the adapter promoted in the database, else ``REVIEWBOT_TASK_MODELS``, else the base model."""
+    unknown = set(settings.task_models) - {t.value for t in Task}
+    if unknown:
+        raise ConfigError(
+            f"REVIEWBOT_TASK_MODELS: unknown task {sorted(unknown)}; tasks are {[t.value for t in Task]}"
+        )
+    models = {task: settings.task_models.get(task.value, settings.student_model) for task in Task}
+    if engine is not None and sa.inspect(engine).has_table(ModelVersion.__tablename__):
+        with Session(engine) as session:
+            active = session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).all()
+        for version in active:
+            models[Task(version.task)] = version.adapter_name
+    return models

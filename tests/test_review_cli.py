@@ -1,0 +1,152 @@
+"""``reviewbot review`` end to end: a temporary git repository, the real vLLM tiny student.
+
+The tiny model's words are nonsense; the structure of the result must hold regardless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.diff import parse_diff
+from bot.localgit import diff_range
+from bot.models import Severity
+from tests.support.gitrepo import commit, git, init_repo
+from tests.support.vllm_server import VLLMServer, free_port
+
+SOURCE = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
+HUGE = "".join(f"value_{i} = compute({i}, cache={i % 7})\n" for i in range(1500))
+
+
+@pytest.fixture(scope="module")
+def feature_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = init_repo(tmp_path_factory.mktemp("repo") / "app", {"app.py": SOURCE, "README.md": "hello\n"})
+    git(repo, "checkout", "-q", "-b", "feature")
+    edited = SOURCE.replace("return x + 3\n", "return eval(x) + 3\n").replace(
+        "return x + 30\n", "open(x).read()\n    return x + 30\n"
+    )
+    commit(
+        repo,
+        {
+            "app.py": edited,
+            "generated_table.py": HUGE,
+            "logo.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
+            "poetry.lock": "[[package]]\nname = 'x'\n",
+        },
+        "feature",
+    )
+    return repo
+
+
+def run_review(
+    repo: Path, server_url: str, *args: str, chunk_tokens: int = 600
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "REVIEWBOT_STUDENT_BASE_URL": server_url,
+        "REVIEWBOT_STUDENT_MODEL": "tiny-student",
+        "REVIEWBOT_REVIEW_CHUNK_TOKENS": str(chunk_tokens),
+        "REVIEWBOT_LLM_CONCURRENCY": "32",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "review", "--repo", str(repo), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=repo.parent,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def reviewed(feature_repo: Path, vllm_server: VLLMServer) -> dict[str, Any]:
+    result = run_review(
+        feature_repo, vllm_server.base_url, "--base", "main", "--format", "json", "--threshold", "trivial"
+    )
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+@pytest.mark.vllm
+def test_json_has_the_documented_shape(reviewed: dict[str, Any]) -> None:
+    assert set(reviewed) == {"findings", "skipped", "failed", "stats"}
+    keys = {"path", "line", "side", "severity", "title", "review", "explanation"}
+    for finding in reviewed["findings"]:
+        assert set(finding) == keys
+        assert finding["severity"] in {s.value for s in Severity}
+        assert finding["side"] in {"new", "old"}
+    assert reviewed["failed"] == []
+    assert reviewed["stats"]["stages"]["find"]["calls"] == reviewed["stats"]["chunks"]
+
+
+@pytest.mark.vllm
+def test_every_finding_is_on_a_line_of_the_diff(reviewed: dict[str, Any], feature_repo: Path) -> None:
+    diff = parse_diff(diff_range(feature_repo, "main", "HEAD"))
+    files = {f.path: f for f in diff.files}
+    assert reviewed["findings"], "the tiny model found nothing at all; the test would prove little"
+    for finding in reviewed["findings"]:
+        if finding["line"] is None:
+            continue  # file-level finding
+        assert files[finding["path"]].line(finding["side"], finding["line"]) is not None, finding
+
+
+@pytest.mark.vllm
+def test_huge_file_is_split_and_fully_covered(reviewed: dict[str, Any]) -> None:
+    stats = reviewed["stats"]
+    assert stats["files"] == 2  # app.py and generated_table.py
+    assert stats["chunks"] > 5  # 1500 added lines at 600 tokens a chunk
+    assert stats["changed_lines_reviewed"] == stats["changed_lines"] >= 1500 + 3
+
+
+@pytest.mark.vllm
+def test_binary_and_lock_files_are_skipped_with_a_reason(reviewed: dict[str, Any]) -> None:
+    skipped = {s["path"]: s["reason"] for s in reviewed["skipped"]}
+    assert "binary" in skipped["logo.png"]
+    assert "poetry.lock" in skipped and "ignored" in skipped["poetry.lock"]
+
+
+@pytest.mark.vllm
+def test_threshold_filters_and_fail_on_sets_the_exit_code(
+    feature_repo: Path, vllm_server: VLLMServer
+) -> None:
+    result = run_review(
+        feature_repo, vllm_server.base_url, "--format", "json", "--threshold", "major", "--fail-on", "trivial"
+    )
+    data = json.loads(result.stdout)
+    assert all(f["severity"] in {"major", "critical"} for f in data["findings"])
+    assert (
+        data["stats"]["below_threshold"] + len(data["findings"]) + data["stats"]["merged"]
+        == data["stats"]["candidates"]
+    )
+    assert result.returncode == (1 if data["findings"] else 0)
+
+
+@pytest.mark.vllm
+def test_text_and_markdown_output(feature_repo: Path, vllm_server: VLLMServer) -> None:
+    text = run_review(feature_repo, vllm_server.base_url, "--threshold", "trivial", chunk_tokens=2500)
+    assert text.returncode == 0, text.stderr
+    assert "app.py" in text.stdout and "skipped" in text.stdout and "logo.png" in text.stdout
+    markdown = run_review(feature_repo, vllm_server.base_url, "--format", "markdown", chunk_tokens=2500)
+    assert markdown.returncode == 0 and markdown.stdout.startswith("## Review")
+
+
+def test_unreachable_model_server_is_one_line_and_exit_2(feature_repo: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = run_review(feature_repo, url, "--format", "json")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert url in result.stderr and "unreachable" in result.stderr
+
+
+def test_bad_ref_is_exit_2(feature_repo: Path) -> None:
+    result = run_review(feature_repo, "http://127.0.0.1:1/v1", "--base", "no-such-branch")
+    assert result.returncode == 2
+    assert "no-such-branch" in result.stderr and "Traceback" not in result.stderr

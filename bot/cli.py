@@ -74,8 +74,9 @@ def main_callback(
         err.print(f"reviewbot: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.log_level != "DEBUG":
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # the CLI reports the revisions itself
+    if settings.log_level != "DEBUG":  # the CLI reports migrations and requests itself
+        for chatty in ("alembic", "httpx", "httpx2", "openai"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     ctx.obj = settings
 
 

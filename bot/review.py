@@ -218,7 +218,14 @@ class _Run:
     stages: dict[str, StageStats] = field(default_factory=lambda: {t.value: StageStats() for t in Task})
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ["changed_lines", "changed_lines_reviewed", "candidates", "below_threshold", "anchors_moved", "file_level"],
+            [
+                "changed_lines",
+                "changed_lines_reviewed",
+                "candidates",
+                "below_threshold",
+                "anchors_moved",
+                "file_level",
+            ],
             0,
         )
     )

@@ -17,7 +17,7 @@ def served_models(settings: Settings, engine: sa.Engine | None = None) -> dict[T
             f"REVIEWBOT_TASK_MODELS: unknown task {sorted(unknown)}; tasks are {[t.value for t in Task]}"
         )
     models = {task: settings.task_models.get(task.value, settings.student_model) for task in Task}
-    if engine is not None and sa.inspect(engine).has_table(ModelVersion.__tablename__):
+    if engine is not None and sa.inspect(engine).has_table("modelversion"):
         with Session(engine) as session:
             active = session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).all()
         for version in active:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from bot import db
-from tests.support.tiny_model import TinyStudent, build_lora_adapter, build_tiny_student
+from tests.support.synthetic import review_examples
+from tests.support.tiny_model import TinyStudent, build_lora_adapter, build_tiny_student, pretrain
 from tests.support.vllm_server import VLLMServer, start_vllm
 
 POSTGRES_URL = os.environ.get(
@@ -67,7 +69,13 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 
 @pytest.fixture(scope="session")
 def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> TinyStudent:
-    return build_tiny_student(tmp_path_factory.mktemp("tiny-student"))
+    """The tiny student, pre-trained briefly on the review prompts so its answers are short and
+    well-formed (a random model tends to answer every find call with an empty list)."""
+    started = time.monotonic()
+    student = build_tiny_student(tmp_path_factory.mktemp("tiny-student"))
+    pretrain(student, review_examples(80), epochs=3)
+    _timings["tiny student build and pre-training"] = time.monotonic() - started
+    return student
 
 
 @pytest.fixture(scope="session")

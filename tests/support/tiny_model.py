@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BOS, HEADER_START, HEADER_END, EOT, PAD = (
     "<|begin_of_text|>",
@@ -50,7 +51,19 @@ class TinyStudent:
         return self.path
 
 
-def build_tokenizer(dest: Path, vocab_size: int = 768) -> None:
+def _corpus() -> list[str]:
+    from prompts import render
+
+    templates = [
+        render("system"),
+        render("find", path="src/app.py", code="    12 +x = 1", max_issues=5),
+        render("rate", code="    12 +x = 1", review="r"),
+        render("explain", code="    12 +x = 1", review="r", issue_type="minor"),
+    ]
+    return _CORPUS * 20 + templates * 5
+
+
+def build_tokenizer(dest: Path, vocab_size: int = 1024) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -63,7 +76,7 @@ def build_tokenizer(dest: Path, vocab_size: int = 768) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD, chat_template=CHAT_TEMPLATE
     )
@@ -98,6 +111,55 @@ def build_tiny_student(dest: Path, seed: int = 0) -> TinyStudent:
     )
     model.save_pretrained(dest)
     return TinyStudent(dest)
+
+
+def pretrain(
+    student: TinyStudent,
+    examples: list[tuple[list[Any], str]],
+    *,
+    epochs: int = 3,
+    lr: float = 3e-3,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> float:
+    """Full-weight training of the student on chat examples, loss on the answers only; returns the
+    last epoch's mean loss. Gives the random model the habits of the task's answer format."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(student.path)
+    model = AutoModelForCausalLM.from_pretrained(student.path, dtype=torch.float32)
+    rows = []
+    for messages, answer in examples:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        answer_ids = tokenizer(answer + EOT, add_special_tokens=False).input_ids
+        rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    order = random.Random(seed)
+    model.train()
+    mean = float("nan")
+    for _ in range(epochs):
+        order.shuffle(rows)
+        losses = []
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            pad = tokenizer.pad_token_id
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        mean = sum(losses) / len(losses)
+    model.to(torch.bfloat16).save_pretrained(student.path)
+    return mean
 
 
 def build_lora_adapter(student: TinyStudent, dest: Path, seed: int, rank: int = 8) -> Path:

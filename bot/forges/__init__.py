@@ -1,0 +1,1 @@
+"""Forge adapters: one module per forge behind the protocol in ``base``."""

@@ -1,0 +1,129 @@
+"""What the review job needs from a forge; one implementation per forge in this package.
+
+The review pipeline and the jobs use only this module: python-gitlab and PyGithub stay inside
+``gitlab.py`` and ``github.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from bot.diff import Diff
+from bot.models import Side
+
+_MARKER = re.compile(r"<!-- reviewbot:(finding|summary)(?::([0-9a-f]{8,64}))? -->")
+
+
+def finding_marker(fingerprint: str) -> str:
+    """Hidden in every inline comment, so a re-review finds, edits or resolves its own comments."""
+    return f"<!-- reviewbot:finding:{fingerprint} -->"
+
+
+SUMMARY_MARKER = "<!-- reviewbot:summary -->"
+
+
+def parse_marker(body: str) -> tuple[str, str | None] | None:
+    """("finding", fingerprint) or ("summary", None) for a bot comment's body, else None."""
+    match = _MARKER.search(body or "")
+    return (match.group(1), match.group(2)) if match else None
+
+
+class ForgeError(Exception):
+    """A forge call failed. ``retryable``: worth trying again later (5xx, 429, network);
+    ``retry_after_s``: what the forge asked us to wait, when it said."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    number: int  # GitLab MR iid, GitHub PR number
+    title: str
+    state: str  # "open", "closed" or "merged" on both forges
+    draft: bool
+    author: str  # username
+    head_sha: str
+    base_sha: str  # GitLab: latest diff version's base_commit_sha; GitHub: base.sha
+    start_sha: str | None = None  # GitLab: latest diff version's start_commit_sha; GitHub: None
+
+
+class Placement(StrEnum):
+    INLINE = "inline"  # on the line
+    FILE = "file"  # on the file, no line (GitLab: a note naming path and line; GitHub: subject_type=file)
+    GENERAL = "general"  # a plain comment on the MR/PR naming path and line
+
+
+@dataclass(frozen=True)
+class InlineComment:
+    """A finding to post; ``line`` None means file-level. ``body`` already holds the marker."""
+
+    fingerprint: str
+    path: str
+    line: int | None
+    side: Side
+    body: str
+
+
+@dataclass(frozen=True)
+class PostedComment:
+    fingerprint: str
+    comment_id: str  # GitLab note id; GitHub review comment id (or issue comment id for GENERAL)
+    thread_id: str | None  # GitLab discussion id; GitHub: None
+    placement: Placement
+    note: str | None = None  # why it was not posted inline, when it was not
+
+
+@dataclass(frozen=True)
+class BotComment:
+    """A comment of the bot's own found on the MR/PR (recognized by its marker)."""
+
+    comment_id: str
+    thread_id: str | None
+    kind: str  # "finding" or "summary"
+    fingerprint: str | None
+    body: str
+    resolved: bool
+
+
+class Forge(Protocol):
+    """One project on one forge, authenticated as the bot."""
+
+    bot_username: str
+
+    def merge_request(self, number: int) -> MergeRequest:
+        """Metadata of the MR/PR, with the SHAs of its latest diff version."""
+        ...
+
+    def diff(self, mr: MergeRequest) -> str:
+        """The MR/PR's unified diff (``git diff`` format, all files, all pages) at ``mr.head_sha``."""
+        ...
+
+    def bot_comments(self, number: int) -> list[BotComment]:
+        """Every comment of the bot's on the MR/PR (all pages), with fingerprints."""
+        ...
+
+    def post_review(
+        self, mr: MergeRequest, diff: Diff, comments: list[InlineComment]
+    ) -> list[PostedComment]:
+        """Post the findings. Anchors are validated against ``diff`` first; a position the forge
+        refuses falls back to a file-level, then a general comment: every comment is posted exactly
+        once and reported in the result, in the order given. GitHub sends them as one review."""
+        ...
+
+    def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
+        """Create the summary comment, or edit ``existing`` in place; returns its id."""
+        ...
+
+    def update_comment(self, number: int, comment: BotComment, body: str) -> None:
+        """Edit one of the bot's comments."""
+        ...
+
+    def resolve_comment(self, number: int, comment: BotComment) -> None:
+        """Mark one of the bot's finding comments resolved/outdated (its line no longer exists)."""
+        ...

@@ -92,6 +92,9 @@ class Project(SQLModel, table=True):
     forge_project_id: str | None = Field(default=None, max_length=64)
     webhook_secret: str = Field(max_length=256)
     token_env: str | None = Field(default=None, max_length=128, description="variable holding the API token")
+    bot_username: str | None = Field(
+        default=None, max_length=256, description="the bot's account there; its own events are ignored"
+    )
     severity_threshold: str = Field(default=Severity.MINOR, max_length=16)
     ignore_globs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     enabled: bool = True

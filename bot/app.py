@@ -1,0 +1,28 @@
+"""The FastAPI application: webhooks, health and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bot import __version__, webhooks
+
+
+def create_app(engine: sa.Engine, enqueue_review: Callable[[int], None]) -> FastAPI:
+    app = FastAPI(title="reviewbot", version=__version__)
+    app.include_router(webhooks.router(engine, enqueue_review))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        with engine.connect() as connection:  # a broken database makes this a 500
+            connection.execute(sa.text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

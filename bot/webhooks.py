@@ -1,0 +1,197 @@
+"""Webhook intake: verify, record the delivery, decide, enqueue, answer — never waiting on a forge or a model.
+
+Order, per DESIGN.md §6: size limit (413) → secret or HMAC on the raw body, constant-time (401,
+nothing stored) → JSON (400) → delivery dedupe (a repeat answers 200 and does nothing) → route.
+The secret identifies the project: each project has its own, and the payload must name that project.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlmodel import Session, select
+
+from bot.models import Delivery, Forge, Project, Review, ReviewStatus
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub's own cap on webhook payloads
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a verified delivery asks for: a review of ``number`` at ``head_sha``, or nothing (why)."""
+
+    project_path: str
+    actor: str
+    number: int | None = None
+    head_sha: str | None = None
+    ignored: str | None = None
+
+
+def gitlab_secret_matches(headers: Mapping[str, str], _body: bytes, secret: str) -> bool:
+    return hmac.compare_digest(headers.get("x-gitlab-token", "").encode(), secret.encode())
+
+
+def github_signature_matches(headers: Mapping[str, str], body: bytes, secret: str) -> bool:
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers.get("x-hub-signature-256", "").encode(), expected.encode())
+
+
+def gitlab_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
+    # Idempotency-Key is the same across GitLab's retries (17.4+); the event UUID before that.
+    return (
+        headers.get("idempotency-key")
+        or headers.get("x-gitlab-event-uuid")
+        or hashlib.sha256(body).hexdigest()
+    )
+
+
+def github_delivery_id(headers: Mapping[str, str], body: bytes) -> str:
+    return headers.get("x-github-delivery") or hashlib.sha256(body).hexdigest()
+
+
+def route_gitlab(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
+    path = str(payload.get("project", {}).get("path_with_namespace", ""))
+    actor = str(payload.get("user", {}).get("username", ""))
+    event = headers.get("x-gitlab-event", "")
+    if event != "Merge Request Hook":
+        return Route(path, actor, ignored=f"event {event or 'unnamed'!r} does not start a review")
+    attributes = payload.get("object_attributes", {})
+    action = attributes.get("action")
+    number, head = attributes.get("iid"), attributes.get("last_commit", {}).get("id")
+    changes = payload.get("changes", {})
+    if attributes.get("draft") or attributes.get("work_in_progress"):
+        return Route(path, actor, ignored="merge request is a draft")
+    became_ready = changes.get("draft", {}).get("previous") is True
+    if action in ("open", "reopen") or (action == "update" and (attributes.get("oldrev") or became_ready)):
+        if not isinstance(number, int) or not head:
+            return Route(path, actor, ignored="merge request event without iid or last commit")
+        return Route(path, actor, number=number, head_sha=str(head))
+    return Route(path, actor, ignored=f"merge request action {action!r} needs no review")
+
+
+def route_github(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
+    path = str(payload.get("repository", {}).get("full_name", ""))
+    actor = str(payload.get("sender", {}).get("login", ""))
+    event = headers.get("x-github-event", "")
+    if event != "pull_request":
+        return Route(path, actor, ignored=f"event {event or 'unnamed'!r} does not start a review")
+    action = payload.get("action")
+    pull = payload.get("pull_request", {})
+    if action not in ("opened", "reopened", "synchronize", "ready_for_review"):
+        return Route(path, actor, ignored=f"pull request action {action!r} needs no review")
+    if pull.get("draft"):
+        return Route(path, actor, ignored="pull request is a draft")
+    number, head = pull.get("number"), pull.get("head", {}).get("sha")
+    if not isinstance(number, int) or not head:
+        return Route(path, actor, ignored="pull request event without number or head sha")
+    return Route(path, actor, number=number, head_sha=str(head))
+
+
+@dataclass(frozen=True)
+class ForgeHooks:
+    forge: Forge
+    secret_matches: Callable[[Mapping[str, str], bytes, str], bool]
+    delivery_id: Callable[[Mapping[str, str], bytes], str]
+    route: Callable[[Mapping[str, str], dict[str, Any]], Route]
+
+
+HOOKS = {
+    Forge.GITLAB: ForgeHooks(Forge.GITLAB, gitlab_secret_matches, gitlab_delivery_id, route_gitlab),
+    Forge.GITHUB: ForgeHooks(Forge.GITHUB, github_signature_matches, github_delivery_id, route_github),
+}
+
+
+def _answer(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def handle_delivery(
+    engine: sa.Engine,
+    enqueue_review: Callable[[int], None],
+    hooks: ForgeHooks,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> JSONResponse:
+    """Everything after the size check; runs in a worker thread (database calls block)."""
+    with Session(engine) as session:
+        projects = session.exec(select(Project).where(Project.forge == hooks.forge)).all()
+        if not projects:
+            return _answer(404, f"no {hooks.forge} project is registered here")
+        project = next((p for p in projects if hooks.secret_matches(headers, body, p.webhook_secret)), None)
+        if project is None:
+            return _answer(401, "signature or token does not match any project's webhook secret")
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("the payload is not a JSON object")
+        except ValueError as exc:
+            return _answer(400, f"malformed JSON payload: {exc}")
+        delivery = Delivery(forge=hooks.forge, delivery_id=hooks.delivery_id(headers, body))
+        session.add(delivery)
+        try:
+            session.flush()
+        except sa.exc.IntegrityError:
+            return _answer(200, "duplicate delivery, already handled")
+        route = hooks.route(headers, payload)
+        if route.project_path != project.path:
+            session.rollback()  # a delivery for a project we don't serve is not recorded
+            return _answer(404, f"project {route.project_path!r} is not registered with this secret")
+        if route.ignored is None and not project.enabled:
+            route = Route(route.project_path, route.actor, ignored="project is disabled")
+        if route.ignored is None and project.bot_username and route.actor == project.bot_username:
+            route = Route(route.project_path, route.actor, ignored="event caused by the bot itself")
+        if route.ignored is not None:
+            delivery.outcome = f"ignored: {route.ignored}"
+            session.commit()
+            log.info("%s delivery %s ignored: %s", hooks.forge, delivery.delivery_id, route.ignored)
+            return _answer(200, f"ignored: {route.ignored}")
+        assert project.id is not None and route.number is not None and route.head_sha is not None
+        review = Review(project_id=project.id, mr_number=route.number, head_sha=route.head_sha)
+        session.add(review)
+        session.flush()
+        review_id = review.id
+        assert review_id is not None
+        delivery.outcome = f"review {review_id} queued"
+        session.commit()
+    # Queued only once the row is committed: the job must find it. Should enqueueing fail, the
+    # review stays QUEUED in the database and the stale-job sweep enqueues it again.
+    enqueue_review(review_id)
+    return _answer(202, "review queued", review_id=review_id, review_status=ReviewStatus.QUEUED.value)
+
+
+def router(engine: sa.Engine, enqueue_review: Callable[[int], None]) -> APIRouter:
+    routes = APIRouter()
+
+    async def receive(request: Request, hooks: ForgeHooks) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _answer(413, f"payload larger than {MAX_BODY_BYTES} bytes")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_BODY_BYTES:
+                return _answer(413, f"payload larger than {MAX_BODY_BYTES} bytes")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return await run_in_threadpool(handle_delivery, engine, enqueue_review, hooks, headers, body)
+
+    @routes.post("/webhooks/gitlab", status_code=202)
+    async def gitlab_webhook(request: Request) -> JSONResponse:
+        return await receive(request, HOOKS[Forge.GITLAB])
+
+    @routes.post("/webhooks/github", status_code=202)
+    async def github_webhook(request: Request) -> JSONResponse:
+        return await receive(request, HOOKS[Forge.GITHUB])
+
+    return routes

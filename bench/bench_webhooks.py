@@ -69,9 +69,8 @@ def main() -> None:
         ):
             ms = sorted(v * 1000 for v in values)
             print(f"{label:>30}: median {statistics.median(ms):.2f} ms, p95 {ms[int(len(ms) * 0.95)]:.2f} ms")
-        print(
-            f"queued review / ignored delivery, median: {statistics.median(review) / statistics.median(base):.2f}x"
-        )
+        ratio = statistics.median(review) / statistics.median(base)
+        print(f"queued review / ignored delivery, median: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every official payload through the real app: signature checks, dedupe, routing, nothing stored when rejected."""
+"""Every official payload through the real app: signatures, dedupe, routing; rejected ones store nothing."""
 
 from __future__ import annotations
 

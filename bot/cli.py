@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn
 
 from bot import __version__, db, localgit, report
+from bot.cli_project import project_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.diff import Diff, parse_diff
 from bot.llm import LLMClient, LLMError
@@ -38,12 +39,7 @@ def _group(name: str, help_text: str) -> typer.Typer:
 
 
 db_app = _group("db", "Database schema: create or upgrade it.")
-_group("serve", "Run the API (webhooks, admin) with an embedded job consumer. No commands yet.")
-_group(
-    "worker",
-    "Run job consumers (reviews, feedback polling, training) as separate processes. No commands yet.",
-)
-_group("project", "Projects on GitLab or GitHub: add, list, configure. No commands yet.")
+app.add_typer(project_app)
 _group("feedback", "Reviewers' reactions: list, export as training data, statistics. No commands yet.")
 _group("flywheel", "The training flywheel: run, status, report. No commands yet.")
 _group("models", "Adapter versions: list, promote, roll back. No commands yet.")
@@ -179,6 +175,55 @@ async def _review_with_progress(settings: Settings, diff: Diff, threshold: Sever
                 on_chunks=lambda n: progress.update(bar, total=n),
                 on_chunk_done=lambda: progress.advance(bar),
             )
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Embedded job consumer threads (SQLite queue only).")] = 2,
+) -> None:
+    """Run the API (webhooks, health, metrics); with the default SQLite queue, also the job consumer."""
+    import uvicorn
+
+    from bot.app import create_app
+    from bot.tasks import Queue
+
+    settings = settings_from(ctx)
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    queue = Queue(settings, engine)
+    consumer = None
+    if settings.queue_url.startswith("sqlite"):
+        consumer = queue.huey.create_consumer(workers=workers, worker_type="thread")
+        consumer.start()  # threads; uvicorn keeps the main thread and its signal handling
+    else:
+        err.print(f"queue at {settings.queue_url}: run `reviewbot worker` to process jobs", highlight=False)
+    try:
+        uvicorn.run(
+            create_app(engine, queue.enqueue_review),
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+        )
+    finally:
+        if consumer is not None:
+            consumer.stop(graceful=True)
+
+
+@app.command("worker")
+def worker(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(help="Consumer threads.")] = 2,
+) -> None:
+    """Run job consumers (reviews, stale-job sweeps) against the configured queue, until interrupted."""
+    from bot.tasks import Queue
+
+    settings = settings_from(ctx)
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    Queue(settings, engine).huey.create_consumer(workers=workers, worker_type="thread").run()
 
 
 def main() -> None:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     teacher_model: str | None = Field(None, description="teacher model name")
     teacher_api_key: SecretStr | None = Field(None, description="teacher API key")
+    public_url: HttpUrl = Field(
+        HttpUrl("http://127.0.0.1:8080"), description="where forges reach this service (webhook URLs)"
+    )
     admin_token: SecretStr | None = Field(None, description="bearer token for the admin API and pages")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     llm_timeout_s: float = Field(120.0, gt=0, description="timeout of one model call, seconds")

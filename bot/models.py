@@ -112,6 +112,11 @@ class Review(SQLModel, table=True):
     status: str = Field(default=ReviewStatus.QUEUED, max_length=16)
     error: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    file_digests: dict[str, str] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False, server_default="{}"),
+        description="path -> digest of the file's diff when reviewed; a re-review skips unchanged files",
+    )
     created_at: datetime = _when(default_factory=utcnow)
     started_at: datetime | None = _when(default=None)
     finished_at: datetime | None = _when(default=None)

@@ -1,4 +1,4 @@
-"""project bot username
+"""project bot username, review file digests
 
 Revision ID: 0002
 Revises: 0001
@@ -23,8 +23,14 @@ def upgrade() -> None:
             sa.Column("bot_username", sqlmodel.sql.sqltypes.AutoString(length=256), nullable=True)
         )
 
+    with op.batch_alter_table("review", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("file_digests", sa.JSON(), server_default="{}", nullable=False))
+
 
 def downgrade() -> None:
+
+    with op.batch_alter_table("review", schema=None) as batch_op:
+        batch_op.drop_column("file_digests")
 
     with op.batch_alter_table("project", schema=None) as batch_op:
         batch_op.drop_column("bot_username")

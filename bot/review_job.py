@@ -1,0 +1,218 @@
+"""The review job: one queued Review row → findings posted on its merge request.
+
+Idempotent and safe to retry at any point: the forge is asked which findings the bot has already
+posted (hidden fingerprints) before anything is posted, so a job that died after posting does not
+post twice; a job for a head that is no longer the MR's head does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from bot.config import Settings
+from bot.diff import DEFAULT_IGNORE_GLOBS, Diff, FileDiff, SkippedFile, parse_diff
+from bot.forges.base import (
+    SUMMARY_MARKER,
+    BotComment,
+    Forge,
+    InlineComment,
+    MergeRequest,
+    PostedComment,
+    finding_marker,
+)
+from bot.llm import LLMClient
+from bot.models import Finding, Project, Review, ReviewStatus, Severity, Task
+from bot.review import Finding as ReviewFinding
+from bot.review import ReviewResult, render_hunk, review_diff
+from bot.serving import served_models
+
+log = logging.getLogger(__name__)
+
+ForgeFactory = Callable[[Project], Forge]
+
+
+def file_digest(file: FileDiff) -> str:
+    return hashlib.sha256("\n".join(render_hunk(h) for h in file.hunks).encode()).hexdigest()[:16]
+
+
+def comment_body(finding: ReviewFinding) -> str:
+    lines = [f"**{finding.severity.value}** · {finding.title}", "", finding.review]
+    if finding.explanation:
+        lines += ["", f"_Why {finding.severity.value}:_ {finding.explanation}"]
+    if finding.anchor_note:
+        lines += ["", f"<sub>{finding.anchor_note}</sub>"]
+    lines += ["", finding_marker(finding.fingerprint)]
+    return "\n".join(lines)
+
+
+def summary_body(result: ReviewResult, mr: MergeRequest, posted: int, resolved: int) -> str:
+    counts = {s: sum(f.severity == s for f in result.findings) for s in Severity}
+    found = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n) or "no findings"
+    lines = [
+        f"**reviewbot** reviewed `{mr.head_sha[:12]}`: {found} at or above {result.stats['threshold']}.",
+        f"{posted} new comment(s), {resolved} earlier comment(s) resolved as outdated.",
+    ]
+    if result.skipped:
+        lines.append("Not reviewed: " + "; ".join(f"`{path}` ({reason})" for path, reason in result.skipped))
+    if result.failed:
+        lines.append("Could not review: " + "; ".join(f"`{f.path}`: {f.error}" for f in result.failed))
+    return "\n\n".join([*lines, SUMMARY_MARKER])
+
+
+def unchanged_since(diff: Diff, previous: dict[str, str]) -> Diff:
+    """Only the files whose diff changed since the last review; the rest are skipped, with why."""
+    keep, same = [], []
+    for file in diff.files:
+        if previous.get(file.path) == file_digest(file):
+            same.append(SkippedFile(file.path, "unchanged since the last review"))
+        else:
+            keep.append(file)
+    return Diff(tuple(keep), diff.skipped + tuple(same))
+
+
+def _set(engine: sa.Engine, review_id: int, **values: object) -> None:
+    with Session(engine) as session:
+        review = session.get(Review, review_id)
+        assert review is not None
+        for name, value in values.items():
+            setattr(review, name, value)
+        session.add(review)
+        session.commit()
+
+
+def mark_failed(engine: sa.Engine, review_id: int, error: str) -> None:
+    _set(engine, review_id, status=ReviewStatus.FAILED, error=error, finished_at=datetime.now(UTC))
+
+
+def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_for: ForgeFactory) -> str:
+    """Run one review; returns its final status. Raises ForgeError/LLMError for the queue to retry."""
+    with Session(engine) as session:
+        review = session.get(Review, review_id)
+        if review is None:
+            raise LookupError(f"review {review_id} does not exist")
+        if review.status in (ReviewStatus.DONE, ReviewStatus.SUPERSEDED):
+            return review.status  # a repeated job: nothing to do
+        project = session.get(Project, review.project_id)
+        assert project is not None
+        previous = session.exec(
+            select(Review)
+            .where(Review.project_id == review.project_id, Review.mr_number == review.mr_number)
+            .where(Review.status == ReviewStatus.DONE, Review.id != review_id)
+            .order_by(sa.desc(sa.column("finished_at")))
+        ).first()
+        previous_digests = dict(previous.file_digests) if previous else {}
+    forge = forge_for(project)
+    mr = forge.merge_request(review.mr_number)
+    if mr.head_sha != review.head_sha or mr.state != "open":
+        why = f"merge request is {mr.state} at {mr.head_sha[:12]}, this review was for {review.head_sha[:12]}"
+        _set(engine, review_id, status=ReviewStatus.SUPERSEDED, error=why, finished_at=datetime.now(UTC))
+        return ReviewStatus.SUPERSEDED
+    _set(engine, review_id, status=ReviewStatus.RUNNING, started_at=datetime.now(UTC), error=None)
+
+    full = parse_diff(forge.diff(mr), project.ignore_globs or DEFAULT_IGNORE_GLOBS)
+    diff = unchanged_since(full, previous_digests)
+    result = asyncio.run(_review(settings, engine, diff, Severity(project.severity_threshold)))
+
+    existing = forge.bot_comments(mr.number)
+    posted_before = {c.fingerprint: c for c in existing if c.kind == "finding" and c.fingerprint}
+    fresh = [f for f in result.findings if f.fingerprint not in posted_before]
+    posted = forge.post_review(mr, full, [_inline(f) for f in fresh]) if fresh else []
+    resolved = _resolve_outdated(engine, forge, mr, existing, result, diff)
+    summary = next((c for c in existing if c.kind == "summary"), None)
+    forge.upsert_summary(mr.number, summary_body(result, mr, len(posted), resolved), summary)
+
+    _record(engine, review_id, result, posted, posted_before)
+    digests = {**previous_digests, **{f.path: file_digest(f) for f in full.files}}
+    _set(
+        engine,
+        review_id,
+        status=ReviewStatus.DONE,
+        finished_at=datetime.now(UTC),
+        timings={"wall_seconds": result.stats["wall_seconds"]},
+        file_digests=digests,
+        error="; ".join(f"{f.path}: {f.error}" for f in result.failed) or None,
+    )
+    return ReviewStatus.DONE
+
+
+async def _review(settings: Settings, engine: sa.Engine, diff: Diff, threshold: Severity) -> ReviewResult:
+    async with LLMClient.student(settings) as llm:
+        return await review_diff(
+            diff,
+            llm,
+            served_models(settings, engine),
+            threshold=threshold,
+            chunk_tokens=settings.review_chunk_tokens,
+        )
+
+
+def _inline(finding: ReviewFinding) -> InlineComment:
+    return InlineComment(finding.fingerprint, finding.path, finding.line, finding.side, comment_body(finding))
+
+
+def _resolve_outdated(
+    engine: sa.Engine,
+    forge: Forge,
+    mr: MergeRequest,
+    existing: list[BotComment],
+    result: ReviewResult,
+    reviewed: Diff,
+) -> int:
+    """Resolve the bot's open comments on re-reviewed files that this review did not find again.
+
+    A comment's file comes from the finding recorded when it was posted; a comment the database
+    does not know, or one on a file that was not reviewed again, is left alone.
+    """
+    current = {f.fingerprint for f in result.findings}
+    reviewed_paths = {f.path for f in reviewed.files} - {f.path for f in result.failed}
+    candidates = [
+        c for c in existing if c.kind == "finding" and not c.resolved and c.fingerprint not in current
+    ]
+    with Session(engine) as session:
+        ids = [c.comment_id for c in candidates]
+        known = select(Finding.forge_comment_id, Finding.path).where(sa.column("forge_comment_id").in_(ids))
+        paths = dict(session.exec(known).all())
+    resolved = 0
+    for comment in candidates:
+        if paths.get(comment.comment_id) in reviewed_paths:
+            forge.resolve_comment(mr.number, comment)
+            resolved += 1
+    return resolved
+
+
+def _record(
+    engine: sa.Engine,
+    review_id: int,
+    result: ReviewResult,
+    posted: list[PostedComment],
+    posted_before: dict[str, BotComment],
+) -> None:
+    comment_ids = {p.fingerprint: p.comment_id for p in posted}
+    comment_ids.update({fp: c.comment_id for fp, c in posted_before.items()})
+    model = result.stats["models"][Task.SEVERITY.value]
+    with Session(engine) as session:
+        for finding in result.findings:
+            session.add(
+                Finding(
+                    review_id=review_id,
+                    path=finding.path,
+                    line=finding.line,
+                    side=finding.side,
+                    severity=finding.severity,
+                    title=finding.title,
+                    review=finding.review,
+                    explanation=finding.explanation,
+                    code=finding.code,
+                    fingerprint=finding.fingerprint,
+                    forge_comment_id=comment_ids.get(finding.fingerprint),
+                    model_version=model,
+                )
+            )
+        session.commit()

@@ -1,0 +1,114 @@
+"""The job queue (Huey): SQLite-backed and embedded by default, Redis-backed for several hosts.
+
+The database is the record of every review; the queue only carries review ids. A review whose job
+was lost (a worker killed mid-job, an enqueue that failed) is found by ``requeue_stale`` and queued
+again; the job itself is idempotent, so a duplicate costs only time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from huey import Huey, RedisHuey, SqliteHuey, crontab
+from huey.exceptions import RetryTask, TaskLockedException
+from sqlmodel import Session, select
+
+from bot.config import Settings
+from bot.forges import forge_for
+from bot.forges.base import ForgeError
+from bot.llm import LLMError, LLMRejected
+from bot.models import Review, ReviewStatus
+from bot.review_job import ForgeFactory, mark_failed, run_review_job
+
+log = logging.getLogger(__name__)
+
+REVIEW_RETRIES = 4
+REVIEW_RETRY_DELAY_S = 20  # doubled at each retry: 20, 40, 80, 160 s
+LOCKED_RETRY_DELAY_S = 15
+STALE_QUEUED = timedelta(minutes=5)
+STALE_RUNNING = timedelta(minutes=30)
+
+
+def make_huey(queue_url: str) -> Huey:
+    if queue_url.startswith(("redis://", "rediss://")):
+        return RedisHuey("reviewbot", url=queue_url)
+    return SqliteHuey("reviewbot", filename=str(Path(queue_url.removeprefix("sqlite:///")).resolve()))
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, ForgeError):
+        return exc.retryable
+    return isinstance(exc, LLMError) and not isinstance(exc, LLMRejected)
+
+
+class Queue:
+    """The Huey instance with reviewbot's tasks registered on it."""
+
+    def __init__(self, settings: Settings, engine: sa.Engine, forges: ForgeFactory = forge_for) -> None:
+        self.huey = make_huey(settings.queue_url)
+        huey = self.huey
+
+        @huey.task(
+            retries=REVIEW_RETRIES,
+            retry_delay=REVIEW_RETRY_DELAY_S,
+            retry_backoff=2,
+            context=True,
+            name="review",
+        )
+        def review(review_id: int, task: Any = None) -> str:
+            with Session(engine) as session:
+                row = session.get(Review, review_id)
+            if row is None:
+                log.warning("review %s does not exist; dropping its job", review_id)
+                return "missing"
+            try:
+                # At most one review of a merge request at a time, across all workers and hosts.
+                with huey.lock_task(f"review-{row.project_id}-{row.mr_number}"):
+                    return run_review_job(review_id, settings, engine, forges)
+            except TaskLockedException:
+                raise RetryTask(delay=LOCKED_RETRY_DELAY_S) from None
+            except (ForgeError, LLMError) as exc:
+                if _retryable(exc) and task is not None and task.retries > 0:
+                    log.warning("review %s failed, will retry (%s left): %s", review_id, task.retries, exc)
+                    raise
+                mark_failed(engine, review_id, str(exc))
+                return ReviewStatus.FAILED
+            except Exception as exc:  # a bug: record it on the review, then let Huey log the traceback
+                mark_failed(engine, review_id, f"internal error: {exc!r}")
+                raise
+
+        @huey.periodic_task(crontab(minute="*"), name="requeue_stale")
+        def requeue_stale() -> int:
+            return self.requeue_stale(engine)
+
+        self._review = review
+
+    def enqueue_review(self, review_id: int) -> None:
+        self._review(review_id)
+
+    def requeue_stale(self, engine: sa.Engine, now: datetime | None = None) -> int:
+        now = now or datetime.now(UTC)
+        with Session(engine) as session:
+            stale = session.exec(
+                select(Review.id).where(
+                    sa.or_(
+                        sa.and_(
+                            sa.column("status") == ReviewStatus.QUEUED,
+                            sa.column("created_at") < now - STALE_QUEUED,
+                        ),
+                        sa.and_(
+                            sa.column("status") == ReviewStatus.RUNNING,
+                            sa.column("started_at") < now - STALE_RUNNING,
+                        ),
+                    )
+                )
+            ).all()
+        for review_id in stale:
+            assert review_id is not None
+            log.warning("review %s looks lost (queued or running too long); queueing it again", review_id)
+            self.enqueue_review(review_id)
+        return len(stale)

@@ -108,9 +108,7 @@ class Forge(Protocol):
         """Every comment of the bot's on the MR/PR (all pages), with fingerprints."""
         ...
 
-    def post_review(
-        self, mr: MergeRequest, diff: Diff, comments: list[InlineComment]
-    ) -> list[PostedComment]:
+    def post_review(self, mr: MergeRequest, diff: Diff, comments: list[InlineComment]) -> list[PostedComment]:
         """Post the findings. Anchors are validated against ``diff`` first; a position the forge
         refuses falls back to a file-level, then a general comment: every comment is posted exactly
         once and reported in the result, in the order given. GitHub sends them as one review."""

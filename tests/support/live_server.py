@@ -17,7 +17,9 @@ from tests.support.vllm_server import free_port
 def live_server(app: Any) -> Iterator[str]:
     """Yields the base URL (``http://127.0.0.1:PORT``) while ``app`` is served."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -48,13 +48,19 @@ def _retryable(exc: Exception) -> bool:
 class Queue:
     """The Huey instance with reviewbot's tasks registered on it."""
 
-    def __init__(self, settings: Settings, engine: sa.Engine, forges: ForgeFactory = forge_for) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: sa.Engine,
+        forges: ForgeFactory = forge_for,
+        retry_delay_s: int = REVIEW_RETRY_DELAY_S,
+    ) -> None:
         self.huey = make_huey(settings.queue_url)
         huey = self.huey
 
         @huey.task(
             retries=REVIEW_RETRIES,
-            retry_delay=REVIEW_RETRY_DELAY_S,
+            retry_delay=retry_delay_s,
             retry_backoff=2,
             context=True,
             name="review",

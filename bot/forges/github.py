@@ -1,0 +1,463 @@
+"""GitHub behind the forge protocol (``base.Forge``), through PyGithub.
+
+Choices worth knowing:
+
+- **Comment ids.** A review comment is its number (``"123"``); an issue comment (the summary, and a
+  finding that fell back to a general comment) is ``"issuecomment-123"``, GitHub's own anchor for it,
+  so edits go to the right endpoint without asking GitHub.
+- **The diff** is rebuilt from the PR's files list, which GitHub caps at 3000 files: past that, the
+  text starts with ``# reviewbot:`` lines saying how many files are missing (``parse_diff`` and git
+  ignore text before the first ``diff --git``), and a warning is logged. A file GitHub sends without
+  a patch (binary, or a text diff too large for GitHub to show) gets git's own line for a diff it
+  will not show, ``Binary files a/x and b/x differ``, so ``parse_diff`` sets it aside; a too-large
+  text file is also named in the ``# reviewbot:`` lines.
+- **Posting.** All findings go in one review (GitHub's secondary limit is 80 content-creating requests
+  a minute). Anchors not on a diff line become file-level comments before posting. If GitHub still
+  refuses the review (422), it is retried once with every comment file-level; if that fails too,
+  each finding becomes its own issue comment naming ``path:line`` (one each, so each can still be
+  edited and reacted to on its own).
+- **Resolution.** Review threads are resolved through GraphQL (``resolveReviewThread``), and
+  ``bot_comments`` reads ``resolved`` from ``reviewThreads``; an issue comment has no thread, so it is
+  edited to say it is outdated.
+- **Retries.** Short waits (a 429/403 with ``Retry-After`` up to ``_MAX_WAIT_S``, a 5xx on a
+  request that is safe to repeat) are waited out here; longer ones become a ``ForgeError`` with
+  ``retry_after_s`` for the queue to honour. A POST answered 5xx is not repeated: it may have
+  been applied, and a repeat would post the findings twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
+from github.File import File
+from github.GithubException import RateLimitExceededExceedsMaxWait, RateLimitExceededException
+from github.PullRequest import PullRequest
+from github.Requester import Requester
+from urllib3 import Retry
+from urllib3.connectionpool import ConnectionPool
+from urllib3.exceptions import MaxRetryError, ResponseError
+from urllib3.response import BaseHTTPResponse
+
+from bot.diff import Diff
+from bot.forges.base import (
+    BotComment,
+    ForgeError,
+    InlineComment,
+    MergeRequest,
+    Placement,
+    PostedComment,
+    parse_marker,
+)
+from bot.models import Side
+
+log = logging.getLogger(__name__)
+
+MAX_FILES = 3000  # GitHub's pulls/{n}/files lists no more
+_ISSUE_PREFIX = "issuecomment-"
+_MAX_WAIT_S = 10.0  # longer waits are the queue's job, not a blocked worker's
+_SECONDARY_WAIT_S = 60.0  # GitHub: without retry-after, wait at least a minute
+_OUTDATED = "**Outdated:** the code this finding was about has changed.\n\n"
+
+_THREADS_QUERY = """
+query($owner: String!, $name: String!, $number: Int!, $cursor: String) {
+  repository(owner: $owner, name: $name) {
+    pullRequest(number: $number) {
+      reviewThreads(first: 100, after: $cursor) {
+        pageInfo { hasNextPage endCursor }
+        nodes { id isResolved comments(first: 1) { nodes { databaseId } } }
+      }
+    }
+  }
+}
+"""
+_RESOLVE_MUTATION = """
+mutation($threadId: ID!) {
+  resolveReviewThread(input: {threadId: $threadId}) { thread { id isResolved } }
+}
+"""
+
+
+class _Retry(GithubRetry):
+    """GithubRetry that hands long waits to the caller and never repeats a POST that got a 5xx."""
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if method == "POST" and status_code >= 500:
+            return False
+        return bool(super().is_retry(method, status_code, has_retry_after))
+
+    def increment(  # type: ignore[override]
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Retry:
+        wait = _retry_after(dict(response.headers)) if response is not None else None
+        if wait is not None and wait > _MAX_WAIT_S:
+            # urllib3 then returns this response (raise_on_status=False): PyGithub raises with its headers
+            raise MaxRetryError(_pool, url or "", ResponseError(f"Retry-After {wait:.0f} s"))  # type: ignore[arg-type]
+        return super().increment(method, url, response, error, _pool, _stacktrace)  # type: ignore[arg-type]
+
+
+class GitHubForge:
+    """One repository on GitHub (or GitHub Enterprise Server: ``api_url`` ``https://HOST/api/v3``),
+    authenticated with a token or as a GitHub App installation."""
+
+    def __init__(
+        self,
+        api_url: str,
+        repo: str,
+        *,
+        token: str | None = None,
+        app_id: int | None = None,
+        private_key: str | None = None,
+        installation_id: int | None = None,
+        timeout_s: float = 10.0,
+        seconds_between_writes: float = 1.0,  # GitHub asks for a second between content-creating calls
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.repo_name = repo
+        options: dict[str, Any] = {
+            "base_url": self.api_url,
+            "timeout": max(1, math.ceil(timeout_s)),  # PyGithub takes whole seconds
+            "per_page": 100,  # the most GitHub allows: fewer requests for long lists
+            "retry": _Retry(
+                total=2,
+                backoff_factor=0.5,
+                raise_on_status=False,  # the last error response reaches PyGithub, with GitHub's message
+                secondary_rate_wait=_SECONDARY_WAIT_S,
+                max_rate_limit_wait=_MAX_WAIT_S,
+            ),
+            "seconds_between_requests": None,
+            "seconds_between_writes": seconds_between_writes or None,
+        }
+        auth: Auth.Auth
+        app_auth: Auth.AppAuth | None = None
+        if token is not None:
+            auth = Auth.Token(token)
+        elif app_id is not None and private_key is not None and installation_id is not None:
+            app_auth = Auth.AppAuth(app_id, private_key)
+            auth = app_auth.get_installation_auth(installation_id)
+        else:
+            raise ValueError("GitHubForge needs a token, or app_id, private_key and installation_id")
+        self._github = Github(auth=auth, lazy=True, **options)  # lazy: no GET before each write
+        self._repo = self._github.get_repo(repo)
+        with self._calling("read the bot's identity"):
+            if app_auth is None:
+                self.bot_username: str = self._github.get_user().login
+            else:  # an installation token may not read /user; the App (with its JWT) reads /app
+                self.bot_username = f"{GithubIntegration(auth=app_auth, **options).get_app().slug}[bot]"
+
+    # --- reading ---
+
+    def merge_request(self, number: int) -> MergeRequest:
+        with self._calling(f"read pull request #{number}"):
+            pr = self._pr(number)
+            return MergeRequest(
+                number=number,
+                title=pr.title,
+                state="merged" if pr.merged else pr.state,
+                draft=bool(pr.draft),
+                author=pr.user.login,
+                head_sha=pr.head.sha,
+                base_sha=pr.base.sha,
+            )
+
+    def diff(self, mr: MergeRequest) -> str:
+        with self._calling(f"list the files of pull request #{mr.number}"):
+            files = list(self._pr(mr.number).get_files())
+            notes = [f"{f.filename}: GitHub shows no diff for it (too large)" for f in files if _too_large(f)]
+            if len(files) >= MAX_FILES:
+                total = self._pr(mr.number).changed_files
+                if total > len(files):
+                    log.warning(
+                        "%s#%d: GitHub lists %d of %d files", self.repo_name, mr.number, len(files), total
+                    )
+                    notes.insert(
+                        0,
+                        f"GitHub lists only {len(files)} of the {total} changed files; the rest are missing",
+                    )
+        preamble = "".join(f"# reviewbot: {note}\n" for note in notes)
+        return preamble + "".join(_file_patch(f) for f in files if f.status != "unchanged")
+
+    def bot_comments(self, number: int) -> list[BotComment]:
+        found: list[BotComment] = []
+        with self._calling(f"list the comments of pull request #{number}"):
+            review = [c for c in self._pr(number).get_review_comments() if self._is_bot(c.user.login, c.body)]
+            resolved = {cid for cid, (_, done) in self._threads(number).items() if done} if review else set()
+            for c in review:
+                found.append(_bot_comment(str(c.id), c.body, resolved=c.id in resolved))
+            for ic in self._repo.get_issue(number).get_comments():
+                if self._is_bot(ic.user.login, ic.body):
+                    found.append(_bot_comment(f"{_ISSUE_PREFIX}{ic.id}", ic.body, resolved=False))
+        return found
+
+    # --- writing ---
+
+    def post_review(self, mr: MergeRequest, diff: Diff, comments: list[InlineComment]) -> list[PostedComment]:
+        placed: list[tuple[Placement, str | None]] = [_placement(c, diff) for c in comments]
+        in_review = [i for i, (placement, _) in enumerate(placed) if placement is not Placement.GENERAL]
+        ids: dict[int, str] = {}
+        if in_review:
+            refused = self._post_review(mr, [(i, comments[i], placed[i][0]) for i in in_review], ids)
+            if refused is not None:
+                log.warning("%s#%d: GitHub refused the review: %s", self.repo_name, mr.number, refused)
+                file_level = [(i, comments[i], Placement.FILE) for i in in_review]
+                again = self._post_review(mr, file_level, ids)
+                fallback = (
+                    (Placement.FILE, f"GitHub refused the review ({refused}); posted on the file")
+                    if again is None
+                    else (
+                        Placement.GENERAL,
+                        f"GitHub refused the review ({refused}) and its file-level retry ({again});"
+                        " posted as a pull request comment",
+                    )
+                )
+                for i in in_review:
+                    placed[i] = fallback
+        for i, comment in enumerate(comments):
+            if placed[i][0] is Placement.GENERAL:
+                with self._calling(f"comment on pull request #{mr.number}"):
+                    posted = self._repo.get_issue(mr.number).create_comment(_general_body(comment))
+                ids[i] = f"{_ISSUE_PREFIX}{posted.id}"
+        return [
+            PostedComment(c.fingerprint, ids[i], None, placed[i][0], placed[i][1])
+            for i, c in enumerate(comments)
+        ]
+
+    def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
+        with self._calling(f"post the summary on pull request #{number}"):
+            if existing is not None:
+                try:
+                    self._edit(number, existing.comment_id, body)
+                    return existing.comment_id
+                except GithubException as exc:
+                    if exc.status != 404:
+                        raise
+                    log.info("%s#%d: the summary comment is gone; posting a new one", self.repo_name, number)
+            return f"{_ISSUE_PREFIX}{self._repo.get_issue(number).create_comment(body).id}"
+
+    def update_comment(self, number: int, comment: BotComment, body: str) -> None:
+        with self._calling(f"edit comment {comment.comment_id} on pull request #{number}"):
+            self._edit(number, comment.comment_id, body)
+
+    def resolve_comment(self, number: int, comment: BotComment) -> None:
+        if comment.comment_id.startswith(_ISSUE_PREFIX):  # no thread to resolve: say so in the comment
+            if not comment.body.startswith(_OUTDATED):
+                self.update_comment(number, comment, _OUTDATED + comment.body)
+            return
+        operation = f"resolve the thread of comment {comment.comment_id} on pull request #{number}"
+        with self._calling(operation):
+            thread = self._threads(number).get(int(comment.comment_id))
+            if thread is None:
+                raise ForgeError(f"{self._where()}: {operation}: no review thread holds it", retryable=False)
+            thread_id, resolved = thread
+            if not resolved:
+                self._requester.graphql_query(_RESOLVE_MUTATION, {"threadId": thread_id})
+
+    # --- helpers ---
+
+    @property
+    def _requester(self) -> Requester:
+        return self._github.requester
+
+    def _pr(self, number: int) -> PullRequest:
+        return self._repo.get_pull(number)  # lazy: no request until an attribute is read
+
+    def _edit(self, number: int, comment_id: str, body: str) -> None:
+        if comment_id.startswith(_ISSUE_PREFIX):
+            self._repo.get_issue(number).get_comment(int(comment_id.removeprefix(_ISSUE_PREFIX))).edit(body)
+        else:
+            self._pr(number).get_review_comment(int(comment_id)).edit(body)
+
+    def _is_bot(self, login: str, body: str) -> bool:
+        return login == self.bot_username and parse_marker(body) is not None
+
+    def _post_review(
+        self, mr: MergeRequest, items: list[tuple[int, InlineComment, Placement]], ids: dict[int, str]
+    ) -> str | None:
+        """Post one review; fills ``ids``. Returns GitHub's message if it refused the review (422)."""
+        payload = {
+            "commit_id": mr.head_sha,
+            "event": "COMMENT",
+            "body": f"reviewbot: {len(items)} finding(s) on {mr.head_sha[:12]}.",  # COMMENT needs a body
+            "comments": [_review_comment(c, placement) for _, c, placement in items],
+        }
+        with self._calling(f"post a review on pull request #{mr.number}"):
+            try:
+                _, review = self._requester.requestJsonAndCheck(
+                    "POST", f"/repos/{self.repo_name}/pulls/{mr.number}/reviews", input=payload
+                )
+            except GithubException as exc:
+                if exc.status == 422:
+                    return _github_message(exc)
+                raise
+            posted = list(self._pr(mr.number).get_single_review_comments(review["id"]))
+        if len(posted) != len(items):
+            raise ForgeError(
+                f"{self._where()}: review {review['id']} on pull request #{mr.number} was posted, but GitHub"
+                f" lists {len(posted)} of its {len(items)} comments",
+                retryable=False,
+            )
+        # GitHub does not promise our order: match each comment to its finding by path and body
+        for i, comment, _ in items:
+            match = next((p for p in posted if p.path == comment.path and p.body == comment.body), posted[0])
+            posted.remove(match)
+            ids[i] = str(match.id)
+        return None
+
+    def _threads(self, number: int) -> dict[int, tuple[str, bool]]:
+        """Review threads of the PR by their first comment's id: (thread node id, resolved)."""
+        owner, name = self.repo_name.split("/", 1)
+        threads: dict[int, tuple[str, bool]] = {}
+        cursor: str | None = None
+        while True:
+            variables = {"owner": owner, "name": name, "number": number, "cursor": cursor}
+            _, data = self._requester.graphql_query(_THREADS_QUERY, variables)
+            page = data["data"]["repository"]["pullRequest"]["reviewThreads"]
+            for node in page["nodes"]:
+                first = node["comments"]["nodes"]
+                if first:
+                    threads[first[0]["databaseId"]] = (node["id"], node["isResolved"])
+            if not page["pageInfo"]["hasNextPage"]:
+                return threads
+            cursor = page["pageInfo"]["endCursor"]
+
+    def _where(self) -> str:
+        return f"GitHub {self.api_url}, {self.repo_name}"
+
+    @contextmanager
+    def _calling(self, operation: str) -> Iterator[None]:
+        """Turns PyGithub's and the network's exceptions into ForgeError naming where and what."""
+        try:
+            yield
+        except GithubException as exc:
+            raise self._error(operation, exc) from exc
+        except OSError as exc:  # requests' exceptions are OSErrors: refused, reset, timed out
+            raise ForgeError(f"{self._where()}: {operation}: {exc}", retryable=True) from exc
+
+    def _error(self, operation: str, exc: GithubException) -> ForgeError:
+        headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        wait = _retry_after(headers)
+        rate_limited = isinstance(exc, RateLimitExceededException) or exc.status == 429 or wait is not None
+        if isinstance(exc, RateLimitExceededExceedsMaxWait) and exc.wait is not None:
+            wait = exc.wait
+        elif rate_limited and wait is None and exc.status == 403:
+            wait = _SECONDARY_WAIT_S
+        retryable = exc.status >= 500 or exc.status == 429 or (exc.status == 403 and rate_limited)
+        message = f"{self._where()}: {operation}: {exc.status} {_github_message(exc)}"
+        if exc.status in (401, 403) and not retryable:
+            message += " (check the token or the App's permissions)"
+        return ForgeError(message, retryable=retryable, retry_after_s=wait if retryable else None)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds to wait, from ``Retry-After`` (seconds or a date) or, at 0 remaining, ``x-ratelimit-reset``."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    value = lowered.get("retry-after")
+    if value is not None:
+        if value.strip().isdigit():
+            return float(value)
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    reset = lowered.get("x-ratelimit-reset")
+    if lowered.get("x-ratelimit-remaining") == "0" and reset is not None and reset.isdigit():
+        return max(0.0, int(reset) - time.time())
+    return None
+
+
+def _github_message(exc: GithubException) -> str:
+    data = exc.data if isinstance(exc.data, dict) else {}
+    errors = [e if isinstance(e, str) else e.get("message") or str(e) for e in data.get("errors") or []]
+    # a proxy's HTML error page reaches PyGithub as {"data": text}
+    message = data.get("message") or exc.message or " ".join(str(data.get("data", "")).split())[:200]
+    message = message or "no message"
+    return f"{message}: {'; '.join(errors)}" if errors else str(message)
+
+
+def _placement(comment: InlineComment, diff: Diff) -> tuple[Placement, str | None]:
+    """Where a finding can go, decided before posting, and why when not inline."""
+    file = next((f for f in diff.files if f.path == comment.path), None)
+    if file is None and not any(s.path == comment.path for s in diff.skipped):
+        return Placement.GENERAL, f"{comment.path} is not among the pull request's files; posted as a comment"
+    if comment.line is None:
+        return Placement.FILE, None
+    if file is None or file.line(comment.side, comment.line) is None:
+        where = f"line {comment.line} ({comment.side} side)"
+        return Placement.FILE, f"{where} is not in the diff of {comment.path}; posted on the file"
+    return Placement.INLINE, None
+
+
+def _review_comment(comment: InlineComment, placement: Placement) -> dict[str, Any]:
+    if placement is Placement.FILE:
+        return {"path": comment.path, "body": comment.body, "subject_type": "file"}
+    side = "LEFT" if comment.side == Side.OLD else "RIGHT"
+    return {"path": comment.path, "body": comment.body, "line": comment.line, "side": side}
+
+
+def _general_body(comment: InlineComment) -> str:
+    where = comment.path if comment.line is None else f"{comment.path}:{comment.line}"
+    old = " (old side)" if comment.line is not None and comment.side == Side.OLD else ""
+    return f"**`{where}`**{old}\n\n{comment.body}"
+
+
+def _bot_comment(comment_id: str, body: str, *, resolved: bool) -> BotComment:
+    marker = parse_marker(body)
+    assert marker is not None  # callers keep only marked comments
+    return BotComment(comment_id, None, marker[0], marker[1], body, resolved)
+
+
+def _too_large(file: File) -> bool:
+    # GitHub counts lines for a text file even when it leaves the patch out; a binary file has none
+    return file.patch is None and file.changes > 0
+
+
+def _file_patch(file: File) -> str:
+    """One file of a ``git diff``, with the headers ``parse_diff`` reads status and paths from."""
+    new = file.filename
+    old = file.previous_filename if file.status in ("renamed", "copied") and file.previous_filename else new
+    lines = [f"diff --git {_quote('a/' + old)} {_quote('b/' + new)}"]
+    before, after = _quote("a/" + old), _quote("b/" + new)
+    if file.status == "added":
+        lines.append("new file mode 100644")
+        before = "/dev/null"
+    elif file.status == "removed":
+        lines.append("deleted file mode 100644")
+        after = "/dev/null"
+    elif old != new:
+        verb = "copy" if file.status == "copied" else "rename"
+        lines += [f"{verb} from {_quote(old)}", f"{verb} to {_quote(new)}"]
+    if file.patch is None:
+        # git's words for a diff it will not show; a rename without a patch or counted lines is taken for a
+        # pure rename (GitHub's list cannot tell it from a renamed and changed binary file)
+        if file.changes > 0 or file.status not in ("renamed", "copied"):
+            lines.append(f"Binary files {before} and {after} differ")
+    else:
+        lines += [f"--- {before}", f"+++ {after}", file.patch.removesuffix("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(path: str) -> str:
+    """git's C-style quoting of a path with quotes, backslashes, control or non-ASCII characters."""
+    if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\' for ch in path):
+        return path
+    escapes = {'"': '\\"', "\\": "\\\\", "\t": "\\t", "\n": "\\n"}
+    out = []
+    for ch in path:
+        if ch in escapes:
+            out.append(escapes[ch])
+        elif 0x20 <= ord(ch) < 0x7F:
+            out.append(ch)
+        else:
+            out.extend(f"\\{byte:03o}" for byte in ch.encode("utf-8"))
+    return '"' + "".join(out) + '"'

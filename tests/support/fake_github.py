@@ -1,0 +1,589 @@
+"""A stateful fake of GitHub's REST API (and the two GraphQL operations the bot uses), for PyGithub.
+
+A test double of an external service: serve ``FakeGitHub().app`` with ``tests.support.live_server``
+and point the client's ``base_url`` at it. It enforces the rules the bot must respect:
+
+- a review is all or nothing: one comment anchored off the diff (a line not in a hunk of that file
+  on that side: ``422 Line could not be resolved``; a path not in the pull request: ``Path could
+  not be resolved``) fails it and stores nothing; ``event: COMMENT`` needs a body; ``commit_id``
+  must be the head;
+- lists are paginated with ``per_page``/``page`` and a ``Link`` header, and ``pulls/{n}/files``
+  stops at ``max_files`` (3000 like GitHub);
+- tokens map to users (unknown: 401); an App authenticates with a JWT (any signature is accepted)
+  and gets installation tokens for its ``slug[bot]`` user, which ``GET /user`` refuses like GitHub;
+- more than ``secondary_limit`` content-creating requests in a minute answer 403 secondary rate limit;
+- ``fail()`` makes the next requests to a path answer 429, 5xx or 403 secondary rate limit.
+
+One rule of its own, stricter than GitHub: a review comment with the legacy ``position`` is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import itertools
+import json
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+SECONDARY_MESSAGE = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
+)
+_WRITES = {"POST", "PATCH", "PUT", "DELETE"}
+_STAMP = "2024-05-01T12:00:00Z"
+_HUNK = re.compile(r"@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    """A changed file of a seeded pull request: ``old`` None means added, ``new`` None removed."""
+
+    path: str
+    old: str | None = None
+    new: str | None = None
+    previous_path: str | None = None  # renamed from
+    binary: bool = False  # GitHub sends no patch and counts no lines
+    too_large: bool = False  # GitHub counts the lines but sends no patch
+
+
+@dataclass
+class PullRequest:
+    repo: str
+    number: int
+    title: str
+    author: str
+    head_sha: str
+    base_sha: str
+    state: str = "open"
+    draft: bool = False
+    merged: bool = False
+    files: list[dict[str, Any]] = field(default_factory=list)  # the files list entries, as GitHub sends
+    anchors: dict[str, dict[str, set[int]]] = field(default_factory=dict)  # path -> LEFT/RIGHT -> lines
+
+
+@dataclass
+class ReviewComment:
+    id: int
+    repo: str
+    pr: int
+    review_id: int | None
+    path: str
+    line: int | None
+    side: str | None
+    subject_type: str
+    body: str
+    user: str
+    commit_id: str
+    in_reply_to_id: int | None = None
+    reactions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IssueComment:
+    id: int
+    repo: str
+    pr: int
+    body: str
+    user: str
+
+
+@dataclass
+class Failure:
+    path: str
+    method: str | None
+    status: int
+    remaining: int
+    headers: dict[str, str]
+    message: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    body: Any  # the JSON body, None without one
+
+
+class FakeGitHub:
+    def __init__(self, *, secondary_limit: int = 80, max_files: int = 3000, graphql_page: int = 100) -> None:
+        self.secondary_limit = secondary_limit
+        self.max_files = max_files
+        self.graphql_page = graphql_page
+        self.requests: list[Recorded] = []
+        self.users: dict[str, str] = {}  # login -> type ("User" or "Bot")
+        self.tokens: dict[str, str] = {}  # token -> login
+        self.apps: dict[str, tuple[str, set[int]]] = {}  # app id -> (slug, installation ids)
+        self.pulls: dict[tuple[str, int], PullRequest] = {}
+        self.reviews: list[dict[str, Any]] = []
+        self.review_comments: dict[int, ReviewComment] = {}
+        self.issue_comments: dict[int, IssueComment] = {}
+        self.resolved: set[int] = set()  # root review comment ids of resolved threads
+        self._failures: list[Failure] = []
+        self._writes: deque[float] = deque()
+        self._ids = itertools.count(1001)
+        self.app = self._build_app()
+
+    # --- seeding ---
+
+    def add_user(self, login: str, token: str | None = None) -> str:
+        self.users[login] = "User"
+        if token is not None:
+            self.tokens[token] = login
+        return login
+
+    def add_app(self, app_id: int, slug: str, installation_id: int) -> str:
+        """Registers an App with one installation; returns its bot user's login."""
+        self.apps[str(app_id)] = (slug, {installation_id})
+        self.users[f"{slug}[bot]"] = "Bot"
+        return f"{slug}[bot]"
+
+    def add_pull(
+        self,
+        repo: str,
+        number: int,
+        files: list[SeedFile],
+        *,
+        author: str = "alice",
+        title: str = "A change",
+        head_sha: str = "b" * 40,
+        base_sha: str = "a" * 40,
+        **state: Any,
+    ) -> PullRequest:
+        pr = PullRequest(repo, number, title, author, head_sha, base_sha, **state)
+        for seed in files:
+            entry, anchors = _file_entry(seed)
+            pr.files.append(entry)
+            pr.anchors[seed.path] = anchors
+        self.pulls[(repo, number)] = pr
+        return pr
+
+    def add_review_comment(
+        self,
+        repo: str,
+        pr: int,
+        user: str,
+        body: str,
+        path: str,
+        line: int = 1,
+        in_reply_to: int | None = None,
+    ) -> int:
+        """A review comment as if posted on GitHub; a reply (``in_reply_to``) joins that comment's thread."""
+        comment_id = next(self._ids)
+        head = self.pulls[(repo, pr)].head_sha
+        self.review_comments[comment_id] = ReviewComment(
+            comment_id, repo, pr, None, path, line, "RIGHT", "line", body, user, head, in_reply_to
+        )
+        return comment_id
+
+    def add_issue_comment(self, repo: str, pr: int, user: str, body: str) -> int:
+        comment_id = next(self._ids)
+        self.issue_comments[comment_id] = IssueComment(comment_id, repo, pr, body, user)
+        return comment_id
+
+    def fail(
+        self,
+        path: str,
+        status: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        retry_after: int | None = None,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """The next ``times`` requests to ``path`` (and ``method``, when given) answer ``status``."""
+        headers = dict(headers or {})
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        defaults = {403: SECONDARY_MESSAGE, 429: "Too Many Requests", 422: "Unprocessable Entity"}
+        default = defaults.get(status, "Bad Gateway" if status == 502 else "Server Error")
+        self._failures.append(Failure(path, method, status, times, headers, message or default))
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for r in self.requests if r.method == method and r.path == path)
+
+    # --- the app ---
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()  # every route async: one event loop thread, so no locks around the state
+
+        @app.middleware("http")
+        async def gatekeeper(request: Request, call_next: Any) -> Response:
+            raw = await request.body()
+            body = json.loads(raw) if raw else None
+            self.requests.append(Recorded(request.method, request.url.path, body))
+            refusal = self._failure(request) or self._secondary_limit(request)
+            if refusal is not None:
+                return refusal
+            login = self._authenticate(request)
+            if isinstance(login, Response):
+                return login
+            request.state.login = login
+            response: Response = await call_next(request)
+            return response
+
+        @app.get("/user")
+        async def user(request: Request) -> Response:
+            login = request.state.login
+            if self.users[login] == "Bot":
+                return _error(403, "Resource not accessible by integration")
+            return JSONResponse({"login": login, "id": _user_id(login), "type": "User"})
+
+        @app.get("/app")
+        async def github_app(request: Request) -> Response:
+            slug, _ = self.apps[request.state.login]
+            return JSONResponse({"id": int(request.state.login), "slug": slug, "name": slug, "owner": None})
+
+        @app.post("/app/installations/{installation_id}/access_tokens")
+        async def access_token(request: Request, installation_id: int) -> Response:
+            slug, installations = self.apps[request.state.login]
+            if installation_id not in installations:
+                return _error(404, "Not Found")
+            token = f"ghs_{secrets.token_hex(12)}"
+            self.tokens[token] = f"{slug}[bot]"
+            expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return JSONResponse({"token": token, "expires_at": expires, "permissions": {}}, status_code=201)
+
+        @app.get("/repos/{owner}/{name}/pulls/{number}")
+        async def pull(request: Request, owner: str, name: str, number: int) -> Response:
+            pr = self.pulls.get((f"{owner}/{name}", number))
+            return _not_found() if pr is None else JSONResponse(_pull_json(pr, _base(request)))
+
+        @app.get("/repos/{owner}/{name}/pulls/{number}/files")
+        async def files(request: Request, owner: str, name: str, number: int) -> Response:
+            pr = self.pulls.get((f"{owner}/{name}", number))
+            return _not_found() if pr is None else _page(request, pr.files[: self.max_files])
+
+        @app.post("/repos/{owner}/{name}/pulls/{number}/reviews")
+        async def create_review(request: Request, owner: str, name: str, number: int) -> Response:
+            pr = self.pulls.get((f"{owner}/{name}", number))
+            if pr is None:
+                return _not_found()
+            return self._create_review(pr, await request.json(), request.state.login)
+
+        @app.get("/repos/{owner}/{name}/pulls/{number}/reviews/{review_id}/comments")
+        async def review_comments_of(
+            request: Request, owner: str, name: str, number: int, review_id: int
+        ) -> Response:
+            found = [c for c in self.review_comments.values() if c.review_id == review_id]
+            return _page(request, [_review_comment_json(c, _base(request)) for c in found])
+
+        @app.get("/repos/{owner}/{name}/pulls/{number}/comments")
+        async def review_comments(request: Request, owner: str, name: str, number: int) -> Response:
+            repo = f"{owner}/{name}"
+            if (repo, number) not in self.pulls:
+                return _not_found()
+            found = [c for c in self.review_comments.values() if (c.repo, c.pr) == (repo, number)]
+            return _page(request, [_review_comment_json(c, _base(request)) for c in found])
+
+        @app.patch("/repos/{owner}/{name}/pulls/comments/{comment_id}")
+        async def edit_review_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
+            comment = self.review_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            if comment.user != request.state.login:
+                return _error(403, "You can only edit your own comments")
+            comment.body = (await request.json())["body"]
+            return JSONResponse(_review_comment_json(comment, _base(request)))
+
+        @app.get("/repos/{owner}/{name}/issues/{number}/comments")
+        async def issue_comments(request: Request, owner: str, name: str, number: int) -> Response:
+            repo = f"{owner}/{name}"
+            if (repo, number) not in self.pulls:
+                return _not_found()
+            found = [c for c in self.issue_comments.values() if (c.repo, c.pr) == (repo, number)]
+            return _page(request, [_issue_comment_json(c, _base(request)) for c in found])
+
+        @app.post("/repos/{owner}/{name}/issues/{number}/comments")
+        async def create_issue_comment(request: Request, owner: str, name: str, number: int) -> Response:
+            repo = f"{owner}/{name}"
+            if (repo, number) not in self.pulls:
+                return _not_found()
+            body = (await request.json()).get("body") or ""
+            if not body.strip():
+                return _unprocessable("Body cannot be blank")
+            comment = IssueComment(next(self._ids), repo, number, body, request.state.login)
+            self.issue_comments[comment.id] = comment
+            return JSONResponse(_issue_comment_json(comment, _base(request)), status_code=201)
+
+        @app.patch("/repos/{owner}/{name}/issues/comments/{comment_id}")
+        async def edit_issue_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
+            comment = self.issue_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            if comment.user != request.state.login:
+                return _error(403, "You can only edit your own comments")
+            comment.body = (await request.json())["body"]
+            return JSONResponse(_issue_comment_json(comment, _base(request)))
+
+        @app.post("/graphql")
+        async def graphql(request: Request) -> Response:
+            payload = await request.json()
+            return JSONResponse(self._graphql(payload["query"], payload.get("variables") or {}))
+
+        return app
+
+    # --- rules ---
+
+    def _failure(self, request: Request) -> Response | None:
+        for failure in self._failures:
+            if failure.path == request.url.path and failure.method in (None, request.method):
+                failure.remaining -= 1
+                if failure.remaining <= 0:
+                    self._failures.remove(failure)
+                return _error(failure.status, failure.message, failure.headers)
+        return None
+
+    def _secondary_limit(self, request: Request) -> Response | None:
+        if request.method not in _WRITES or request.url.path.startswith(("/app", "/graphql")):
+            return None
+        now = time.monotonic()
+        while self._writes and self._writes[0] < now - 60:
+            self._writes.popleft()
+        if len(self._writes) >= self.secondary_limit:
+            return _error(403, SECONDARY_MESSAGE, {"Retry-After": "60"})
+        self._writes.append(now)
+        return None
+
+    def _authenticate(self, request: Request) -> str | Response:
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        if request.url.path.startswith("/app"):  # the App itself: a JWT whose "iss" is its id
+            app_id = _jwt_issuer(credential) if scheme.lower() == "bearer" else None
+            if app_id not in self.apps:
+                return _error(401, "A JSON web token could not be decoded")
+            return app_id
+        login = self.tokens.get(credential) if scheme.lower() in ("token", "bearer") else None
+        return _error(401, "Bad credentials") if login is None else login
+
+    def _create_review(self, pr: PullRequest, review: dict[str, Any], login: str) -> Response:
+        event = review.get("event")
+        if event in ("COMMENT", "REQUEST_CHANGES") and not (review.get("body") or "").strip():
+            return _unprocessable(f"Review body is required for {event}")
+        if review.get("commit_id", pr.head_sha) != pr.head_sha:
+            return _unprocessable("commit_id is not part of the pull request")
+        stored: list[ReviewComment] = []
+        review_id = next(self._ids)
+        for c in review.get("comments") or []:
+            if "position" in c:
+                return _unprocessable("fake GitHub: 'position' is legacy, send line and side")
+            anchors = pr.anchors.get(c.get("path"))
+            if anchors is None:
+                return _unprocessable("Path could not be resolved")
+            if c.get("subject_type") == "file":
+                line, side = None, None
+            else:
+                line, side = c.get("line"), c.get("side", "RIGHT")
+                if side not in anchors or line not in anchors[side]:
+                    return _unprocessable("Line could not be resolved")
+            subject = c.get("subject_type") or "line"
+            place = (pr.repo, pr.number, review_id, c["path"], line, side, subject)
+            stored.append(
+                ReviewComment(next(self._ids), *place, body=c["body"], user=login, commit_id=pr.head_sha)
+            )
+        self.review_comments.update((c.id, c) for c in stored)
+        state = {"COMMENT": "COMMENTED", "APPROVE": "APPROVED", "REQUEST_CHANGES": "CHANGES_REQUESTED"}
+        record = {
+            "id": review_id,
+            "user": _user_json(login),
+            "body": review.get("body") or "",
+            "state": state.get(event or "", "PENDING"),
+            "commit_id": pr.head_sha,
+            "submitted_at": _STAMP,
+        }
+        self.reviews.append(record)
+        return JSONResponse(record)
+
+    def _graphql(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        roots = {c.id: c for c in self.review_comments.values() if c.in_reply_to_id is None}
+        if "resolveReviewThread" in query:
+            root_id = int(str(variables.get("threadId", "")).removeprefix("PRRT_") or 0)
+            if root_id not in roots:
+                message = f"Could not resolve to a node with the global id of '{variables.get('threadId')}'"
+                return {"data": None, "errors": [{"type": "NOT_FOUND", "message": message}]}
+            self.resolved.add(root_id)
+            return {
+                "data": {"resolveReviewThread": {"thread": {"id": f"PRRT_{root_id}", "isResolved": True}}}
+            }
+        if "reviewThreads" in query:
+            repo = f"{variables['owner']}/{variables['name']}"
+            threads = sorted(i for i, c in roots.items() if (c.repo, c.pr) == (repo, variables["number"]))
+            start = int(variables.get("cursor") or 0)
+            chunk = threads[start : start + self.graphql_page]
+            nodes = [
+                {
+                    "id": f"PRRT_{i}",
+                    "isResolved": i in self.resolved,
+                    "comments": {"nodes": [{"databaseId": i}]},
+                }
+                for i in chunk
+            ]
+            more = start + len(chunk) < len(threads)
+            page = {"pageInfo": {"hasNextPage": more, "endCursor": str(start + len(chunk))}, "nodes": nodes}
+            return {"data": {"repository": {"pullRequest": {"reviewThreads": page}}}}
+        return {
+            "data": None,
+            "errors": [{"message": "fake GitHub serves reviewThreads and resolveReviewThread"}],
+        }
+
+
+# --- JSON shapes ---
+
+
+def _file_entry(seed: SeedFile) -> tuple[dict[str, Any], dict[str, set[int]]]:
+    status = "added" if seed.old is None else "removed" if seed.new is None else "modified"
+    if seed.previous_path is not None:
+        status = "renamed"
+    entry: dict[str, Any] = {"sha": secrets.token_hex(20), "filename": seed.path, "status": status}
+    if seed.previous_path is not None:
+        entry["previous_filename"] = seed.previous_path
+    patch = "" if seed.binary else _patch(seed.old or "", seed.new or "")
+    added = sum(1 for line in patch.splitlines() if line.startswith("+"))
+    removed = sum(1 for line in patch.splitlines() if line.startswith("-"))
+    entry.update(additions=added, deletions=removed, changes=added + removed)
+    if patch and not seed.too_large:
+        entry["patch"] = patch
+    return entry, (_anchors(patch) if "patch" in entry else {"LEFT": set(), "RIGHT": set()})
+
+
+def _patch(old: str, new: str) -> str:
+    """GitHub's ``patch`` for a file: the hunks of a unified diff, without file headers or final newline."""
+    out: list[str] = []
+    for line in list(difflib.unified_diff(old.splitlines(True), new.splitlines(True)))[2:]:
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out).removesuffix("\n")
+
+
+def _anchors(patch: str) -> dict[str, set[int]]:
+    """The lines a review comment may sit on: LEFT removed or context, RIGHT added or context."""
+    left: set[int] = set()
+    right: set[int] = set()
+    old_no = new_no = 0
+    for line in patch.splitlines():
+        if match := _HUNK.match(line):
+            old_no, new_no = int(match[1]), int(match[2])
+        elif line.startswith("+"):
+            right.add(new_no)
+            new_no += 1
+        elif line.startswith("-"):
+            left.add(old_no)
+            old_no += 1
+        elif line.startswith(" "):
+            left.add(old_no)
+            right.add(new_no)
+            old_no, new_no = old_no + 1, new_no + 1
+    return {"LEFT": left, "RIGHT": right}
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _user_id(login: str) -> int:
+    return sum(login.encode()) + 100
+
+
+def _user_json(login: str) -> dict[str, Any]:
+    kind = "Bot" if login.endswith("[bot]") else "User"
+    return {"login": login, "id": _user_id(login), "type": kind}
+
+
+def _pull_json(pr: PullRequest, base: str) -> dict[str, Any]:
+    url = f"{base}/repos/{pr.repo}"
+    return {
+        "url": f"{url}/pulls/{pr.number}",
+        "issue_url": f"{url}/issues/{pr.number}",
+        "number": pr.number,
+        "title": pr.title,
+        "state": pr.state,
+        "draft": pr.draft,
+        "merged": pr.merged,
+        "user": _user_json(pr.author),
+        "head": {"sha": pr.head_sha, "ref": "feature", "label": "feature"},
+        "base": {"sha": pr.base_sha, "ref": "main", "label": "main"},
+        "changed_files": len(pr.files),
+        "created_at": _STAMP,
+        "updated_at": _STAMP,
+    }
+
+
+def _review_comment_json(c: ReviewComment, base: str) -> dict[str, Any]:
+    reactions = {key: c.reactions.get(key, 0) for key in ("+1", "-1", "laugh", "confused", "heart", "hooray")}
+    data: dict[str, Any] = {
+        "id": c.id,
+        "url": f"{base}/repos/{c.repo}/pulls/comments/{c.id}",
+        "pull_request_review_id": c.review_id,
+        "path": c.path,
+        "line": c.line,
+        "side": c.side,
+        "subject_type": c.subject_type,
+        "body": c.body,
+        "user": _user_json(c.user),
+        "commit_id": c.commit_id,
+        "created_at": _STAMP,
+        "updated_at": _STAMP,
+        "reactions": {**reactions, "total_count": sum(reactions.values())},
+    }
+    if c.in_reply_to_id is not None:
+        data["in_reply_to_id"] = c.in_reply_to_id
+    return data
+
+
+def _issue_comment_json(c: IssueComment, base: str) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "url": f"{base}/repos/{c.repo}/issues/comments/{c.id}",
+        "body": c.body,
+        "user": _user_json(c.user),
+        "created_at": _STAMP,
+        "updated_at": _STAMP,
+    }
+
+
+def _page(request: Request, items: list[dict[str, Any]]) -> Response:
+    """One page of a list, with GitHub's ``Link`` header (PyGithub follows rel="next")."""
+    per_page = min(int(request.query_params.get("per_page", 30)), 100)
+    page = max(int(request.query_params.get("page", 1)), 1)
+    last = max(1, -(-len(items) // per_page))
+    links = []
+    for rel, number in (("next", page + 1), ("last", last)):
+        if page < last:
+            query = urlencode({**request.query_params, "per_page": per_page, "page": number})
+            links.append(f'<{_base(request)}{request.url.path}?{query}>; rel="{rel}"')
+    headers = {"Link": ", ".join(links)} if links else {}
+    return JSONResponse(items[(page - 1) * per_page : page * per_page], headers=headers)
+
+
+def _jwt_issuer(token: str) -> str | None:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["iss"])
+    except (IndexError, ValueError, KeyError):
+        return None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"message": message, "documentation_url": "https://docs.github.com/rest"}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _not_found() -> Response:
+    return _error(404, "Not Found")
+
+
+def _unprocessable(reason: str) -> Response:
+    body = {
+        "message": "Unprocessable Entity",
+        "errors": [reason],
+        "documentation_url": "https://docs.github.com/rest",
+    }
+    return JSONResponse(body, status_code=422)

@@ -28,6 +28,7 @@ app = typer.Typer(
     help="Self-hosted code-review bot for GitLab and GitHub; its small model learns from its reviewers.",
     no_args_is_help=True,
     rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals may hold tokens and secrets
 )
 err = Console(stderr=True)
 

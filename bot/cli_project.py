@@ -19,6 +19,7 @@ from bot.forges.base import ForgeError
 from bot.models import Forge, Project, Review, Severity
 
 project_app = typer.Typer(
+    pretty_exceptions_show_locals=False,
     name="project", help="Projects on GitLab or GitHub: add, list, configure.", no_args_is_help=True
 )
 err = Console(stderr=True)
@@ -95,7 +96,7 @@ def add(
                 markup=False,
                 soft_wrap=True,
             )
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         if session.exec(
             select(Project).where(
                 Project.forge == forge, Project.forge_url == row.forge_url, Project.path == project
@@ -120,7 +121,7 @@ def list_projects(ctx: typer.Context) -> None:
     """The registered projects and their settings."""
     _, engine = _engine(ctx)
     table = Table("forge", "project", "url", "threshold", "ignore", "enabled", "bot")
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         for p in session.exec(select(Project).order_by(Project.forge, Project.path)).all():
             table.add_row(
                 p.forge, p.path, p.forge_url, p.severity_threshold, ", ".join(p.ignore_globs) or "(defaults)",
@@ -149,7 +150,7 @@ def set_project(
 ) -> None:
     """Change a project's settings."""
     _, engine = _engine(ctx)
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         row = _find(session, path, forge)
         if threshold is not None:
             row.severity_threshold = threshold
@@ -178,7 +179,7 @@ def reviews(
     """The project's recent reviews: status, timings, and the error of failed ones."""
     _, engine = _engine(ctx)
     table = Table("id", "MR", "head", "status", "queued", "took", "error")
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         row = _find(session, path, forge)
         query = (
             select(Review).where(Review.project_id == row.id).order_by(sa.desc(sa.column("id"))).limit(limit)

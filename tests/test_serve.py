@@ -1,0 +1,134 @@
+"""`reviewbot project add` and `reviewbot serve` as a user runs them: a GitHub pull request webhook is
+acknowledged, the embedded consumer reviews the PR with the real student, and the findings land on
+the (fake) GitHub as one review plus one summary comment."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.fake_github import FakeGitHub, SeedFile
+from tests.support.live_server import live_server
+from tests.support.vllm_server import VLLMServer, free_port
+
+pytestmark = pytest.mark.vllm
+
+FIXTURE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "fixtures"
+    / "github"
+    / "webhooks"
+    / "pull_request.opened.1.json"
+)
+REPO = "octo/shop"
+OLD = "".join(f"def price_{i}(cart):\n    return cart.total * {i}\n\n" for i in range(25))
+NEW = OLD.replace("cart.total * 3", "eval(cart.total) * 3").replace("cart.total * 17", "cart.total * 17 / 0")
+
+
+@pytest.fixture
+def github() -> Iterator[tuple[FakeGitHub, str]]:
+    fake = FakeGitHub()
+    fake.add_user("shop-bot", token="bot-token")
+    fake.add_user("alice", token="alice-token")
+    fake.add_pull(REPO, 12, [SeedFile("shop/prices.py", OLD, NEW), SeedFile("logo.png", binary=True)])
+    with live_server(fake.app) as url:
+        yield fake, url
+
+
+def reviewbot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_project_add_then_serve_reviews_a_pull_request(
+    github: tuple[FakeGitHub, str], vllm_server: VLLMServer, tmp_path: Path
+) -> None:
+    fake, url = github
+    port = free_port()
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "REVIEWBOT_DATABASE_URL": f"sqlite:///{tmp_path}/bot.db",
+        "REVIEWBOT_QUEUE_URL": f"sqlite:///{tmp_path}/queue.db",
+        "REVIEWBOT_STUDENT_BASE_URL": vllm_server.base_url,
+        "REVIEWBOT_STUDENT_MODEL": "tiny-student",
+        "REVIEWBOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "SHOP_TOKEN": "bot-token",
+    }
+    added = reviewbot(
+        env, "project", "add", "--forge", "github", "--url", url, "--project", REPO,
+        "--token-env", "SHOP_TOKEN", "--threshold", "trivial",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert f"webhook URL:    http://127.0.0.1:{port}/webhooks/github" in added.stdout
+    assert "(bot: shop-bot)" in added.stdout  # asked GitHub who the token belongs to
+    secret = next(
+        line.split()[-1] for line in added.stdout.splitlines() if line.startswith("webhook secret:")
+    )
+    assert "octo/shop" in reviewbot(env, "project", "list").stdout
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.3)
+
+        payload = json.loads(FIXTURE.read_text())
+        payload["repository"]["full_name"] = REPO
+        payload["number"] = payload["pull_request"]["number"] = 12
+        payload["pull_request"]["head"]["sha"] = fake.pulls[(REPO, 12)].head_sha
+        body = json.dumps(payload).encode()
+        headers = {
+            "X-GitHub-Event": "pull_request",
+            "X-GitHub-Delivery": "delivery-1",
+            "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        }
+        response = httpx.post(f"{base}/webhooks/github", content=body, headers=headers)
+        assert response.status_code == 202, response.text
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            listing = reviewbot(env, "project", "reviews", REPO)
+            if "done" in listing.stdout or "failed" in listing.stdout:
+                break
+            time.sleep(1)
+        assert "done" in listing.stdout, listing.stdout
+        assert (
+            httpx.post(f"{base}/webhooks/github", content=body, headers=headers).status_code == 200
+        )  # a replay
+        assert (
+            "reviewbot_" in httpx.get(f"{base}/metrics").text
+            or httpx.get(f"{base}/metrics").status_code == 200
+        )
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert server.returncode is not None, output
+
+    assert len(fake.reviews) == 1 and fake.review_comments  # every inline finding in one review request
+    assert all(c.user == "shop-bot" and "reviewbot:finding:" in c.body for c in fake.review_comments.values())
+    summaries = [c for c in fake.issue_comments.values() if "reviewbot:summary" in c.body]
+    assert len(summaries) == 1 and summaries[0].user == "shop-bot"
+    assert "logo.png" in summaries[0].body  # the binary file is reported as not reviewed

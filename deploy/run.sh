@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Sets up reviewbot on its embedded defaults (SQLite database and queue in the current folder) and runs it.
-# At this version the service has no long-running command yet: this migrates the database and shows the CLI.
+# Sets up reviewbot on its embedded defaults and runs it: SQLite database and queue in the current
+# folder, the job consumer inside the API process, listening on 127.0.0.1:8080.
+# Reviews need the student model at REVIEWBOT_STUDENT_BASE_URL (default http://127.0.0.1:8000/v1):
+# start it with deploy/vllm-serve.sh (see README). Register projects with `reviewbot project add`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/deploy/setup.sh"
 "$root/.venv/bin/reviewbot" db upgrade
-"$root/.venv/bin/reviewbot" --help
+exec "$root/.venv/bin/reviewbot" serve "$@"

@@ -20,7 +20,9 @@ from bot.models import Forge, Project, Review, Severity
 
 project_app = typer.Typer(
     pretty_exceptions_show_locals=False,
-    name="project", help="Projects on GitLab or GitHub: add, list, configure.", no_args_is_help=True
+    name="project",
+    help="Projects on GitLab or GitHub: add, list, configure.",
+    no_args_is_help=True,
 )
 err = Console(stderr=True)
 

@@ -21,6 +21,7 @@ from bot.models import Delivery, Project, Review
 from bot.webhooks import MAX_BODY_BYTES
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+assert FIXTURES.is_dir(), f"the forges' payload examples are missing: expected them in {FIXTURES}"
 GITHUB = sorted((FIXTURES / "github" / "webhooks").glob("*.json"))
 GITLAB = sorted((FIXTURES / "gitlab" / "webhooks").glob("*.json"))
 REVIEW_ACTIONS = {"opened", "reopened", "synchronize", "ready_for_review"}

@@ -20,6 +20,17 @@ from bot.models import Side
 
 # git's "a/" and "b/", and its mnemonic prefixes (diff.mnemonicPrefix; "1/" "2/" with --no-index)
 _PREFIX = re.compile(r"[abciow12]/")
+_C_QUOTES = {
+    7: "\\a",
+    8: "\\b",
+    9: "\\t",
+    10: "\\n",
+    11: "\\v",
+    12: "\\f",
+    13: "\\r",
+    34: '\\"',
+    92: "\\\\",
+}  # for quote_path
 _C_ESCAPES = {b"a": b"\a", b"b": b"\b", b"t": b"\t", b"n": b"\n", b"v": b"\v", b"f": b"\f", b"r": b"\r"}
 _GLOB_TOKENS = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
 
@@ -239,3 +250,14 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     head = "" if "/" in pattern.rstrip("/") else "(?:.*/)?"
     tail = "/.*" if pattern.endswith("/") else "(?:/.*)?"
     return re.compile(head + body + tail, re.DOTALL)
+
+
+def quote_path(name: str) -> str:
+    """A path as git writes it in a diff header: C-quoted when it holds quotes, controls or non-ASCII."""
+    raw = name.encode()
+    if not any(byte < 0x20 or byte >= 0x7F or byte in b'"\\' for byte in raw):
+        return name
+    quoted = "".join(
+        _C_QUOTES.get(byte) or (chr(byte) if 0x20 <= byte < 0x7F else f"\\{byte:03o}") for byte in raw
+    )
+    return f'"{quoted}"'

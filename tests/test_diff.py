@@ -498,3 +498,11 @@ def test_matches_glob(path: str, pattern: str, expected: bool) -> None:
 )
 def test_default_ignore_globs(path: str, ignored: bool) -> None:
     assert any(matches_glob(path, pattern) for pattern in DEFAULT_IGNORE_GLOBS) is ignored
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s))
+def test_quote_path_is_what_the_parser_unquotes(name: str) -> None:
+    from bot.diff import _unquote, quote_path
+
+    quoted = quote_path(name)
+    assert (_unquote(quoted) if quoted.startswith('"') else quoted) == name

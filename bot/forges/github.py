@@ -46,7 +46,7 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
 
-from bot.diff import Diff
+from bot.diff import Diff, quote_path
 from bot.forges.base import (
     BotComment,
     ForgeError,
@@ -426,8 +426,8 @@ def _file_patch(file: File) -> str:
     """One file of a ``git diff``, with the headers ``parse_diff`` reads status and paths from."""
     new = file.filename
     old = file.previous_filename if file.status in ("renamed", "copied") and file.previous_filename else new
-    lines = [f"diff --git {_quote('a/' + old)} {_quote('b/' + new)}"]
-    before, after = _quote("a/" + old), _quote("b/" + new)
+    lines = [f"diff --git {quote_path('a/' + old)} {quote_path('b/' + new)}"]
+    before, after = quote_path("a/" + old), quote_path("b/" + new)
     if file.status == "added":
         lines.append("new file mode 100644")
         before = "/dev/null"
@@ -436,7 +436,7 @@ def _file_patch(file: File) -> str:
         after = "/dev/null"
     elif old != new:
         verb = "copy" if file.status == "copied" else "rename"
-        lines += [f"{verb} from {_quote(old)}", f"{verb} to {_quote(new)}"]
+        lines += [f"{verb} from {quote_path(old)}", f"{verb} to {quote_path(new)}"]
     if file.patch is None:
         # git's words for a diff it will not show; a rename without a patch or counted lines is taken for a
         # pure rename (GitHub's list cannot tell it from a renamed and changed binary file)
@@ -445,19 +445,3 @@ def _file_patch(file: File) -> str:
     else:
         lines += [f"--- {before}", f"+++ {after}", file.patch.removesuffix("\n")]
     return "\n".join(lines) + "\n"
-
-
-def _quote(path: str) -> str:
-    """git's C-style quoting of a path with quotes, backslashes, control or non-ASCII characters."""
-    if all(0x20 <= ord(ch) < 0x7F and ch not in '"\\' for ch in path):
-        return path
-    escapes = {'"': '\\"', "\\": "\\\\", "\t": "\\t", "\n": "\\n"}
-    out = []
-    for ch in path:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif 0x20 <= ord(ch) < 0x7F:
-            out.append(ch)
-        else:
-            out.extend(f"\\{byte:03o}" for byte in ch.encode("utf-8"))
-    return '"' + "".join(out) + '"'

@@ -18,7 +18,7 @@ import requests
 from gitlab.exceptions import GitlabError
 from gitlab.v4.objects import ProjectMergeRequest
 
-from bot.diff import Diff, DiffLine, FileDiff, LineKind
+from bot.diff import Diff, DiffLine, FileDiff, LineKind, quote_path
 from bot.forges.base import (
     BotComment,
     ForgeError,
@@ -43,7 +43,6 @@ _HINTS = {
     403: "the bot's user lacks permission on the project (it needs at least Reporter to comment)",
     404: "check the project path and the merge request number, and that the bot's user can see them",
 }
-_C_QUOTES = {7: "\\a", 8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r", 34: '\\"', 92: "\\\\"}
 
 
 class _Client(gitlab.Gitlab):
@@ -299,7 +298,7 @@ def _file_patch(entry: dict[str, Any]) -> str:
     """One file of a ``git diff`` from GitLab's diff entry: the header git writes, then GitLab's hunks."""
     old, new = str(entry["old_path"]), str(entry["new_path"])
     a_mode, b_mode = str(entry["a_mode"]), str(entry["b_mode"])
-    lines = [f"diff --git {_quote('a/' + old)} {_quote('b/' + new)}"]
+    lines = [f"diff --git {quote_path('a/' + old)} {quote_path('b/' + new)}"]
     if entry["new_file"]:
         lines.append(f"new file mode {b_mode}")
     elif entry["deleted_file"]:
@@ -307,21 +306,10 @@ def _file_patch(entry: dict[str, Any]) -> str:
     elif a_mode != b_mode:
         lines += [f"old mode {a_mode}", f"new mode {b_mode}"]
     if entry["renamed_file"]:
-        lines += [f"rename from {_quote(old)}", f"rename to {_quote(new)}"]
+        lines += [f"rename from {quote_path(old)}", f"rename to {quote_path(new)}"]
     body = str(entry.get("diff") or "")
     if body.startswith("@@"):  # hunks; anything else (GitLab's "Binary files ... differ") goes as is
-        lines.append("--- " + ("/dev/null" if entry["new_file"] else _quote("a/" + old)))
-        lines.append("+++ " + ("/dev/null" if entry["deleted_file"] else _quote("b/" + new)))
+        lines.append("--- " + ("/dev/null" if entry["new_file"] else quote_path("a/" + old)))
+        lines.append("+++ " + ("/dev/null" if entry["deleted_file"] else quote_path("b/" + new)))
     header = "\n".join(lines) + "\n"
     return header + body + ("" if not body or body.endswith("\n") else "\n")
-
-
-def _quote(name: str) -> str:
-    """A path as git writes it in a diff header: C-quoted when it holds quotes, controls or non-ASCII."""
-    raw = name.encode()
-    if not any(byte < 0x20 or byte >= 0x7F or byte in b'"\\' for byte in raw):
-        return name
-    quoted = "".join(
-        _C_QUOTES.get(byte) or (chr(byte) if 0x20 <= byte < 0x7F else f"\\{byte:03o}") for byte in raw
-    )
-    return f'"{quoted}"'

@@ -129,7 +129,13 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     forge.upsert_summary(mr.number, summary_body(result, mr, len(posted), resolved), summary)
 
     _record(engine, review_id, result, posted, posted_before)
-    digests = {**previous_digests, **{f.path: file_digest(f) for f in full.files}}
+    failed_paths = {f.path for f in result.failed}  # not reviewed: the next push must look at them again
+    digests = {
+        **previous_digests,
+        **{f.path: file_digest(f) for f in full.files if f.path not in failed_paths},
+    }
+    for path in failed_paths:
+        digests.pop(path, None)
     _set(
         engine,
         review_id,

@@ -122,8 +122,28 @@ DEFAULT_IGNORE_GLOBS: tuple[str, ...] = (
 )
 
 
+OMISSION_PREFIX = "# reviewbot omitted\t"
+
+
+def omission_note(path: str, reason: str) -> str:
+    """A line a forge adapter puts before the diff for a file whose diff the forge did not send
+    (too large, past a file limit), so ``parse_diff`` reports it as skipped for that reason."""
+    return f"{OMISSION_PREFIX}{quote_path(path)}\t{' '.join(reason.split())}\n"
+
+
+def _omissions(text: str) -> dict[str, str]:
+    notes = {}
+    for line in text.splitlines():
+        if not line.startswith(OMISSION_PREFIX):
+            break  # the notes come before the first file
+        path, _, reason = line.removeprefix(OMISSION_PREFIX).partition("\t")
+        notes[_unquote(path) if path.startswith('"') else path] = reason
+    return notes
+
+
 def parse_diff(patch: str | bytes, ignore_globs: Sequence[str] = DEFAULT_IGNORE_GLOBS) -> Diff:
-    """Parse a unified diff; deleted, binary, ignored and content-less files go to ``skipped``.
+    """Parse a unified diff; deleted, binary, ignored and content-less files go to ``skipped``, and
+    so do the files named by ``omission_note`` lines, with the reason given there.
 
     Bytes are decoded as UTF-8 with replacement characters, so any input either parses or raises
     ``ValueError`` saying what is wrong with it.
@@ -137,15 +157,17 @@ def parse_diff(patch: str | bytes, ignore_globs: Sequence[str] = DEFAULT_IGNORE_
         raise ValueError(f"malformed diff: {exc}; pass the complete output of `git diff`") from exc
     if not patch_set and text.strip():
         raise ValueError("no file diff found: expected a unified diff such as `git diff` prints")
+    omitted = _omissions(text)
     files: list[FileDiff] = []
     skipped: list[SkippedFile] = []
     for patched in patch_set:
         file = _file_diff(patched)
-        reason = _skip_reason(file, patched.is_binary_file, ignore_globs)
+        reason = omitted.pop(file.path, None) or _skip_reason(file, patched.is_binary_file, ignore_globs)
         if reason is None:
             files.append(file)
         else:
             skipped.append(SkippedFile(file.path, reason))
+    skipped += [SkippedFile(path, reason) for path, reason in omitted.items()]  # not in the diff at all
     return Diff(tuple(files), tuple(skipped))
 
 

@@ -110,9 +110,7 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
         previous_digests = dict(previous.file_digests) if previous else {}
     forge = forge_for(project)
     mr = forge.merge_request(review.mr_number)
-    if mr.head_sha != review.head_sha or mr.state != "open":
-        why = f"merge request is {mr.state} at {mr.head_sha[:12]}, this review was for {review.head_sha[:12]}"
-        _set(engine, review_id, status=ReviewStatus.SUPERSEDED, error=why, finished_at=datetime.now(UTC))
+    if _superseded(engine, review, mr):
         return ReviewStatus.SUPERSEDED
     _set(engine, review_id, status=ReviewStatus.RUNNING, started_at=datetime.now(UTC), error=None)
 
@@ -120,6 +118,10 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     diff = unchanged_since(full, previous_digests)
     result = asyncio.run(_review(settings, engine, diff, Severity(project.severity_threshold)))
 
+    # A push during the review makes these findings stale (and GitLab would refuse their positions):
+    # the review queued for the new head will post instead.
+    if _superseded(engine, review, forge.merge_request(mr.number)):
+        return ReviewStatus.SUPERSEDED
     existing = forge.bot_comments(mr.number)
     posted_before = {c.fingerprint: c for c in existing if c.kind == "finding" and c.fingerprint}
     fresh = [f for f in result.findings if f.fingerprint not in posted_before]
@@ -146,6 +148,15 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
         error="; ".join(f"{f.path}: {f.error}" for f in result.failed) or None,
     )
     return ReviewStatus.DONE
+
+
+def _superseded(engine: sa.Engine, review: Review, mr: MergeRequest) -> bool:
+    if mr.head_sha == review.head_sha and mr.state == "open":
+        return False
+    why = f"merge request is {mr.state} at {mr.head_sha[:12]}; this review was for {review.head_sha[:12]}"
+    assert review.id is not None
+    _set(engine, review.id, status=ReviewStatus.SUPERSEDED, error=why, finished_at=datetime.now(UTC))
+    return True
 
 
 async def _review(settings: Settings, engine: sa.Engine, diff: Diff, threshold: Severity) -> ReviewResult:

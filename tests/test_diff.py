@@ -506,3 +506,20 @@ def test_quote_path_is_what_the_parser_unquotes(name: str) -> None:
 
     quoted = quote_path(name)
     assert (_unquote(quoted) if quoted.startswith('"') else quoted) == name
+
+
+def test_omission_notes_give_the_skip_reason() -> None:
+    from bot.diff import omission_note
+
+    patch = (
+        omission_note("data/big\tfile é.json", "the forge shows no diff for it (too large)")
+        + omission_note("(12 more files)", "the forge lists only 3000 files")
+        + 'diff --git "a/data/big\\tfile \\303\\251.json" "b/data/big\\tfile \\303\\251.json"\n'
+        + "diff --git a/app.py b/app.py\n--- a/app.py\n+++ b/app.py\n@@ -1 +1 @@\n-a\n+b\n"
+    )
+    diff = parse_diff(patch)
+    assert [f.path for f in diff.files] == ["app.py"]
+    assert {(s.path, s.reason) for s in diff.skipped} == {
+        ("data/big\tfile é.json", "the forge shows no diff for it (too large)"),
+        ("(12 more files)", "the forge lists only 3000 files"),
+    }

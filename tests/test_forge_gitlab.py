@@ -136,7 +136,7 @@ def test_diff_of_all_pages_parses_with_every_kind_of_change(
         "src/gone.py": "file deleted",
         "docs/moved.md": "renamed without changes",
         "run.sh": "mode change only",
-        "data/huge.json": "no content changes",  # GitLab left its diff out: listed, not lost
+        "data/huge.json": "GitLab shows no diff for it (too_large)",  # left out by GitLab: listed, not lost
     }
     assert "data/huge.json" in caplog.text and "too_large" in caplog.text
 

@@ -163,3 +163,43 @@ def test_review_then_push(
         run_jobs(queue)
         with Session(engine) as session:
             assert session.get(Review, behind_id).status == ReviewStatus.SUPERSEDED  # type: ignore[union-attr]
+
+
+def test_a_push_during_the_review_supersedes_it(
+    gitlab: tuple[FakeGitLab, str], vllm_server: VLLMServer, engine: sa.Engine, tmp_path: Path
+) -> None:
+    from bot.forges.gitlab import GitLabForge
+
+    fake, url = gitlab
+    mr = fake.add_merge_request(
+        fake.projects[0], [change("app.py", APP_V0, APP_V1)], author=fake.users["alice-token"]
+    )
+
+    class PushDuringReview(GitLabForge):
+        def diff(self, merge_request: Any) -> str:
+            text = super().diff(merge_request)
+            fake.push(mr, [change("app.py", APP_V0, APP_V2)])  # lands while the model works
+            return text
+
+    with db.session_scope(engine) as session:
+        project = Project(
+            forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET, bot_username="reviewbot"
+        )
+        session.add(project)
+        session.flush()
+        review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha)
+        session.add(review)
+        session.flush()
+        review_id = review.id
+    settings = load_settings(
+        student_base_url=vllm_server.base_url,
+        student_model="tiny-student",
+        queue_url=f"sqlite:///{tmp_path}/q.db",
+    )
+    queue = Queue(settings, engine, lambda p: PushDuringReview(url, "bot-token", p.path), retry_delay_s=0)
+    queue.enqueue_review(review_id)  # type: ignore[arg-type]
+    run_jobs(queue)
+    with Session(engine) as session:
+        row = session.get(Review, review_id)
+    assert row is not None and row.status == ReviewStatus.SUPERSEDED, row
+    assert bot_notes(mr) == [] and fake.writes() == []

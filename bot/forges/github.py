@@ -46,7 +46,7 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
 
-from bot.diff import Diff, quote_path
+from bot.diff import Diff, omission_note, quote_path
 from bot.forges.base import (
     BotComment,
     ForgeError,
@@ -176,19 +176,20 @@ class GitHubForge:
     def diff(self, mr: MergeRequest) -> str:
         with self._calling(f"list the files of pull request #{mr.number}"):
             files = list(self._pr(mr.number).get_files())
-            notes = [f"{f.filename}: GitHub shows no diff for it (too large)" for f in files if _too_large(f)]
+            notes = [
+                omission_note(f.filename, "GitHub shows no diff for it (too large)")
+                for f in files
+                if _too_large(f)
+            ]
             if len(files) >= MAX_FILES:
                 total = self._pr(mr.number).changed_files
                 if total > len(files):
                     log.warning(
                         "%s#%d: GitHub lists %d of %d files", self.repo_name, mr.number, len(files), total
                     )
-                    notes.insert(
-                        0,
-                        f"GitHub lists only {len(files)} of the {total} changed files; the rest are missing",
-                    )
-        preamble = "".join(f"# reviewbot: {note}\n" for note in notes)
-        return preamble + "".join(_file_patch(f) for f in files if f.status != "unchanged")
+                    reason = f"GitHub lists only {len(files)} of the {total} changed files"
+                    notes.insert(0, omission_note(f"({total - len(files)} more files)", reason))
+        return "".join(notes) + "".join(_file_patch(f) for f in files if f.status != "unchanged")
 
     def bot_comments(self, number: int) -> list[BotComment]:
         found: list[BotComment] = []

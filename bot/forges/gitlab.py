@@ -18,7 +18,7 @@ import requests
 from gitlab.exceptions import GitlabError
 from gitlab.v4.objects import ProjectMergeRequest
 
-from bot.diff import Diff, DiffLine, FileDiff, LineKind, quote_path
+from bot.diff import Diff, DiffLine, FileDiff, LineKind, omission_note, quote_path
 from bot.forges.base import (
     BotComment,
     ForgeError,
@@ -108,24 +108,22 @@ class GitLabForge:
         """``git diff`` text rebuilt from GitLab's per-file diffs (which omit the header lines).
 
         A file whose diff GitLab left out (``too_large``, ``collapsed``) appears with its header and
-        no hunks, so ``parse_diff`` lists it among the skipped files instead of losing it; it is also
-        logged, since the skip reason parse_diff gives ("no content changes") cannot say why."""
+        no hunks, and an ``omission_note`` before the diff gives ``parse_diff`` the reason it lists
+        the file as skipped for."""
         path = f"/projects/{self._project.encoded_id}/merge_requests/{mr.number}/diffs"
         with self._call(f"read the diff of merge request !{mr.number}"):
             entries = self._gl.http_list(path, get_all=True)
-        patches = []
+        notes, patches = [], []
         for entry in cast(list[dict[str, Any]], entries):
             omitted = [flag for flag in ("too_large", "collapsed") if entry.get(flag)]
             if omitted and not entry.get("diff"):
+                reason = f"GitLab shows no diff for it ({', '.join(omitted)})"
                 log.warning(
-                    "%s: GitLab omits the diff of %s in merge request !%s (%s); it is not reviewed",
-                    self._where,
-                    entry["new_path"],
-                    mr.number,
-                    ", ".join(omitted),
+                    "%s: merge request !%s: %s: %s", self._where, mr.number, entry["new_path"], reason
                 )
+                notes.append(omission_note(str(entry["new_path"]), reason))
             patches.append(_file_patch(entry))
-        return "".join(patches)
+        return "".join(notes) + "".join(patches)
 
     def post_review(self, mr: MergeRequest, diff: Diff, comments: list[InlineComment]) -> list[PostedComment]:
         """One discussion per comment, in order. A 5xx while posting raises (retryable) rather than

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from bot import metrics
 from bot.config import Settings
 from bot.diff import DEFAULT_IGNORE_GLOBS, Diff, FileDiff, SkippedFile, parse_diff
 from bot.forges.base import (
@@ -138,6 +139,9 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     }
     for path in failed_paths:
         digests.pop(path, None)
+    metrics.REVIEW_SECONDS.observe(result.stats["wall_seconds"])
+    for finding in result.findings:
+        metrics.FINDINGS.labels(finding.severity.value).inc()
     _set(
         engine,
         review_id,

@@ -17,6 +17,7 @@ from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.exceptions import RetryTask, TaskLockedException
 from sqlmodel import Session, select
 
+from bot import metrics
 from bot.config import Settings
 from bot.forges import forge_for
 from bot.forges.base import ForgeError
@@ -74,7 +75,9 @@ class Queue:
             try:
                 # At most one review of a merge request at a time, across all workers and hosts.
                 with huey.lock_task(f"review-{row.project_id}-{row.mr_number}"):
-                    return run_review_job(review_id, settings, engine, forges)
+                    status = run_review_job(review_id, settings, engine, forges)
+                metrics.REVIEWS.labels(status).inc()
+                return status
             except TaskLockedException:
                 raise RetryTask(delay=LOCKED_RETRY_DELAY_S) from None
             except (ForgeError, LLMError) as exc:
@@ -82,9 +85,11 @@ class Queue:
                     log.warning("review %s failed, will retry (%s left): %s", review_id, task.retries, exc)
                     raise
                 mark_failed(engine, review_id, str(exc))
+                metrics.REVIEWS.labels(ReviewStatus.FAILED.value).inc()
                 return ReviewStatus.FAILED
             except Exception as exc:  # a bug: record it on the review, then let Huey log the traceback
                 mark_failed(engine, review_id, f"internal error: {exc!r}")
+                metrics.REVIEWS.labels(ReviewStatus.FAILED.value).inc()
                 raise
 
         @huey.periodic_task(crontab(minute="*"), name="requeue_stale")

@@ -21,11 +21,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
+from bot import metrics
 from bot.models import Delivery, Forge, Project, Review, ReviewStatus
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub's own cap on webhook payloads
+_OUTCOMES = {
+    202: "queued",
+    200: "ignored",
+    400: "malformed",
+    401: "unauthorized",
+    404: "unknown_project",
+    413: "too_large",
+}
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,12 @@ def router(engine: sa.Engine, enqueue_review: Callable[[int], None]) -> APIRoute
     routes = APIRouter()
 
     async def receive(request: Request, hooks: ForgeHooks) -> JSONResponse:
+        with metrics.ACK_SECONDS.labels(hooks.forge.value).time():
+            response = await _receive(request, hooks)
+        metrics.DELIVERIES.labels(hooks.forge.value, _OUTCOMES.get(response.status_code, "other")).inc()
+        return response
+
+    async def _receive(request: Request, hooks: ForgeHooks) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return _answer(413, f"payload larger than {MAX_BODY_BYTES} bytes")

@@ -118,10 +118,10 @@ def test_project_add_then_serve_reviews_a_pull_request(
         assert (
             httpx.post(f"{base}/webhooks/github", content=body, headers=headers).status_code == 200
         )  # a replay
-        assert (
-            "reviewbot_" in httpx.get(f"{base}/metrics").text
-            or httpx.get(f"{base}/metrics").status_code == 200
-        )
+        exposed = httpx.get(f"{base}/metrics").text
+        assert 'reviewbot_webhook_deliveries_total{forge="github",outcome="queued"} 1.0' in exposed
+        assert 'reviewbot_webhook_deliveries_total{forge="github",outcome="ignored"} 1.0' in exposed  # replay
+        assert 'reviewbot_reviews_total{status="done"} 1.0' in exposed
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]

@@ -44,11 +44,7 @@ _CORPUS = [
 
 @dataclass(frozen=True)
 class TinyStudent:
-    path: Path
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path
+    path: Path  # model, tokenizer and chat template, loadable by transformers and vLLM
 
 
 def _corpus() -> list[str]:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn
 
 from bot import __version__, db, localgit, report
+from bot.cli_feedback import feedback_app
 from bot.cli_project import project_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.diff import Diff, parse_diff
@@ -41,7 +42,7 @@ def _group(name: str, help_text: str) -> typer.Typer:
 
 db_app = _group("db", "Database schema: create or upgrade it.")
 app.add_typer(project_app)
-_group("feedback", "Reviewers' reactions: list, export as training data, statistics. No commands yet.")
+app.add_typer(feedback_app)
 _group("flywheel", "The training flywheel: run, status, report. No commands yet.")
 _group("models", "Adapter versions: list, promote, roll back. No commands yet.")
 

@@ -9,7 +9,7 @@ import pytest
 
 from bot import __version__
 
-GROUPS_WITHOUT_COMMANDS = ["feedback", "flywheel", "models"]
+GROUPS_WITHOUT_COMMANDS = ["flywheel", "models"]
 
 
 def reviewbot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,114 @@
+"""``reviewbot feedback …``: the reviewers' signals, the labels they give, and the training data."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bot import db
+from bot.config import Settings
+from bot.feedback import RATES, feedback_stats, labelled_findings, severity_examples
+
+feedback_app = typer.Typer(
+    name="feedback",
+    help="Reviewers' reactions: list them, export them as training data, see acceptance rates.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+class ExportTask(StrEnum):
+    SEVERITY = "severity"
+
+
+def _findings(ctx: typer.Context, project: str | None, since: datetime | None):  # type: ignore[no-untyped-def]
+    settings: Settings = ctx.obj
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    return list(labelled_findings(engine, project, since))
+
+
+@feedback_app.command("list")
+def list_feedback(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Only findings created since this date.")] = None,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+) -> None:
+    """Findings with their signals and label state."""
+    items = _findings(ctx, project, since)
+    if output is Format.JSON:
+        rows = [
+            {
+                "finding_id": i.finding.id, "project": i.project.path,
+                "path": i.finding.path, "line": i.finding.line,
+                "severity": i.finding.severity, "model_version": i.finding.model_version,
+                "label_state": i.label.state.value,
+                "label": i.label.severity.value if i.label.severity else None,
+                "signals": [{"kind": s.kind, "value": s.value, "author": s.author} for s in i.signals],
+            }
+            for i in items
+        ]  # fmt: skip
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "project", "where", "severity", "label", "signals")
+    for i in items:
+        label = i.label.state.value + (
+            f" → {i.label.severity.value}" if i.label.state == "corrected" and i.label.severity else ""
+        )
+        signals = ", ".join(f"{s.kind}:{s.value}" if s.value else s.kind for s in i.signals)
+        table.add_row(
+            str(i.finding.id),
+            i.project.path,
+            f"{i.finding.path}:{i.finding.line or '-'}",
+            i.finding.severity,
+            label,
+            signals,
+        )
+    Console().print(table)
+
+
+@feedback_app.command("export")
+def export(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="The JSONL file to write.", dir_okay=False)],
+    task: Annotated[ExportTask, typer.Option(help="Which task's examples.")] = ExportTask.SEVERITY,
+    project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
+) -> None:
+    """Write the labelled examples (confirmed and corrected findings) in the flywheel's JSONL format."""
+    examples = list(severity_examples(_findings(ctx, project, None)))
+    with out.open("w", encoding="utf-8") as file:
+        for example in examples:
+            file.write(json.dumps(example, ensure_ascii=False) + "\n")
+    typer.echo(f"{len(examples)} {task.value} examples written to {out}")
+
+
+@feedback_app.command("stats")
+def stats(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+) -> None:
+    """Per project, model version and severity: share of findings with feedback, 👍, corrected,
+    dismissed, addressed."""
+    rows = feedback_stats(_findings(ctx, project, None))
+    if output is Format.JSON:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("project", "model", "severity", "findings", *(name.replace("_", " ") for name in RATES))
+    for row in rows:
+        rates = [f"{row[f'{name}_rate']:.0%}" for name in RATES]
+        table.add_row(row["project"], row["model_version"], row["severity"], str(row["findings"]), *rates)
+    Console().print(table)

@@ -1,0 +1,206 @@
+"""Reviewers' reactions as data: stored signals, each finding's label state, and the labelled
+examples the flywheel trains on.
+
+A signal is one feedback row, unique on its source (an award id, a comment id, a poll snapshot);
+seeing the same source again — a revoked award, an edited reply — updates that row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from bot.models import Feedback, Finding, Project, Review, Severity, utcnow
+
+_COMMAND = re.compile(r"^\s*/(severity|dismiss)\b[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
+UP, DOWN = "+1", "-1"
+
+
+class SignalKind(StrEnum):
+    REACTION = "reaction"  # value "+1", "-1", or "" once revoked
+    REPLY = "reply"  # value: the reply's text
+    SEVERITY = "severity"  # value: the corrected severity (a "/severity X" reply)
+    DISMISS = "dismiss"  # value: the reason given, may be "" (a "/dismiss" reply)
+    RESOLVED = "resolved"  # value "true" or "false"
+    ADDRESSED = "addressed"  # a later push changed the lines the finding pointed at
+
+
+class LabelState(StrEnum):
+    CONFIRMED = "confirmed"
+    CORRECTED = "corrected"
+    DISMISSED = "dismissed"
+    DISPUTED = "disputed"
+    UNLABELLED = "unlabelled"
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: SignalKind  # SEVERITY or DISMISS
+    value: str  # the severity, or the dismissal's reason
+
+
+class CommandError(ValueError):
+    """A reply that starts like a command but is not a valid one; the message says how to write it."""
+
+
+def parse_command(text: str) -> Command | None:
+    """``/severity critical|major|minor|trivial [reason]`` or ``/dismiss [reason]`` on a line of its
+    own; None when the reply holds no command."""
+    match = _COMMAND.search(text or "")
+    if match is None:
+        return None
+    name, rest = match[1].lower(), match[2].strip()
+    if name == "dismiss":
+        return Command(SignalKind.DISMISS, rest)
+    level = rest.split(maxsplit=1)[0].lower() if rest else ""
+    if level not in {s.value for s in Severity}:
+        raise CommandError(
+            f"/severity needs one of {', '.join(s.value for s in Severity)}; got {level or 'nothing'!r}"
+        )
+    return Command(SignalKind.SEVERITY, level)
+
+
+@dataclass(frozen=True)
+class Label:
+    state: LabelState
+    severity: Severity | None  # the label for training: None unless confirmed or corrected
+
+
+def label_state(finding_severity: str, signals: Sequence[Feedback]) -> Label:
+    """The label a finding's signals give it. The rule, in order:
+
+    1. The reviewers' latest command wins: ``/dismiss`` → dismissed; ``/severity X`` → corrected to
+       X (confirmed, when X is the severity the bot gave).
+    2. Otherwise, a finding whose lines a later push changed (addressed) is confirmed.
+    3. Otherwise reactions that stand (not revoked): 👎 → disputed (whatever 👍 there are beside
+       it); 👍 alone → confirmed.
+    4. Otherwise — no signal, or only replies and thread resolution — unlabelled.
+    """
+    commands = [s for s in signals if s.kind in (SignalKind.SEVERITY, SignalKind.DISMISS)]
+    if commands:
+        latest = max(commands, key=lambda s: (s.created_at, s.id or 0))
+        if latest.kind == SignalKind.DISMISS:
+            return Label(LabelState.DISMISSED, None)
+        corrected = Severity(latest.value)
+        state = LabelState.CONFIRMED if corrected == finding_severity else LabelState.CORRECTED
+        return Label(state, corrected)
+    if any(s.kind == SignalKind.ADDRESSED for s in signals):
+        return Label(LabelState.CONFIRMED, Severity(finding_severity))
+    reactions = {s.value for s in signals if s.kind == SignalKind.REACTION}
+    if DOWN in reactions:
+        return Label(LabelState.DISPUTED, None)
+    if UP in reactions:
+        return Label(LabelState.CONFIRMED, Severity(finding_severity))
+    return Label(LabelState.UNLABELLED, None)
+
+
+def record_signal(
+    session: Session,
+    finding_id: int,
+    kind: SignalKind,
+    value: str,
+    author: str,
+    source_event_id: str,
+    when: datetime | None = None,
+) -> Feedback:
+    """Store a signal once; the same source again (revoke, edit, next poll) updates its row."""
+    row = session.exec(select(Feedback).where(Feedback.source_event_id == source_event_id)).first()
+    if row is None:
+        row = Feedback(finding_id=finding_id, kind=kind, source_event_id=source_event_id)
+    row.kind, row.value, row.author = kind, value, author
+    row.created_at = when or utcnow()
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class LabelledFinding:
+    finding: Finding
+    project: Project
+    label: Label
+    signals: list[Feedback]
+
+
+def labelled_findings(
+    engine: sa.Engine, project_path: str | None = None, since: datetime | None = None
+) -> Iterator[LabelledFinding]:
+    """Every finding (of one project, created since a date) with its signals and label."""
+    with Session(engine) as session:
+        query = (
+            select(Finding, Project)
+            .join(Review, col(Finding.review_id) == col(Review.id))
+            .join(Project, col(Review.project_id) == col(Project.id))
+            .order_by(col(Finding.id))
+        )
+        if project_path is not None:
+            query = query.where(Project.path == project_path)
+        if since is not None:
+            query = query.where(col(Finding.created_at) >= since)
+        rows = session.exec(query).all()
+        ids = [finding.id for finding, _ in rows]
+        signals: dict[int, list[Feedback]] = defaultdict(list)
+        for signal in session.exec(select(Feedback).where(col(Feedback.finding_id).in_(ids))).all():
+            signals[signal.finding_id].append(signal)
+    for finding, project in rows:
+        assert finding.id is not None
+        found = signals.get(finding.id, [])
+        yield LabelledFinding(finding, project, label_state(finding.severity, found), found)
+
+
+def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str, Any]]:
+    """The flywheel's format for the severity task: confirmed and corrected findings only."""
+    for item in findings:
+        if item.label.severity is None:
+            continue
+        yield {
+            "question": {"code": item.finding.code, "review": item.finding.review},
+            "answer": {"issue_type": item.label.severity.value},
+            "meta": {
+                "finding_id": item.finding.id,
+                "project": item.project.path,
+                "model_version": item.finding.model_version,
+                "label_state": item.label.state.value,
+                "signals": [{"kind": s.kind, "value": s.value, "author": s.author} for s in item.signals],
+            },
+        }
+
+
+RATES = ("with_feedback", "thumbs_up", "corrected", "dismissed", "addressed")
+
+
+def feedback_stats(findings: Iterable[LabelledFinding]) -> list[dict[str, Any]]:
+    """Per project, model version and severity: findings, and the share of them with any feedback,
+    a standing 👍, a correction, a dismissal, an addressing push."""
+    groups: dict[tuple[str, str, str], list[LabelledFinding]] = defaultdict(list)
+    for item in findings:
+        groups[(item.project.path, item.finding.model_version, item.finding.severity)].append(item)
+    table = []
+    for (project, model, severity), items in sorted(groups.items()):
+        counts = {
+            "with_feedback": sum(bool(i.signals) for i in items),
+            "thumbs_up": sum(
+                any(s.kind == SignalKind.REACTION and s.value == UP for s in i.signals) for i in items
+            ),
+            "corrected": sum(i.label.state == LabelState.CORRECTED for i in items),
+            "dismissed": sum(i.label.state == LabelState.DISMISSED for i in items),
+            "addressed": sum(any(s.kind == SignalKind.ADDRESSED for s in i.signals) for i in items),
+        }
+        table.append(
+            {
+                "project": project,
+                "model_version": model,
+                "severity": severity,
+                "findings": len(items),
+                **{f"{name}_rate": round(count / len(items), 3) for name, count in counts.items()},
+            }
+        )
+    return table

@@ -1,0 +1,187 @@
+"""Feedback signals: commands, one row per source, label states, export and statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, func, select
+
+from bot import db
+from bot.feedback import (
+    Command,
+    CommandError,
+    LabelState,
+    SignalKind,
+    feedback_stats,
+    label_state,
+    labelled_findings,
+    parse_command,
+    record_signal,
+    severity_examples,
+)
+from bot.models import Feedback, Finding, Project, Review, Severity
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("/severity minor", Command(SignalKind.SEVERITY, "minor")),
+        ("Thanks!\n/SEVERITY Critical because it leaks keys", Command(SignalKind.SEVERITY, "critical")),
+        (
+            "/dismiss not an issue, the input is trusted",
+            Command(SignalKind.DISMISS, "not an issue, the input is trusted"),
+        ),
+        ("/dismiss", Command(SignalKind.DISMISS, "")),
+        ("looks right to me", None),
+        ("see /severity docs", None),  # not at the start of a line
+    ],
+)
+def test_parse_command(text: str, command: Command | None) -> None:
+    assert parse_command(text) == command
+
+
+def test_a_bad_severity_says_how_to_write_it() -> None:
+    with pytest.raises(CommandError, match="critical, major, minor, trivial"):
+        parse_command("/severity huge")
+
+
+def signal(kind: SignalKind, value: str = "", minutes: int = 0, id: int = 0) -> Feedback:
+    return Feedback(finding_id=1, kind=kind, value=value, source_event_id=f"s{id}-{minutes}", id=id,
+                    created_at=T0 + timedelta(minutes=minutes))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("signals", "state", "label"),
+    [
+        ([], LabelState.UNLABELLED, None),
+        ([signal(SignalKind.REPLY, "hm"), signal(SignalKind.RESOLVED, "true")], LabelState.UNLABELLED, None),
+        ([signal(SignalKind.REACTION, "+1")], LabelState.CONFIRMED, "major"),
+        (
+            [signal(SignalKind.REACTION, "+1"), signal(SignalKind.REACTION, "-1", 1)],
+            LabelState.DISPUTED,
+            None,
+        ),
+        ([signal(SignalKind.REACTION, "")], LabelState.UNLABELLED, None),  # a revoked 👍
+        ([signal(SignalKind.ADDRESSED)], LabelState.CONFIRMED, "major"),
+        (
+            [signal(SignalKind.REACTION, "-1"), signal(SignalKind.SEVERITY, "minor", 1)],
+            LabelState.CORRECTED,
+            "minor",
+        ),
+        ([signal(SignalKind.SEVERITY, "major")], LabelState.CONFIRMED, "major"),
+        (
+            [signal(SignalKind.SEVERITY, "minor", 1), signal(SignalKind.DISMISS, "", 2)],
+            LabelState.DISMISSED,
+            None,
+        ),
+        (
+            [signal(SignalKind.DISMISS, "", 1), signal(SignalKind.SEVERITY, "trivial", 2)],
+            LabelState.CORRECTED,
+            "trivial",
+        ),
+        (
+            [signal(SignalKind.DISMISS, "", 1), signal(SignalKind.ADDRESSED, "", 2)],
+            LabelState.DISMISSED,
+            None,
+        ),
+    ],
+)
+def test_label_state(signals: list[Feedback], state: LabelState, label: str | None) -> None:
+    result = label_state("major", signals)
+    assert result.state == state
+    assert (result.severity.value if result.severity else None) == label
+
+
+def add_finding(engine: sa.Engine, severity: str = "major", model: str = "base") -> int:
+    with db.session_scope(engine) as session:
+        project = session.exec(select(Project)).first()
+        if project is None:
+            project = Project(forge="gitlab", forge_url="http://forge.test", path="g/app", webhook_secret="s")
+            session.add(project)
+            session.flush()
+        review = Review(project_id=project.id, mr_number=1, head_sha="a" * 40)
+        session.add(review)
+        session.flush()
+        finding = Finding(review_id=review.id, path="app.py", line=3, severity=severity, title="Leak",
+                          review="The handle is never closed.", code="  3 +f = open(p)",
+                          fingerprint="f" * 16, model_version=model)  # fmt: skip
+        session.add(finding)
+        session.flush()
+        assert finding.id is not None
+        return finding.id
+
+
+def test_the_same_source_updates_its_row(engine: sa.Engine) -> None:
+    finding = add_finding(engine)
+    with db.session_scope(engine) as session:
+        record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "gitlab:award:7")
+    with db.session_scope(engine) as session:  # revoked
+        record_signal(session, finding, SignalKind.REACTION, "", "ana", "gitlab:award:7")
+        record_signal(session, finding, SignalKind.REACTION, "-1", "bo", "gitlab:award:8")
+    with Session(engine) as session:
+        rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
+        assert [(r.value, r.author) for r in rows] == [("", "ana"), ("-1", "bo")]
+        assert session.exec(select(func.count()).select_from(Feedback)).one() == 2
+
+
+def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_path: Path) -> None:
+    confirmed, corrected, dismissed, silent = (add_finding(engine) for _ in range(4))
+    with db.session_scope(engine) as session:
+        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1")
+        record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1")
+        record_signal(session, dismissed, SignalKind.DISMISS, "trusted input", "bo", "d1")
+    examples = list(severity_examples(labelled_findings(engine)))
+    assert [(e["meta"]["finding_id"], e["answer"]["issue_type"]) for e in examples] == [
+        (confirmed, "major"),
+        (corrected, "minor"),
+    ]
+    assert examples[1]["question"] == {"code": "  3 +f = open(p)", "review": "The handle is never closed."}
+    assert (
+        examples[1]["meta"]["label_state"] == "corrected" and examples[1]["meta"]["model_version"] == "base"
+    )
+
+    env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    out = tmp_path / "severity.jsonl"
+    command = [sys.executable, "-m", "bot.cli", "feedback", "export", "--task", "severity", "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "2 severity examples" in result.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == examples
+    listed = subprocess.run(
+        [*command[:4], "list", "--format", "json"], env=env, capture_output=True, text=True
+    )
+    states = {row["finding_id"]: row["label_state"] for row in json.loads(listed.stdout)}
+    assert states == {
+        confirmed: "confirmed",
+        corrected: "corrected",
+        dismissed: "dismissed",
+        silent: "unlabelled",
+    }
+
+
+def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
+    ids = [add_finding(engine, "major", "severity-v1") for _ in range(4)] + [
+        add_finding(engine, "minor", "severity-v2")
+    ]
+    with db.session_scope(engine) as session:
+        record_signal(session, ids[0], SignalKind.REACTION, "+1", "ana", "r0")
+        record_signal(session, ids[1], SignalKind.SEVERITY, "minor", "bo", "r1")
+        record_signal(session, ids[2], SignalKind.ADDRESSED, "", "", "r2")
+    rows = feedback_stats(labelled_findings(engine))
+    assert rows[0] == {
+        "project": "g/app", "model_version": "severity-v1", "severity": "major", "findings": 4,
+        "with_feedback_rate": 0.75, "thumbs_up_rate": 0.25, "corrected_rate": 0.25, "dismissed_rate": 0.0,
+        "addressed_rate": 0.25,
+    }  # fmt: skip
+    assert rows[1]["model_version"] == "severity-v2" and rows[1]["with_feedback_rate"] == 0.0
+    assert Severity(rows[1]["severity"]) is Severity.MINOR

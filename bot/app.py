@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -11,9 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bot import __version__, webhooks
 
 
-def create_app(engine: sa.Engine, enqueue_review: Callable[[int], None]) -> FastAPI:
+def create_app(engine: sa.Engine, jobs: webhooks.Jobs) -> FastAPI:
     app = FastAPI(title="reviewbot", version=__version__)
-    app.include_router(webhooks.router(engine, enqueue_review))
+    app.include_router(webhooks.router(engine, jobs))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -204,7 +204,7 @@ def serve(
         err.print(f"queue at {settings.queue_url}: run `reviewbot worker` to process jobs", highlight=False)
     try:
         uvicorn.run(
-            create_app(engine, queue.enqueue_review),
+            create_app(engine, queue),
             host=host,
             port=port,
             log_level=settings.log_level.lower(),

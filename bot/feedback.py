@@ -123,6 +123,61 @@ def record_signal(
 
 
 @dataclass(frozen=True)
+class Signal:
+    """A reaction seen on a forge, before it is tied to its finding (by the bot comment it answers,
+    or by the GitLab discussion it was written in)."""
+
+    kind: SignalKind
+    value: str
+    author: str
+    source_event_id: str
+    comment_id: str | None = None
+    thread_id: str | None = None
+
+    def describe(self) -> str:
+        target = f"comment {self.comment_id}" if self.comment_id else f"discussion {self.thread_id}"
+        return f"{self.kind} {self.value!r} by {self.author or 'someone'} on {target}"
+
+
+def signal_from_reply(text: str, author: str, source_event_id: str, **target: str | None) -> Signal:
+    """A reply in a bot thread: a command when it holds one (an invalid one counts as a plain reply)."""
+    try:
+        command = parse_command(text)
+    except CommandError:
+        command = None
+    if command is None:
+        return Signal(SignalKind.REPLY, text, author, source_event_id, **target)
+    return Signal(command.kind, command.value, author, source_event_id, **target)
+
+
+def find_finding(session: Session, project_id: int, signal: Signal) -> Finding | None:
+    """The newest finding of ``project_id`` posted as that comment or in that discussion."""
+    if signal.comment_id is not None:
+        where = col(Finding.forge_comment_id) == signal.comment_id
+    elif signal.thread_id is not None:
+        where = col(Finding.forge_thread_id) == signal.thread_id
+    else:
+        return None
+    query = (
+        select(Finding)
+        .join(Review, col(Finding.review_id) == col(Review.id))
+        .where(where, col(Review.project_id) == project_id)
+        .order_by(col(Finding.id).desc())
+    )
+    return session.exec(query).first()
+
+
+def apply_signal(session: Session, project_id: int, signal: Signal) -> Feedback | None:
+    """Record ``signal`` on its finding; None when no finding of the project matches (yet)."""
+    finding = find_finding(session, project_id, signal)
+    if finding is None or finding.id is None:
+        return None
+    return record_signal(
+        session, finding.id, signal.kind, signal.value, signal.author, signal.source_event_id
+    )
+
+
+@dataclass(frozen=True)
 class LabelledFinding:
     finding: Finding
     project: Project

@@ -135,6 +135,9 @@ class Finding(SQLModel, table=True):
     code: str = Field(default="", description="the code the finding judged, as shown to the model")
     fingerprint: str = Field(max_length=64, index=True)
     forge_comment_id: str | None = Field(default=None, max_length=128, index=True)
+    forge_thread_id: str | None = Field(
+        default=None, max_length=128, index=True, description="GitLab discussion id; replies arrive by it"
+    )
     model_version: str = Field(max_length=128)
     created_at: datetime = _when(default_factory=utcnow)
 

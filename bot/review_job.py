@@ -215,8 +215,8 @@ def _record(
     posted: list[PostedComment],
     posted_before: dict[str, BotComment],
 ) -> None:
-    comment_ids = {p.fingerprint: p.comment_id for p in posted}
-    comment_ids.update({fp: c.comment_id for fp, c in posted_before.items()})
+    comments = {p.fingerprint: (p.comment_id, p.thread_id) for p in posted}
+    comments.update({fp: (c.comment_id, c.thread_id) for fp, c in posted_before.items()})
     model = result.stats["models"][Task.SEVERITY.value]
     with Session(engine) as session:
         for finding in result.findings:
@@ -232,7 +232,8 @@ def _record(
                     explanation=finding.explanation,
                     code=finding.code,
                     fingerprint=finding.fingerprint,
-                    forge_comment_id=comment_ids.get(finding.fingerprint),
+                    forge_comment_id=comments.get(finding.fingerprint, (None, None))[0],
+                    forge_thread_id=comments.get(finding.fingerprint, (None, None))[1],
                     model_version=model,
                 )
             )

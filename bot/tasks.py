@@ -15,14 +15,16 @@ from typing import Any
 import sqlalchemy as sa
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.exceptions import RetryTask, TaskLockedException
+from huey.signals import SIGNAL_ERROR
 from sqlmodel import Session, select
 
 from bot import metrics
 from bot.config import Settings
+from bot.feedback import Signal, apply_signal
 from bot.forges import forge_for
 from bot.forges.base import ForgeError
 from bot.llm import LLMError, LLMRejected
-from bot.models import Review, ReviewStatus
+from bot.models import Delivery, Review, ReviewStatus
 from bot.review_job import ForgeFactory, mark_failed, run_review_job
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 REVIEW_RETRIES = 4
 REVIEW_RETRY_DELAY_S = 20  # doubled at each retry: 20, 40, 80, 160 s
 LOCKED_RETRY_DELAY_S = 15
+FEEDBACK_RETRIES = 6  # a reaction can outrun the review job that records its finding: wait up to ~3 min
+FEEDBACK_RETRY_DELAY_S = 30
 STALE_QUEUED = timedelta(minutes=5)
 STALE_RUNNING = timedelta(minutes=30)
 
@@ -38,6 +42,18 @@ def make_huey(queue_url: str) -> Huey:
     if queue_url.startswith(("redis://", "rediss://")):
         return RedisHuey("reviewbot", url=queue_url)
     return SqliteHuey("reviewbot", filename=str(Path(queue_url.removeprefix("sqlite:///")).resolve()))
+
+
+class FindingNotYet(LookupError):
+    """Feedback whose finding is not (yet) in the database."""
+
+
+def _outcome(session: Session, delivery_id: int, outcome: str) -> None:
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is not None:
+        delivery.outcome = outcome[:256]
+        session.add(delivery)
+        session.commit()
 
 
 def _retryable(exc: Exception) -> bool:
@@ -92,14 +108,43 @@ class Queue:
                 metrics.REVIEWS.labels(ReviewStatus.FAILED.value).inc()
                 raise
 
+        @huey.task(
+            retries=FEEDBACK_RETRIES,
+            retry_delay=FEEDBACK_RETRY_DELAY_S if retry_delay_s else 0,
+            name="feedback",
+        )
+        def feedback(project_id: int, delivery_id: int, signal: Signal) -> str:
+            with Session(engine) as session:
+                if apply_signal(session, project_id, signal) is not None:
+                    session.commit()
+                    _outcome(session, delivery_id, f"recorded {signal.kind}")
+                    return "recorded"
+            raise FindingNotYet(f"no finding for {signal.describe()} yet")
+
+        @huey.signal(SIGNAL_ERROR)
+        def unmatched(signal_name: str, task: Any, exc: Exception | None = None) -> None:
+            # The last try of a feedback job: no finding of the bot's has that comment or discussion —
+            # a reply to someone else's comment, most likely. Said on the delivery, not silently lost.
+            if task.name == "feedback" and not task.retries and isinstance(exc, FindingNotYet):
+                _, delivery_id, signal = task.args
+                log.info("feedback dropped: %s", exc)
+                with Session(engine) as session:
+                    _outcome(
+                        session, delivery_id, f"feedback matched no finding of the bot: {signal.describe()}"
+                    )
+
         @huey.periodic_task(crontab(minute="*"), name="requeue_stale")
         def requeue_stale() -> int:
             return self.requeue_stale(engine)
 
         self._review = review
+        self._feedback = feedback
 
     def enqueue_review(self, review_id: int) -> None:
         self._review(review_id)
+
+    def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None:
+        self._feedback(project_id, delivery_id, signal)
 
     def requeue_stale(self, engine: sa.Engine, now: datetime | None = None) -> int:
         now = now or datetime.now(UTC)

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
 from bot import metrics
+from bot.feedback import DOWN, UP, Signal, SignalKind, apply_signal, signal_from_reply
 from bot.models import Delivery, Forge, Project, Review, ReviewStatus
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,23 @@ _OUTCOMES = {
 
 @dataclass(frozen=True)
 class Route:
-    """What a verified delivery asks for: a review of ``number`` at ``head_sha``, or nothing (why)."""
+    """What a verified delivery asks for: a review of ``number`` at ``head_sha``, a signal to record,
+    or nothing (and why)."""
 
     project_path: str
     actor: str
     number: int | None = None
     head_sha: str | None = None
+    signal: Signal | None = None  # a reviewer's reaction to record
     ignored: str | None = None
+
+
+class Jobs(Protocol):
+    """What the intake hands work to (the queue)."""
+
+    def enqueue_review(self, review_id: int) -> None: ...
+
+    def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None: ...
 
 
 def gitlab_secret_matches(headers: Mapping[str, str], _body: bytes, secret: str) -> bool:
@@ -74,8 +85,12 @@ def route_gitlab(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
     path = str(payload.get("project", {}).get("path_with_namespace", ""))
     actor = str(payload.get("user", {}).get("username", ""))
     event = headers.get("x-gitlab-event", "")
+    if event == "Emoji Hook":
+        return _gitlab_award(path, actor, payload)
+    if event == "Note Hook":
+        return _gitlab_note(path, actor, payload)
     if event != "Merge Request Hook":
-        return Route(path, actor, ignored=f"event {event or 'unnamed'!r} does not start a review")
+        return Route(path, actor, ignored=f"event {event or 'unnamed'!r} is not handled")
     attributes = payload.get("object_attributes", {})
     action = attributes.get("action")
     number, head = attributes.get("iid"), attributes.get("last_commit", {}).get("id")
@@ -90,12 +105,52 @@ def route_gitlab(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
     return Route(path, actor, ignored=f"merge request action {action!r} needs no review")
 
 
+GITLAB_THUMBS = {"thumbsup": UP, "thumbsdown": DOWN}
+
+
+def _gitlab_award(path: str, actor: str, payload: dict[str, Any]) -> Route:
+    award = payload.get("object_attributes", {})
+    if (
+        award.get("awardable_type") != "Note"
+        or payload.get("note", {}).get("noteable_type") != "MergeRequest"
+    ):
+        return Route(path, actor, ignored="emoji not on a merge request comment")
+    value = GITLAB_THUMBS.get(str(award.get("name")))
+    if value is None:
+        return Route(path, actor, ignored=f"emoji {award.get('name')!r} is not feedback")
+    if award.get("action") == "revoke":
+        value = ""
+    source = f"gitlab:award:{award.get('id')}"
+    signal = Signal(SignalKind.REACTION, value, actor, source, comment_id=str(award.get("awardable_id")))
+    return Route(path, actor, signal=signal)
+
+
+def _gitlab_note(path: str, actor: str, payload: dict[str, Any]) -> Route:
+    note = payload.get("object_attributes", {})
+    if note.get("noteable_type") != "MergeRequest" or note.get("system"):
+        return Route(path, actor, ignored="comment not on a merge request")
+    if not note.get("discussion_id"):
+        return Route(path, actor, ignored="comment without a discussion id (GitLab older than 15)")
+    source = f"gitlab:note:{note.get('id')}"
+    return Route(
+        path,
+        actor,
+        signal=signal_from_reply(
+            str(note.get("note", "")), actor, source, thread_id=str(note["discussion_id"])
+        ),
+    )
+
+
 def route_github(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
     path = str(payload.get("repository", {}).get("full_name", ""))
     actor = str(payload.get("sender", {}).get("login", ""))
     event = headers.get("x-github-event", "")
+    if event == "pull_request_review_comment":
+        return _github_reply(path, actor, payload)
+    if event == "pull_request_review_thread":
+        return _github_thread(path, actor, payload)
     if event != "pull_request":
-        return Route(path, actor, ignored=f"event {event or 'unnamed'!r} does not start a review")
+        return Route(path, actor, ignored=f"event {event or 'unnamed'!r} is not handled")
     action = payload.get("action")
     pull = payload.get("pull_request", {})
     if action not in ("opened", "reopened", "synchronize", "ready_for_review"):
@@ -106,6 +161,30 @@ def route_github(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
     if not isinstance(number, int) or not head:
         return Route(path, actor, ignored="pull request event without number or head sha")
     return Route(path, actor, number=number, head_sha=str(head))
+
+
+def _github_reply(path: str, actor: str, payload: dict[str, Any]) -> Route:
+    comment = payload.get("comment", {})
+    parent = comment.get("in_reply_to_id")
+    if parent is None:
+        return Route(path, actor, ignored="review comment that answers no comment")
+    source = f"github:comment:{comment.get('id')}"
+    if payload.get("action") == "deleted":  # a withdrawn reply, or a withdrawn command
+        return Route(path, actor, signal=Signal(SignalKind.REPLY, "", actor, source, comment_id=str(parent)))
+    text = str(comment.get("body", ""))
+    return Route(path, actor, signal=signal_from_reply(text, actor, source, comment_id=str(parent)))
+
+
+def _github_thread(path: str, actor: str, payload: dict[str, Any]) -> Route:
+    thread = payload.get("thread", {})
+    comments = thread.get("comments") or []
+    action = payload.get("action")
+    if not comments or action not in ("resolved", "unresolved"):
+        return Route(path, actor, ignored=f"review thread action {action!r} is not feedback")
+    value = "true" if action == "resolved" else "false"
+    source = f"github:thread:{thread.get('node_id')}"
+    signal = Signal(SignalKind.RESOLVED, value, actor, source, comment_id=str(comments[0].get("id")))
+    return Route(path, actor, signal=signal)
 
 
 @dataclass(frozen=True)
@@ -128,7 +207,7 @@ def _answer(status: int, detail: str, **extra: Any) -> JSONResponse:
 
 def handle_delivery(
     engine: sa.Engine,
-    enqueue_review: Callable[[int], None],
+    jobs: Jobs,
     hooks: ForgeHooks,
     headers: Mapping[str, str],
     body: bytes,
@@ -166,7 +245,10 @@ def handle_delivery(
             session.commit()
             log.info("%s delivery %s ignored: %s", hooks.forge, delivery.delivery_id, route.ignored)
             return _answer(200, f"ignored: {route.ignored}")
-        assert project.id is not None and route.number is not None and route.head_sha is not None
+        assert project.id is not None
+        if route.signal is not None:
+            return _feedback(session, jobs, project.id, delivery, route.signal)
+        assert route.number is not None and route.head_sha is not None
         review = Review(project_id=project.id, mr_number=route.number, head_sha=route.head_sha)
         session.add(review)
         session.flush()
@@ -176,11 +258,26 @@ def handle_delivery(
         session.commit()
     # Queued only once the row is committed: the job must find it. Should enqueueing fail, the
     # review stays QUEUED in the database and the stale-job sweep enqueues it again.
-    enqueue_review(review_id)
+    jobs.enqueue_review(review_id)
     return _answer(202, "review queued", review_id=review_id, review_status=ReviewStatus.QUEUED.value)
 
 
-def router(engine: sa.Engine, enqueue_review: Callable[[int], None]) -> APIRouter:
+def _feedback(
+    session: Session, jobs: Jobs, project_id: int, delivery: Delivery, signal: Signal
+) -> JSONResponse:
+    if apply_signal(session, project_id, signal) is not None:
+        delivery.outcome = f"recorded {signal.kind}"
+        session.commit()
+        return _answer(200, f"feedback recorded: {signal.describe()}")
+    # Its finding may not be recorded yet (the review job is still posting): the queue tries again.
+    delivery.outcome = "feedback waiting for its finding"
+    session.commit()
+    assert delivery.id is not None
+    jobs.enqueue_feedback(project_id, delivery.id, signal)
+    return _answer(202, f"feedback queued until its finding is known: {signal.describe()}")
+
+
+def router(engine: sa.Engine, jobs: Jobs) -> APIRouter:
     routes = APIRouter()
 
     async def receive(request: Request, hooks: ForgeHooks) -> JSONResponse:
@@ -199,7 +296,7 @@ def router(engine: sa.Engine, enqueue_review: Callable[[int], None]) -> APIRoute
             if len(body) > MAX_BODY_BYTES:
                 return _answer(413, f"payload larger than {MAX_BODY_BYTES} bytes")
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return await run_in_threadpool(handle_delivery, engine, enqueue_review, hooks, headers, body)
+        return await run_in_threadpool(handle_delivery, engine, jobs, hooks, headers, body)
 
     @routes.post("/webhooks/gitlab", status_code=202)
     async def gitlab_webhook(request: Request) -> JSONResponse:

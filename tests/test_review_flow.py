@@ -110,7 +110,7 @@ def test_review_then_push(
         author=fake.users["alice-token"],
     )
 
-    with TestClient(create_app(engine, queue.enqueue_review)) as client:
+    with TestClient(create_app(engine, queue)) as client:
         first = deliver(client, mr, "open")
         run_jobs(queue)
         with Session(engine) as session:

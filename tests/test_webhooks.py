@@ -17,6 +17,7 @@ from sqlmodel import Session, func, select
 
 from bot import db
 from bot.app import create_app
+from bot.feedback import Signal
 from bot.models import Delivery, Project, Review
 from bot.webhooks import MAX_BODY_BYTES
 
@@ -29,10 +30,24 @@ GITLAB_EVENTS = {"merge_request": "Merge Request Hook", "note": "Note Hook", "em
 SECRET = "s3cret-webhook"
 
 
+class Recorder(list[int]):
+    """Stands in for the queue: what the intake enqueued (review ids; feedback signals)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feedback: list[tuple[int, int, Signal]] = []
+
+    def enqueue_review(self, review_id: int) -> None:
+        self.append(review_id)
+
+    def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None:
+        self.feedback.append((project_id, delivery_id, signal))
+
+
 @pytest.fixture
-def app(engine: sa.Engine) -> Iterator[tuple[TestClient, list[int]]]:
-    queued: list[int] = []
-    with TestClient(create_app(engine, queued.append)) as client:
+def app(engine: sa.Engine) -> Iterator[tuple[TestClient, Recorder]]:
+    queued = Recorder()
+    with TestClient(create_app(engine, queued)) as client:
         yield client, queued
 
 
@@ -75,12 +90,14 @@ def github_case(path: Path) -> tuple[bytes, str, str, int]:
     payload = json.loads(body)
     repo = payload.get("repository", {}).get("full_name", "")
     expected = 202 if event == "pull_request" and action in REVIEW_ACTIONS else 200
+    if event == "pull_request_review_thread":
+        expected = 202  # feedback on a thread; no finding is known, so it waits in the queue
     return body, event, repo, expected
 
 
 @pytest.mark.parametrize("path", GITHUB, ids=lambda p: p.name)
 def test_github_fixture_through_the_app(
-    path: Path, app: tuple[TestClient, list[int]], engine: sa.Engine
+    path: Path, app: tuple[TestClient, Recorder], engine: sa.Engine
 ) -> None:
     client, queued = app
     body, event, repo, expected = github_case(path)
@@ -98,17 +115,17 @@ def test_github_fixture_through_the_app(
     headers = github_headers(body, event)
     first = client.post("/webhooks/github", content=body, headers=headers)
     assert first.status_code == expected, first.json()
-    assert len(queued) == (1 if expected == 202 else 0)
+    assert len(queued) + len(queued.feedback) == (1 if expected == 202 else 0)
     again = client.post("/webhooks/github", content=body, headers=headers)
     assert again.status_code == 200 and "duplicate" in again.json()["detail"]
-    assert len(queued) == (1 if expected == 202 else 0)
+    assert len(queued) + len(queued.feedback) == (1 if expected == 202 else 0)
     assert count(engine, Delivery) == 1
     assert count(engine, Review) == len(queued)
 
 
 @pytest.mark.parametrize("path", GITLAB, ids=lambda p: p.name)
 def test_gitlab_fixture_through_the_app(
-    path: Path, app: tuple[TestClient, list[int]], engine: sa.Engine
+    path: Path, app: tuple[TestClient, Recorder], engine: sa.Engine
 ) -> None:
     client, queued = app
     body = path.read_bytes()
@@ -131,7 +148,7 @@ def test_gitlab_fixture_through_the_app(
 
 
 def test_queued_review_row_holds_the_merge_request(
-    app: tuple[TestClient, list[int]], engine: sa.Engine
+    app: tuple[TestClient, Recorder], engine: sa.Engine
 ) -> None:
     client, queued = app
     body, event, repo, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.synchronize.1.json")
@@ -146,7 +163,7 @@ def test_queued_review_row_holds_the_merge_request(
 
 
 def test_malformed_body_with_valid_signature_is_400(
-    app: tuple[TestClient, list[int]], engine: sa.Engine
+    app: tuple[TestClient, Recorder], engine: sa.Engine
 ) -> None:
     client, _ = app
     add_project(engine, "github", "Codertocat/Hello-World")
@@ -158,7 +175,7 @@ def test_malformed_body_with_valid_signature_is_400(
 
 
 def test_oversized_body_is_413_before_anything_else(
-    app: tuple[TestClient, list[int]], engine: sa.Engine
+    app: tuple[TestClient, Recorder], engine: sa.Engine
 ) -> None:
     client, _ = app
     add_project(engine, "gitlab", "group/app")
@@ -168,7 +185,7 @@ def test_oversized_body_is_413_before_anything_else(
     assert count(engine, Delivery) == 0
 
 
-def test_unknown_project_is_404(app: tuple[TestClient, list[int]], engine: sa.Engine) -> None:
+def test_unknown_project_is_404(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
     client, _ = app
     body, event, _, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json")
     assert (
@@ -181,7 +198,7 @@ def test_unknown_project_is_404(app: tuple[TestClient, list[int]], engine: sa.En
 
 
 def test_events_of_the_bot_itself_and_disabled_projects_are_ignored(
-    app: tuple[TestClient, list[int]], engine: sa.Engine
+    app: tuple[TestClient, Recorder], engine: sa.Engine
 ) -> None:
     client, queued = app
     body, event, repo, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json")
@@ -196,7 +213,7 @@ def test_events_of_the_bot_itself_and_disabled_projects_are_ignored(
     assert queued == []
 
 
-def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, list[int]], engine: sa.Engine) -> None:
+def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
     client, queued = app
     add_project(engine, "github", "a/one")
     with db.session_scope(engine) as session:

@@ -133,6 +133,9 @@ class Finding(SQLModel, table=True):
     review: str = Field(description="what the reviewer (the model) wrote about the code")
     explanation: str = ""
     code: str = Field(default="", description="the code the finding judged, as shown to the model")
+    anchor_text: str = Field(
+        default="", description="the text of the line it is on; a push that removes it addresses it"
+    )
     fingerprint: str = Field(max_length=64, index=True)
     forge_comment_id: str | None = Field(default=None, max_length=128, index=True)
     forge_thread_id: str | None = Field(

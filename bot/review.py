@@ -54,6 +54,7 @@ class Finding:
     explanation: str
     code: str  # the snippet the severity was judged on
     fingerprint: str
+    anchor_text: str = ""  # the text of the line it is on ("" for a file-level finding)
     anchor_note: str | None = None  # why the model's anchor was moved, if it was
 
 
@@ -298,6 +299,7 @@ class _Run:
                 explanation=explanation,
                 code=code,
                 fingerprint=fingerprint(path, target, issue.review),
+                anchor_text=target.text if target else "",
                 anchor_note=note,
             )
         )

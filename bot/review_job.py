@@ -14,11 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot import metrics
 from bot.config import Settings
 from bot.diff import DEFAULT_IGNORE_GLOBS, Diff, FileDiff, SkippedFile, parse_diff
+from bot.feedback import SignalKind, record_signal
 from bot.forges.base import (
     SUMMARY_MARKER,
     BotComment,
@@ -132,6 +133,7 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     forge.upsert_summary(mr.number, summary_body(result, mr, len(posted), resolved), summary)
 
     _record(engine, review_id, result, posted, posted_before)
+    _mark_addressed(engine, review, full, {f.path for f in diff.files})
     failed_paths = {f.path for f in result.failed}  # not reviewed: the next push must look at them again
     digests = {
         **previous_digests,
@@ -208,6 +210,36 @@ def _resolve_outdated(
     return resolved
 
 
+def _mark_addressed(engine: sa.Engine, review: Review, full: Diff, changed_paths: set[str]) -> None:
+    """Earlier findings of this MR whose line a push removed are addressed: a feedback signal of its own.
+
+    Only files whose diff changed since the last review are looked at; a file that left the MR's
+    diff altogether (its change reverted) addresses all its findings.
+    """
+    files = {f.path: f for f in full.files}
+    reviewed = {f.path for f in full.files} | {s.path for s in full.skipped}
+    with Session(engine) as session:
+        earlier = session.exec(
+            select(Finding)
+            .join(Review, col(Finding.review_id) == col(Review.id))
+            .where(col(Review.project_id) == review.project_id, col(Review.mr_number) == review.mr_number)
+            .where(col(Review.id) != review.id, col(Finding.anchor_text) != "")
+        ).all()
+        for finding in earlier:
+            file = files.get(finding.path)
+            if finding.path in reviewed and finding.path not in changed_paths:
+                continue  # that file's diff did not change since it was reviewed
+            texts = (
+                {line.text.strip() for h in file.hunks for line in h.lines if line.side == finding.side}
+                if file
+                else set()
+            )
+            if finding.anchor_text.strip() not in texts:
+                assert finding.id is not None
+                record_signal(session, finding.id, SignalKind.ADDRESSED, "", "", f"addressed:{finding.id}")
+        session.commit()
+
+
 def _record(
     engine: sa.Engine,
     review_id: int,
@@ -231,6 +263,7 @@ def _record(
                     review=finding.review,
                     explanation=finding.explanation,
                     code=finding.code,
+                    anchor_text=finding.anchor_text,
                     fingerprint=finding.fingerprint,
                     forge_comment_id=comments.get(finding.fingerprint, (None, None))[0],
                     forge_thread_id=comments.get(finding.fingerprint, (None, None))[1],

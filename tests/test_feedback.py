@@ -185,3 +185,46 @@ def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
     }  # fmt: skip
     assert rows[1]["model_version"] == "severity-v2" and rows[1]["with_feedback_rate"] == 0.0
     assert Severity(rows[1]["severity"]) is Severity.MINOR
+
+
+def test_a_push_that_removes_the_line_addresses_the_finding(engine: sa.Engine) -> None:
+    from bot.diff import parse_diff
+    from bot.review_job import _mark_addressed
+
+    with db.session_scope(engine) as session:
+        project = Project(forge="gitlab", forge_url="http://forge.test", path="g/app", webhook_secret="s")
+        session.add(project)
+        session.flush()
+        old = Review(project_id=project.id, mr_number=1, head_sha="a" * 40, status="done")
+        new = Review(project_id=project.id, mr_number=1, head_sha="b" * 40)
+        session.add_all([old, new])
+        session.flush()
+        common = {
+            "review_id": old.id,
+            "severity": "major",
+            "title": "t",
+            "review": "r",
+            "model_version": "base",
+        }
+        for path, text in [
+            ("a.py", "x = eval(s)"),
+            ("a.py", "y = 2"),
+            ("b.py", "z = 3"),
+            ("gone.py", "w = 4"),
+        ]:
+            session.add(Finding(path=path, line=1, anchor_text=text, fingerprint=path + text, **common))
+        new_id = new.id
+    # The push rewrote a.py (eval gone, y kept); b.py's diff is unchanged; gone.py left the diff.
+    pushed = parse_diff(
+        "diff --git a/a.py b/a.py\n--- a/a.py\n+++ b/a.py\n@@ -1 +1,2 @@\n-x = 1\n+x = int(s)\n+y = 2\n"
+        "diff --git a/b.py b/b.py\n--- a/b.py\n+++ b/b.py\n@@ -1 +1 @@\n-z = 0\n+z = 3\n"
+    )
+    with Session(engine) as session:
+        review = session.get(Review, new_id)
+    assert review is not None
+    _mark_addressed(engine, review, pushed, changed_paths={"a.py"})
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Finding.anchor_text).join(Feedback).where(Feedback.kind == "addressed")
+        ).all()
+    assert sorted(rows) == ["w = 4", "x = eval(s)"]

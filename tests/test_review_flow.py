@@ -20,7 +20,7 @@ from bot import db
 from bot.app import create_app
 from bot.config import load_settings
 from bot.forges.base import parse_marker
-from bot.models import Finding, Project, Review, ReviewStatus
+from bot.models import Feedback, Finding, Project, Review, ReviewStatus
 from bot.tasks import Queue
 from tests.support.fake_gitlab import FakeGitLab, MergeRequest, change
 from tests.support.live_server import live_server
@@ -122,6 +122,7 @@ def test_review_then_push(
         posted = [note for kind, note in notes if kind == "finding"]
         assert len(posted) == len(findings) and [k for k, _ in notes].count("summary") == 1
         assert {str(n.id) for n in posted} == {f.forge_comment_id for f in findings}
+        assert all(f.forge_thread_id for f in findings)  # GitLab replies arrive by discussion id
 
         # The same job again (a redelivered queue message): done reviews do nothing.
         writes = len(fake.writes())
@@ -152,6 +153,16 @@ def test_review_then_push(
             for note in discussion.notes
         }  # fmt: skip
         assert resolved == app_findings - still_found
+        with Session(engine) as session:
+            addressed = {
+                row.finding_id
+                for row in session.exec(select(Feedback).where(Feedback.kind == "addressed")).all()
+            }
+        for finding in findings:
+            if finding.path == "util.py":
+                assert finding.id not in addressed  # util.py did not change
+            elif "eval(request.body)" in finding.anchor_text:
+                assert finding.id in addressed  # the push removed that line
 
         # A review queued for a head the MR has left behind does nothing.
         with db.session_scope(engine) as session:

@@ -133,21 +133,41 @@ class Signal:
     source_event_id: str
     comment_id: str | None = None
     thread_id: str | None = None
+    reply_id: str | None = None  # the reviewer's own comment, for replies and commands
+
+    @property
+    def is_command(self) -> bool:
+        return self.kind in (SignalKind.SEVERITY, SignalKind.DISMISS)
+
+    def acknowledgement(self) -> str:
+        """The bot's answer to a command, so the reviewer knows it was heard."""
+        if self.kind == SignalKind.SEVERITY:
+            done = f"severity corrected to **{self.value}**"
+        else:
+            done = "dismissed as not an issue" + (f" ({self.value})" if self.value else "")
+        return f"Noted: {done}. Thank you — this goes into the training data of the next model."
 
     def describe(self) -> str:
         target = f"comment {self.comment_id}" if self.comment_id else f"discussion {self.thread_id}"
         return f"{self.kind} {self.value!r} by {self.author or 'someone'} on {target}"
 
 
-def signal_from_reply(text: str, author: str, source_event_id: str, **target: str | None) -> Signal:
+def signal_from_reply(
+    text: str,
+    author: str,
+    source_event_id: str,
+    reply_id: str,
+    *,
+    comment_id: str | None = None,
+    thread_id: str | None = None,
+) -> Signal:
     """A reply in a bot thread: a command when it holds one (an invalid one counts as a plain reply)."""
     try:
         command = parse_command(text)
     except CommandError:
         command = None
-    if command is None:
-        return Signal(SignalKind.REPLY, text, author, source_event_id, **target)
-    return Signal(command.kind, command.value, author, source_event_id, **target)
+    kind, value = (command.kind, command.value) if command else (SignalKind.REPLY, text)
+    return Signal(kind, value, author, source_event_id, comment_id, thread_id, reply_id)
 
 
 def find_finding(session: Session, project_id: int, signal: Signal) -> Finding | None:
@@ -167,14 +187,16 @@ def find_finding(session: Session, project_id: int, signal: Signal) -> Finding |
     return session.exec(query).first()
 
 
-def apply_signal(session: Session, project_id: int, signal: Signal) -> Feedback | None:
-    """Record ``signal`` on its finding; None when no finding of the project matches (yet)."""
+def apply_signal(session: Session, project_id: int, signal: Signal) -> tuple[Finding, bool] | None:
+    """Record ``signal`` on its finding: the finding, and whether the signal is new or changed (an
+    edit that changes nothing, or a redelivery, is not); None when no finding matches (yet)."""
     finding = find_finding(session, project_id, signal)
     if finding is None or finding.id is None:
         return None
-    return record_signal(
-        session, finding.id, signal.kind, signal.value, signal.author, signal.source_event_id
-    )
+    before = session.exec(select(Feedback).where(Feedback.source_event_id == signal.source_event_id)).first()
+    changed = before is None or (before.kind, before.value) != (signal.kind, signal.value)
+    record_signal(session, finding.id, signal.kind, signal.value, signal.author, signal.source_event_id)
+    return finding, changed
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from bot.feedback import Signal, apply_signal
 from bot.forges import forge_for
 from bot.forges.base import ForgeError
 from bot.llm import LLMError, LLMRejected
-from bot.models import Delivery, Review, ReviewStatus
+from bot.models import Delivery, Finding, Project, Review, ReviewStatus
 from bot.review_job import ForgeFactory, mark_failed, run_review_job
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,45 @@ class Queue:
         )
         def feedback(project_id: int, delivery_id: int, signal: Signal) -> str:
             with Session(engine) as session:
-                if apply_signal(session, project_id, signal) is not None:
+                applied = apply_signal(session, project_id, signal)
+                if applied is not None:
+                    finding, changed = applied
                     session.commit()
                     _outcome(session, delivery_id, f"recorded {signal.kind}")
+                    if changed and signal.is_command and finding.id is not None:
+                        self.enqueue_acknowledgement(finding.id, signal)
                     return "recorded"
             raise FindingNotYet(f"no finding for {signal.describe()} yet")
+
+        @huey.task(
+            retries=REVIEW_RETRIES,
+            retry_delay=retry_delay_s,
+            retry_backoff=2,
+            context=True,
+            name="acknowledge",
+        )
+        def acknowledge(finding_id: int, signal: Signal, task: Any = None) -> str:
+            with Session(engine) as session:
+                finding = session.get(Finding, finding_id)
+                review = session.get(Review, finding.review_id) if finding else None
+                project = session.get(Project, review.project_id) if review else None
+            if finding is None or review is None or project is None or signal.reply_id is None:
+                return "nothing to acknowledge"
+            thread = (
+                finding.forge_thread_id or finding.forge_comment_id
+            )  # GitLab: discussion; GitHub: first comment
+            try:
+                forges(project).acknowledge(
+                    review.mr_number, signal.reply_id, thread, signal.acknowledgement()
+                )
+            except ForgeError as exc:
+                if exc.retryable and task is not None and task.retries > 0:
+                    raise
+                log.warning(
+                    "could not acknowledge %s: %s", signal.describe(), exc
+                )  # the signal itself is kept
+                return "failed"
+            return "acknowledged"
 
         @huey.signal(SIGNAL_ERROR)
         def unmatched(signal_name: str, task: Any, exc: Exception | None = None) -> None:
@@ -139,12 +173,16 @@ class Queue:
 
         self._review = review
         self._feedback = feedback
+        self._acknowledge = acknowledge
 
     def enqueue_review(self, review_id: int) -> None:
         self._review(review_id)
 
     def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None:
         self._feedback(project_id, delivery_id, signal)
+
+    def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
+        self._acknowledge(finding_id, signal)
 
     def requeue_stale(self, engine: sa.Engine, now: datetime | None = None) -> int:
         now = now or datetime.now(UTC)

@@ -58,6 +58,8 @@ class Jobs(Protocol):
 
     def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None: ...
 
+    def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None: ...
+
 
 def gitlab_secret_matches(headers: Mapping[str, str], _body: bytes, secret: str) -> bool:
     return hmac.compare_digest(headers.get("x-gitlab-token", "").encode(), secret.encode())
@@ -132,13 +134,9 @@ def _gitlab_note(path: str, actor: str, payload: dict[str, Any]) -> Route:
     if not note.get("discussion_id"):
         return Route(path, actor, ignored="comment without a discussion id (GitLab older than 15)")
     source = f"gitlab:note:{note.get('id')}"
-    return Route(
-        path,
-        actor,
-        signal=signal_from_reply(
-            str(note.get("note", "")), actor, source, thread_id=str(note["discussion_id"])
-        ),
-    )
+    text, discussion = str(note.get("note", "")), str(note["discussion_id"])
+    signal = signal_from_reply(text, actor, source, str(note.get("id")), thread_id=discussion)
+    return Route(path, actor, signal=signal)
 
 
 def route_github(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
@@ -172,7 +170,8 @@ def _github_reply(path: str, actor: str, payload: dict[str, Any]) -> Route:
     if payload.get("action") == "deleted":  # a withdrawn reply, or a withdrawn command
         return Route(path, actor, signal=Signal(SignalKind.REPLY, "", actor, source, comment_id=str(parent)))
     text = str(comment.get("body", ""))
-    return Route(path, actor, signal=signal_from_reply(text, actor, source, comment_id=str(parent)))
+    signal = signal_from_reply(text, actor, source, str(comment.get("id")), comment_id=str(parent))
+    return Route(path, actor, signal=signal)
 
 
 def _github_thread(path: str, actor: str, payload: dict[str, Any]) -> Route:
@@ -265,9 +264,14 @@ def handle_delivery(
 def _feedback(
     session: Session, jobs: Jobs, project_id: int, delivery: Delivery, signal: Signal
 ) -> JSONResponse:
-    if apply_signal(session, project_id, signal) is not None:
+    applied = apply_signal(session, project_id, signal)
+    if applied is not None:
+        finding, changed = applied
         delivery.outcome = f"recorded {signal.kind}"
         session.commit()
+        if changed and signal.is_command:
+            assert finding.id is not None
+            jobs.enqueue_acknowledgement(finding.id, signal)
         return _answer(200, f"feedback recorded: {signal.describe()}")
     # Its finding may not be recorded yet (the review job is still posting): the queue tries again.
     delivery.outcome = "feedback waiting for its finding"

@@ -194,3 +194,47 @@ def test_feedback_on_someone_elses_comment_is_dropped_visibly(
         outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
         assert outcome.startswith("feedback matched no finding of the bot") and "not-a-bot-note" in outcome
         assert session.exec(select(Feedback)).all() == []
+
+
+def test_a_command_is_acknowledged_on_the_forge(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.fake_gitlab import FakeGitLab, Note, change
+    from tests.support.live_server import live_server
+
+    fake = FakeGitLab()
+    bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
+    mr = fake.add_merge_request(fake.add_project("group/app"), [change("a.py", "x\n", "y\n")], author=ana)
+    ours = fake.add_note(
+        mr, bot, "**major** · Leak <!-- reviewbot:finding:ffffffffffffffff -->", resolvable=True
+    )
+    discussion = mr.discussions[-1]
+    theirs = Note(4242, ana, "/severity minor", resolvable=True)
+    discussion.notes.append(theirs)
+    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    with live_server(fake.app) as url:
+        with db.session_scope(engine) as session:
+            project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
+                              bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
+            session.add(project)
+            session.flush()
+            review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha, status="done")
+            session.add(review)
+            session.flush()
+            session.add(Finding(review_id=review.id, path="a.py", line=1, severity="major", title="Leak",
+                                review="r", fingerprint="f" * 16, model_version="base",
+                                forge_comment_id=str(ours.id), forge_thread_id=discussion.id))  # fmt: skip
+        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+        with TestClient(create_app(engine, queue)) as client:
+            response = gitlab(client, "Note Hook", note("/severity minor", discussion.id, note_id=theirs.id))
+            assert response.status_code == 200
+            again = note(
+                "/severity minor", discussion.id, note_id=theirs.id, action="update"
+            )  # unchanged edit
+            assert gitlab(client, "Note Hook", again).status_code == 200
+        while (task := queue.huey.dequeue()) is not None:
+            queue.huey.execute(task)
+    assert theirs.awards == [(bot, "eyes")]
+    replies = [n.body for n in discussion.notes if n.author is bot and n is not ours]
+    assert len(replies) == 1 and "severity corrected to **minor**" in replies[0]
+    assert label(engine, "gitlab") == "corrected"

@@ -388,3 +388,19 @@ def test_an_unreachable_server_is_a_retryable_error() -> None:
     with pytest.raises(ForgeError) as error:
         GitHubForge(f"http://127.0.0.1:{free_port()}", REPO, token="bot-token", timeout_s=1)
     assert error.value.retryable and "read the bot's identity" in str(error.value)
+
+
+def test_acknowledge_a_reviewers_command(forge: GitHubForge, fake: FakeGitHub) -> None:
+    mr = forge.merge_request(7)
+    forge.post_review(mr, parse_diff(forge.diff(mr)), [finding("abcd0001", "src/app.py", 2)])
+    [ours] = forge.bot_comments(7)
+    command = fake.add_review_comment(
+        REPO, 7, "alice", "/dismiss intended", "src/app.py", 2, int(ours.comment_id)
+    )
+
+    forge.acknowledge(7, str(command), ours.comment_id, "Noted: dismissed.")
+
+    assert fake.review_comments[command].reactions == {"eyes": 1}
+    [answer] = [c for c in fake.review_comments.values() if c.user == BOT and c.in_reply_to_id]
+    assert answer.in_reply_to_id == int(ours.comment_id)
+    assert answer.body == "Noted: dismissed."

@@ -13,7 +13,7 @@ from bot.diff import FileStatus, parse_diff
 from bot.forges.base import SUMMARY_MARKER, BotComment, ForgeError, InlineComment, Placement, finding_marker
 from bot.forges.gitlab import GitLabForge
 from bot.models import Side
-from tests.support.fake_gitlab import FakeGitLab, FileChange, MergeRequest, User, change, sha
+from tests.support.fake_gitlab import FakeGitLab, FileChange, MergeRequest, Note, User, change, sha
 from tests.support.live_server import live_server
 
 BOT_TOKEN = "bot-token"
@@ -388,3 +388,19 @@ def test_an_unreachable_gitlab_is_retryable() -> None:
     with pytest.raises(ForgeError, match="unreachable") as caught:
         GitLabForge(url, BOT_TOKEN, "group/app", timeout_s=1)
     assert caught.value.retryable
+
+
+def test_acknowledge_a_reviewers_command(fake: FakeGitLab, forge: GitLabForge) -> None:
+    mr = open_mr(fake)
+    ours = forge.merge_request(mr.iid)
+    forge.post_review(ours, parse_diff(forge.diff(ours)), [finding("app.py", 5)])
+    [comment] = forge.bot_comments(mr.iid)
+    discussion = next(d for d in mr.discussions if d.id == comment.thread_id)
+    command = Note(9999, user(fake, "alice"), "/severity minor", resolvable=True)
+    discussion.notes.append(command)
+
+    forge.acknowledge(mr.iid, "9999", comment.thread_id, "Noted: severity minor.")
+    forge.acknowledge(mr.iid, "9999", comment.thread_id, "Noted: severity minor.")  # a retried job
+
+    assert command.awards == [(user(fake, "reviewbot"), "eyes")]
+    assert [n.body for n in discussion.notes[2:]] == ["Noted: severity minor."] * 2

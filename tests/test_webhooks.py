@@ -43,6 +43,9 @@ class Recorder(list[int]):
     def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None:
         self.feedback.append((project_id, delivery_id, signal))
 
+    def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
+        raise AssertionError("no finding exists in these tests, so nothing is acknowledged")
+
 
 @pytest.fixture
 def app(engine: sa.Engine) -> Iterator[tuple[TestClient, Recorder]]:

@@ -125,3 +125,9 @@ class Forge(Protocol):
     def resolve_comment(self, number: int, comment: BotComment) -> None:
         """Mark one of the bot's finding comments resolved/outdated (its line no longer exists)."""
         ...
+
+    def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
+        """Tell a reviewer their command was heard: 👀 on their comment ``reply_to`` and ``body`` as a
+        reply in its thread (GitLab: the discussion ``thread_id``; GitHub: ``thread_id`` is the id of the
+        thread's first comment, the bot's finding, since GitHub takes no replies to replies)."""
+        ...

@@ -266,6 +266,13 @@ class GitHubForge:
             if not resolved:
                 self._requester.graphql_query(_RESOLVE_MUTATION, {"threadId": thread_id})
 
+    def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
+        with self._calling(f"acknowledge comment {reply_to} on pull request #{number}"):
+            pr = self._pr(number)
+            pr.get_review_comment(int(reply_to)).create_reaction("eyes")  # GitHub keeps one per user
+            # GitHub takes replies to a thread's first comment only (the bot's finding, ``thread_id``).
+            pr.create_review_comment_reply(int(thread_id or reply_to), body)
+
     # --- helpers ---
 
     @property

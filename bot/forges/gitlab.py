@@ -178,6 +178,23 @@ class GitLabForge:
         with self._call(f"resolve discussion {comment.thread_id} of merge request !{number}"):
             self._mr(number).discussions.update(comment.thread_id, {"resolved": True})
 
+    def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
+        if thread_id is None:
+            raise ValueError(f"note {reply_to} has no discussion id; GitLab replies go to discussions")
+        mr = self._mr(number)
+        with self._call(f"react to note {reply_to} of merge request !{number}"):
+            try:
+                mr.notes.get(reply_to, lazy=True).awardemojis.create(
+                    {"name": "eyes"}, retry_transient_errors=False
+                )
+            except GitlabError as exc:
+                if "already" not in str(exc.error_message).lower():  # a retried job: the 👀 is there
+                    raise
+        with self._call(f"reply in discussion {thread_id} of merge request !{number}"):
+            mr.discussions.get(thread_id, lazy=True).notes.create(
+                {"body": body}, retry_transient_errors=False
+            )
+
     # --- posting, with its fallbacks
 
     def _post(self, mr: MergeRequest, file: FileDiff | None, comment: InlineComment) -> PostedComment:

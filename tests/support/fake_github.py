@@ -285,6 +285,45 @@ class FakeGitHub:
             found = [c for c in self.review_comments.values() if (c.repo, c.pr) == (repo, number)]
             return _page(request, [_review_comment_json(c, _base(request)) for c in found])
 
+        @app.get("/repos/{owner}/{name}/pulls/comments/{comment_id}")
+        async def review_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
+            comment = self.review_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            return JSONResponse(_review_comment_json(comment, _base(request)))
+
+        @app.post("/repos/{owner}/{name}/pulls/comments/{comment_id}/reactions", status_code=201)
+        async def react(request: Request, owner: str, name: str, comment_id: int) -> Response:
+            comment = self.review_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            content = (await request.json())["content"]
+            comment.reactions[content] = comment.reactions.get(content, 0) + 1
+            return JSONResponse(
+                {"id": next(self._ids), "content": content, "user": _user_json(request.state.login)}, 201
+            )
+
+        @app.post("/repos/{owner}/{name}/pulls/{number}/comments/{comment_id}/replies", status_code=201)
+        async def reply(request: Request, owner: str, name: str, number: int, comment_id: int) -> Response:
+            parent = self.review_comments.get(comment_id)
+            if parent is None or (parent.repo, parent.pr) != (f"{owner}/{name}", number):
+                return _not_found()
+            if parent.in_reply_to_id is not None:
+                return _error(
+                    422, "Replies to replies are not supported; reply to the thread's first comment"
+                )
+            body = (await request.json())["body"]
+            new_id = self.add_review_comment(
+                parent.repo,
+                number,
+                request.state.login,
+                body,
+                parent.path,
+                parent.line or 1,
+                in_reply_to=comment_id,
+            )
+            return JSONResponse(_review_comment_json(self.review_comments[new_id], _base(request)), 201)
+
         @app.patch("/repos/{owner}/{name}/pulls/comments/{comment_id}")
         async def edit_review_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
             comment = self.review_comments.get(comment_id)

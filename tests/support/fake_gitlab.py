@@ -399,6 +399,27 @@ class FakeGitLab:
             note = self.add_note(mr, request.state.user, params["body"])
             return JSONResponse(_note(mr, mr.discussions[-1], note, _base_url(request)), 201)
 
+        @app.post(mrs + "/discussions/{discussion_id}/notes", status_code=201)
+        async def reply(request: Request, ref: str, iid: int, discussion_id: str) -> Response:
+            mr, params = self._mr(ref, iid), await _params(request)
+            discussion = self._discussion(mr, discussion_id)
+            note = Note(
+                next(self._ids), request.state.user, params["body"], resolvable=discussion.notes[0].resolvable
+            )
+            discussion.notes.append(note)
+            return JSONResponse(_note(mr, discussion, note, _base_url(request)), 201)
+
+        @app.post(mrs + "/notes/{note_id:int}/award_emoji", status_code=201)
+        async def award(request: Request, ref: str, iid: int, note_id: int) -> Response:
+            params = await _params(request)
+            _, note = self._note(self._mr(ref, iid), note_id)
+            if (request.state.user, params["name"]) in note.awards:
+                return JSONResponse({"message": "Award Emoji Name has already been taken"}, 404)
+            note.awards.append((request.state.user, params["name"]))
+            return JSONResponse(
+                {"id": len(note.awards), "name": params["name"], "awardable_id": note.id}, 201
+            )
+
         @app.get(mrs + "/notes/{note_id:int}/award_emoji")
         async def awards(request: Request, ref: str, iid: int, note_id: int) -> Response:
             _, note = self._note(self._mr(ref, iid), note_id)

@@ -74,14 +74,12 @@ class Queue:
     ) -> None:
         self.huey = make_huey(settings.queue_url)
         huey = self.huey
+        # Forge and model calls: retried with backoff; the task sees its retries left (``task``).
+        with_retries: dict[str, Any] = {
+            "retries": REVIEW_RETRIES, "retry_delay": retry_delay_s, "retry_backoff": 2, "context": True
+        }  # fmt: skip
 
-        @huey.task(
-            retries=REVIEW_RETRIES,
-            retry_delay=retry_delay_s,
-            retry_backoff=2,
-            context=True,
-            name="review",
-        )
+        @huey.task(name="review", **with_retries)
         def review(review_id: int, task: Any = None) -> str:
             with Session(engine) as session:
                 row = session.get(Review, review_id)
@@ -125,13 +123,7 @@ class Queue:
                     return "recorded"
             raise FindingNotYet(f"no finding for {signal.describe()} yet")
 
-        @huey.task(
-            retries=REVIEW_RETRIES,
-            retry_delay=retry_delay_s,
-            retry_backoff=2,
-            context=True,
-            name="acknowledge",
-        )
+        @huey.task(name="acknowledge", **with_retries)
         def acknowledge(finding_id: int, signal: Signal, task: Any = None) -> str:
             with Session(engine) as session:
                 finding = session.get(Finding, finding_id)

@@ -199,6 +199,22 @@ def apply_signal(session: Session, project_id: int, signal: Signal) -> tuple[Fin
     return finding, changed
 
 
+def record_reaction_counts(session: Session, project_id: int, counts: dict[str, tuple[int, int]]) -> int:
+    """Store a poll of (👍, 👎) counts per bot comment: one row per comment and reaction, updated as
+    the counts move (a count back to 0 empties the row). Returns how many rows changed."""
+    changed = 0
+    for comment_id, (up, down) in counts.items():
+        for value, count in ((UP, up), (DOWN, down)):
+            source = f"poll:{comment_id}:{value}"
+            exists = session.exec(select(Feedback).where(Feedback.source_event_id == source)).first()
+            if exists is None and not count:
+                continue  # nothing to say yet
+            signal = Signal(SignalKind.REACTION, value if count else "", "", source, comment_id=comment_id)
+            applied = apply_signal(session, project_id, signal)
+            changed += bool(applied and applied[1])
+    return changed
+
+
 @dataclass(frozen=True)
 class LabelledFinding:
     finding: Finding

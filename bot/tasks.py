@@ -16,15 +16,16 @@ import sqlalchemy as sa
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.exceptions import RetryTask, TaskLockedException
 from huey.signals import SIGNAL_ERROR
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot import metrics
 from bot.config import Settings
-from bot.feedback import Signal, apply_signal
+from bot.feedback import Signal, apply_signal, record_reaction_counts
 from bot.forges import forge_for
 from bot.forges.base import ForgeError
 from bot.llm import LLMError, LLMRejected
 from bot.models import Delivery, Finding, Project, Review, ReviewStatus
+from bot.models import Forge as ForgeKind
 from bot.review_job import ForgeFactory, mark_failed, run_review_job
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ LOCKED_RETRY_DELAY_S = 15
 FEEDBACK_RETRIES = 6  # a reaction can outrun the review job that records its finding: wait up to ~3 min
 FEEDBACK_RETRY_DELAY_S = 30
 STALE_QUEUED = timedelta(minutes=5)
+POLL_DAYS = 14  # reactions keep coming a while after a review; polling stops two weeks after the last
 STALE_RUNNING = timedelta(minutes=30)
 
 
@@ -159,11 +161,16 @@ class Queue:
                         session, delivery_id, f"feedback matched no finding of the bot: {signal.describe()}"
                     )
 
+        @huey.periodic_task(crontab(minute="*/5"), name="poll_reactions")
+        def poll_reactions() -> int:
+            return self.poll_reactions(engine)
+
         @huey.periodic_task(crontab(minute="*"), name="requeue_stale")
         def requeue_stale() -> int:
             return self.requeue_stale(engine)
 
         self._review = review
+        self._forges = forges
         self._feedback = feedback
         self._acknowledge = acknowledge
 
@@ -175,6 +182,33 @@ class Queue:
 
     def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
         self._acknowledge(finding_id, signal)
+
+    def poll_reactions(self, engine: sa.Engine, now: datetime | None = None) -> int:
+        """Poll the reactions on the bot's comments of the merge requests reviewed in the last
+        ``POLL_DAYS`` days (forges that send no reaction webhooks); returns the rows that changed."""
+        since = (now or datetime.now(UTC)) - timedelta(days=POLL_DAYS)
+        with Session(engine) as session:
+            pairs = session.exec(
+                select(col(Review.project_id), col(Review.mr_number))
+                .join(Project, col(Review.project_id) == col(Project.id))
+                .where(col(Review.status) == ReviewStatus.DONE, col(Review.finished_at) >= since)
+                .where(col(Project.forge) == ForgeKind.GITHUB, col(Project.enabled))
+                .distinct()
+            ).all()
+            projects = {p.id: p for p in session.exec(select(Project)).all()}
+        reviewed = [(projects[project_id], number) for project_id, number in pairs]
+        changed = 0
+        for project, number in reviewed:
+            assert project.id is not None
+            try:
+                counts = self._forges(project).reaction_counts(number)
+            except ForgeError as exc:  # the next poll tries again
+                log.warning("could not poll reactions of %s #%s: %s", project.path, number, exc)
+                continue
+            with Session(engine) as session:
+                changed += record_reaction_counts(session, project.id, counts)
+                session.commit()
+        return changed
 
     def requeue_stale(self, engine: sa.Engine, now: datetime | None = None) -> int:
         now = now or datetime.now(UTC)

@@ -238,3 +238,68 @@ def test_a_command_is_acknowledged_on_the_forge(
     replies = [n.body for n in discussion.notes if n.author is bot and n is not ours]
     assert len(replies) == 1 and "severity corrected to **minor**" in replies[0]
     assert label(engine, "gitlab") == "corrected"
+
+
+def test_github_reactions_are_polled(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.support.fake_github import FakeGitHub, SeedFile
+    from tests.support.live_server import live_server
+
+    fake = FakeGitHub()
+    fake.add_user("reviewbot", token="bot-token")
+    fake.add_pull("o/r", 3, [SeedFile("a.py", "x\n", "y\n")])
+    ours = fake.add_review_comment(
+        "o/r", 3, "reviewbot", "finding <!-- reviewbot:finding:ffffffffffffffff -->", "a.py"
+    )
+    someone_elses = fake.add_review_comment("o/r", 3, "alice", "a human comment", "a.py")
+    fake.review_comments[someone_elses].reactions["+1"] = 5
+    monkeypatch.setenv("TEST_GITHUB_TOKEN", "bot-token")
+    with live_server(fake.app) as url:
+        with db.session_scope(engine) as session:
+            project = Project(
+                forge="github",
+                forge_url=url,
+                path="o/r",
+                webhook_secret=SECRET,
+                token_env="TEST_GITHUB_TOKEN",
+            )
+            session.add(project)
+            session.flush()
+            for finished, number in ((datetime.now(UTC), 3), (datetime.now(UTC) - timedelta(days=30), 4)):
+                review = Review(
+                    project_id=project.id,
+                    mr_number=number,
+                    head_sha="a" * 40,
+                    status="done",
+                    finished_at=finished,
+                )
+                session.add(review)
+                session.flush()
+                comment = str(ours + number - 3)  # PR 4's finding points at a comment that is not polled
+                session.add(Finding(review_id=review.id, path="a.py", line=1, severity="minor", title="t",
+                                    review="r", fingerprint="f" * 16, model_version="base",
+                                    forge_comment_id=comment))  # fmt: skip
+        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+
+        assert queue.poll_reactions(engine) == 0  # no reaction yet: nothing stored
+        fake.review_comments[ours].reactions["+1"] = 2
+        assert queue.poll_reactions(engine) == 1
+        assert queue.poll_reactions(engine) == 0  # unchanged: no new row, no update
+        assert label(engine, "github") == "confirmed"
+        fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
+        assert queue.poll_reactions(engine) == 2
+    with Session(engine) as session:
+        rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
+        assert [(r.source_event_id, r.value) for r in rows] == [
+            (f"poll:{ours}:+1", ""),
+            (f"poll:{ours}:-1", "-1"),
+        ]
+    assert (
+        next(i.label.state for i in labelled_findings(engine) if i.finding.forge_comment_id == str(ours))
+        == "disputed"
+    )
+    # Only PR 3 was polled: PR 4's review is older than the polling window.
+    assert sum(1 for r in fake.requests if r.path.endswith("/pulls/4/comments")) == 0

@@ -126,6 +126,11 @@ class Forge(Protocol):
         """Mark one of the bot's finding comments resolved/outdated (its line no longer exists)."""
         ...
 
+    def reaction_counts(self, number: int) -> dict[str, tuple[int, int]]:
+        """(👍, 👎) on each of the bot's review comments, by comment id. GitHub sends no webhook for
+        reactions, so they are polled; GitLab sends award webhooks and answers {}."""
+        ...
+
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         """Tell a reviewer their command was heard: 👀 on their comment ``reply_to`` and ``body`` as a
         reply in its thread (GitLab: the discussion ``thread_id``; GitHub: ``thread_id`` is the id of the

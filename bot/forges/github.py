@@ -266,6 +266,14 @@ class GitHubForge:
             if not resolved:
                 self._requester.graphql_query(_RESOLVE_MUTATION, {"threadId": thread_id})
 
+    def reaction_counts(self, number: int) -> dict[str, tuple[int, int]]:
+        with self._calling(f"read the reactions on pull request #{number}"):
+            return {
+                str(c.id): (int(c.reactions.get("+1", 0)), int(c.reactions.get("-1", 0)))
+                for c in self._pr(number).get_review_comments()
+                if c.user.login == self.bot_username
+            }
+
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         with self._calling(f"acknowledge comment {reply_to} on pull request #{number}"):
             pr = self._pr(number)

@@ -178,6 +178,9 @@ class GitLabForge:
         with self._call(f"resolve discussion {comment.thread_id} of merge request !{number}"):
             self._mr(number).discussions.update(comment.thread_id, {"resolved": True})
 
+    def reaction_counts(self, number: int) -> dict[str, tuple[int, int]]:
+        return {}  # awards arrive as Emoji Hook webhooks
+
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         if thread_id is None:
             raise ValueError(f"note {reply_to} has no discussion id; GitLab replies go to discussions")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import REGISTRY
 
-from bot import __version__, webhooks
+from bot import __version__, metrics, webhooks
 
 
 def create_app(engine: sa.Engine, jobs: webhooks.Jobs) -> FastAPI:
@@ -19,8 +20,12 @@ def create_app(engine: sa.Engine, jobs: webhooks.Jobs) -> FastAPI:
             connection.execute(sa.text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
+    feedback = CollectorRegistry()  # per app, so each app (and test) reads its own database
+    feedback.register(metrics.FeedbackCollector(engine))
+
     @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    def exposition() -> Response:
+        body = generate_latest(REGISTRY) + generate_latest(feedback)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -228,3 +228,21 @@ def test_a_push_that_removes_the_line_addresses_the_finding(engine: sa.Engine) -
             select(Finding.anchor_text).join(Feedback).where(Feedback.kind == "addressed")
         ).all()
     assert sorted(rows) == ["w = 4", "x = eval(s)"]
+
+
+def test_acceptance_figures_on_metrics(engine: sa.Engine) -> None:
+    from fastapi.testclient import TestClient
+
+    from bot.app import create_app
+    from tests.test_webhooks import Recorder
+
+    up = add_finding(engine, "major", "severity-v3")
+    add_finding(engine, "major", "severity-v3")  # a finding nobody reacted to
+    with db.session_scope(engine) as session:
+        record_signal(session, up, SignalKind.REACTION, "+1", "ana", "m1")
+    with TestClient(create_app(engine, Recorder())) as client:
+        exposed = client.get("/metrics").text
+    labels = 'model_version="severity-v3",project="g/app",severity="major"'
+    assert f"reviewbot_findings{{{labels}}} 2.0" in exposed
+    assert f"reviewbot_feedback_thumbs_up_ratio{{{labels}}} 0.5" in exposed
+    assert f"reviewbot_feedback_dismissed_ratio{{{labels}}} 0.0" in exposed

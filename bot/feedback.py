@@ -215,6 +215,23 @@ def record_reaction_counts(session: Session, project_id: int, counts: dict[str, 
     return changed
 
 
+def record_thread_states(session: Session, project_id: int, resolved: dict[str, bool]) -> int:
+    """Store a poll of whether each bot thread is resolved (GitLab sends no webhook for it): one row
+    per thread, written once it is first resolved and updated after. Returns how many rows changed."""
+    changed = 0
+    for thread_id, is_resolved in resolved.items():
+        source = f"poll:{thread_id}:resolved"
+        exists = session.exec(select(Feedback).where(Feedback.source_event_id == source)).first()
+        if exists is None and not is_resolved:
+            continue
+        value = "true" if is_resolved else "false"
+        applied = apply_signal(
+            session, project_id, Signal(SignalKind.RESOLVED, value, "", source, thread_id=thread_id)
+        )
+        changed += bool(applied and applied[1])
+    return changed
+
+
 @dataclass(frozen=True)
 class LabelledFinding:
     finding: Finding

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 
 from bot import metrics
 from bot.config import Settings
-from bot.feedback import Signal, apply_signal, record_reaction_counts
+from bot.feedback import Signal, apply_signal, record_reaction_counts, record_thread_states
 from bot.forges import forge_for
 from bot.forges.base import ForgeError
 from bot.llm import LLMError, LLMRejected
@@ -161,9 +161,9 @@ class Queue:
                         session, delivery_id, f"feedback matched no finding of the bot: {signal.describe()}"
                     )
 
-        @huey.periodic_task(crontab(minute="*/5"), name="poll_reactions")
-        def poll_reactions() -> int:
-            return self.poll_reactions(engine)
+        @huey.periodic_task(crontab(minute="*/5"), name="poll_feedback")
+        def poll_feedback() -> int:
+            return self.poll_feedback(engine)
 
         @huey.periodic_task(crontab(minute="*"), name="requeue_stale")
         def requeue_stale() -> int:
@@ -183,30 +183,36 @@ class Queue:
     def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
         self._acknowledge(finding_id, signal)
 
-    def poll_reactions(self, engine: sa.Engine, now: datetime | None = None) -> int:
-        """Poll the reactions on the bot's comments of the merge requests reviewed in the last
-        ``POLL_DAYS`` days (forges that send no reaction webhooks); returns the rows that changed."""
+    def poll_feedback(self, engine: sa.Engine, now: datetime | None = None) -> int:
+        """Poll what forges send no webhook for — GitHub's reactions, GitLab's thread resolution —
+        on the merge requests reviewed in the last ``POLL_DAYS`` days; returns the rows that changed."""
         since = (now or datetime.now(UTC)) - timedelta(days=POLL_DAYS)
         with Session(engine) as session:
             pairs = session.exec(
                 select(col(Review.project_id), col(Review.mr_number))
                 .join(Project, col(Review.project_id) == col(Project.id))
                 .where(col(Review.status) == ReviewStatus.DONE, col(Review.finished_at) >= since)
-                .where(col(Project.forge) == ForgeKind.GITHUB, col(Project.enabled))
+                .where(col(Project.enabled))
                 .distinct()
             ).all()
             projects = {p.id: p for p in session.exec(select(Project)).all()}
-        reviewed = [(projects[project_id], number) for project_id, number in pairs]
         changed = 0
-        for project, number in reviewed:
-            assert project.id is not None
+        for project_id, number in pairs:
+            project = projects[project_id]
             try:
-                counts = self._forges(project).reaction_counts(number)
+                forge = self._forges(project)
+                if project.forge == ForgeKind.GITHUB:
+                    counts = forge.reaction_counts(number)
+                else:
+                    threads = {c.thread_id: c.resolved for c in forge.bot_comments(number) if c.thread_id}
             except ForgeError as exc:  # the next poll tries again
-                log.warning("could not poll reactions of %s #%s: %s", project.path, number, exc)
+                log.warning("could not poll feedback of %s #%s: %s", project.path, number, exc)
                 continue
             with Session(engine) as session:
-                changed += record_reaction_counts(session, project.id, counts)
+                if project.forge == ForgeKind.GITHUB:
+                    changed += record_reaction_counts(session, project_id, counts)
+                else:
+                    changed += record_thread_states(session, project_id, threads)
                 session.commit()
         return changed
 

@@ -284,13 +284,13 @@ def test_github_reactions_are_polled(
                                     forge_comment_id=comment))  # fmt: skip
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
 
-        assert queue.poll_reactions(engine) == 0  # no reaction yet: nothing stored
+        assert queue.poll_feedback(engine) == 0  # no reaction yet: nothing stored
         fake.review_comments[ours].reactions["+1"] = 2
-        assert queue.poll_reactions(engine) == 1
-        assert queue.poll_reactions(engine) == 0  # unchanged: no new row, no update
+        assert queue.poll_feedback(engine) == 1
+        assert queue.poll_feedback(engine) == 0  # unchanged: no new row, no update
         assert label(engine, "github") == "confirmed"
         fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
-        assert queue.poll_reactions(engine) == 2
+        assert queue.poll_feedback(engine) == 2
     with Session(engine) as session:
         rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
         assert [(r.source_event_id, r.value) for r in rows] == [
@@ -303,3 +303,44 @@ def test_github_reactions_are_polled(
     )
     # Only PR 3 was polled: PR 4's review is older than the polling window.
     assert sum(1 for r in fake.requests if r.path.endswith("/pulls/4/comments")) == 0
+
+
+def test_gitlab_thread_resolution_is_polled(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from tests.support.fake_gitlab import FakeGitLab, change
+    from tests.support.live_server import live_server
+
+    fake = FakeGitLab()
+    bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
+    mr = fake.add_merge_request(fake.add_project("group/app"), [change("a.py", "x\n", "y\n")], author=ana)
+    ours = fake.add_note(
+        mr, bot, "**minor** · t <!-- reviewbot:finding:eeeeeeeeeeeeeeee -->", resolvable=True
+    )
+    discussion = mr.discussions[-1]
+    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    with live_server(fake.app) as url:
+        with db.session_scope(engine) as session:
+            project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
+                              bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
+            session.add(project)
+            session.flush()
+            review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha, status="done",
+                            finished_at=datetime.now(UTC))  # fmt: skip
+            session.add(review)
+            session.flush()
+            session.add(Finding(review_id=review.id, path="a.py", line=1, severity="minor", title="t",
+                                review="r", fingerprint="e" * 16, model_version="base",
+                                forge_comment_id=str(ours.id), forge_thread_id=discussion.id))  # fmt: skip
+        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+        assert queue.poll_feedback(engine) == 0  # open thread: nothing to say
+        ours.resolved = True
+        assert queue.poll_feedback(engine) == 1
+        assert queue.poll_feedback(engine) == 0
+        ours.resolved = False  # reopened
+        assert queue.poll_feedback(engine) == 1
+    with Session(engine) as session:
+        rows = session.exec(select(Feedback)).all()
+        assert [(r.kind, r.value) for r in rows] == [("resolved", "false")]

@@ -171,6 +171,7 @@ class Queue:
 
         self._review = review
         self._forges = forges
+        self._etags: dict[tuple[int, int], str] = {}  # per pull request, for conditional polls
         self._feedback = feedback
         self._acknowledge = acknowledge
 
@@ -202,7 +203,11 @@ class Queue:
             try:
                 forge = self._forges(project)
                 if project.forge == ForgeKind.GITHUB:
-                    counts = forge.reaction_counts(number)
+                    counts, etag = forge.reaction_counts(number, self._etags.get((project_id, number)))
+                    if etag:
+                        self._etags[(project_id, number)] = etag
+                    if counts is None:
+                        continue  # nothing changed since the last poll
                 else:
                     threads = {c.thread_id: c.resolved for c in forge.bot_comments(number) if c.thread_id}
             except ForgeError as exc:  # the next poll tries again
@@ -210,7 +215,7 @@ class Queue:
                 continue
             with Session(engine) as session:
                 if project.forge == ForgeKind.GITHUB:
-                    changed += record_reaction_counts(session, project_id, counts)
+                    changed += record_reaction_counts(session, project_id, counts or {})
                 else:
                     changed += record_thread_states(session, project_id, threads)
                 session.commit()

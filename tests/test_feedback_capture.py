@@ -287,7 +287,8 @@ def test_github_reactions_are_polled(
         assert queue.poll_feedback(engine) == 0  # no reaction yet: nothing stored
         fake.review_comments[ours].reactions["+1"] = 2
         assert queue.poll_feedback(engine) == 1
-        assert queue.poll_feedback(engine) == 0  # unchanged: no new row, no update
+        assert queue.poll_feedback(engine) == 0  # unchanged: no new row, no update ...
+        assert fake.not_modified == 1  # ... and GitHub answered the conditional request with a 304
         assert label(engine, "github") == "confirmed"
         fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
         assert queue.poll_feedback(engine) == 2

@@ -126,9 +126,13 @@ class Forge(Protocol):
         """Mark one of the bot's finding comments resolved/outdated (its line no longer exists)."""
         ...
 
-    def reaction_counts(self, number: int) -> dict[str, tuple[int, int]]:
-        """(👍, 👎) on each of the bot's review comments, by comment id. GitHub sends no webhook for
-        reactions, so they are polled; GitLab sends award webhooks and answers {}."""
+    def reaction_counts(
+        self, number: int, etag: str | None = None
+    ) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
+        """(👍, 👎) on each of the bot's review comments, by comment id, and the ETag to send next
+        time; None for the counts when nothing changed since ``etag`` (a conditional request, which
+        GitHub does not count against the rate limit). GitHub sends no webhook for reactions, so
+        they are polled; GitLab sends award webhooks and answers ({}, None)."""
         ...
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:

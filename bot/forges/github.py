@@ -266,13 +266,26 @@ class GitHubForge:
             if not resolved:
                 self._requester.graphql_query(_RESOLVE_MUTATION, {"threadId": thread_id})
 
-    def reaction_counts(self, number: int) -> dict[str, tuple[int, int]]:
+    def reaction_counts(
+        self, number: int, etag: str | None = None
+    ) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
         with self._calling(f"read the reactions on pull request #{number}"):
-            return {
+            # A conditional request on the first page says whether anything changed; a 304 is free.
+            status, headers, _ = self._requester.requestJson(
+                "GET",
+                f"/repos/{self.repo_name}/pulls/{number}/comments",
+                parameters={"per_page": 100},
+                headers={"If-None-Match": etag} if etag else None,
+            )
+            new_etag = next((v for k, v in headers.items() if k.lower() == "etag"), None)
+            if status == 304:
+                return None, etag
+            counts = {
                 str(c.id): (int(c.reactions.get("+1", 0)), int(c.reactions.get("-1", 0)))
                 for c in self._pr(number).get_review_comments()
                 if c.user.login == self.bot_username
             }
+            return counts, new_etag
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         with self._calling(f"acknowledge comment {reply_to} on pull request #{number}"):

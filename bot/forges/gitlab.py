@@ -178,8 +178,10 @@ class GitLabForge:
         with self._call(f"resolve discussion {comment.thread_id} of merge request !{number}"):
             self._mr(number).discussions.update(comment.thread_id, {"resolved": True})
 
-    def reaction_counts(self, number: int) -> dict[str, tuple[int, int]]:
-        return {}  # awards arrive as Emoji Hook webhooks
+    def reaction_counts(
+        self, number: int, etag: str | None = None
+    ) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
+        return {}, None  # awards arrive as Emoji Hook webhooks
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         if thread_id is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import hashlib
 import itertools
 import json
 import re
@@ -127,6 +128,7 @@ class FakeGitHub:
         self.review_comments: dict[int, ReviewComment] = {}
         self.issue_comments: dict[int, IssueComment] = {}
         self.resolved: set[int] = set()  # root review comment ids of resolved threads
+        self.not_modified = 0  # conditional requests answered 304
         self._failures: list[Failure] = []
         self._writes: deque[float] = deque()
         self._ids = itertools.count(1001)
@@ -283,7 +285,14 @@ class FakeGitHub:
             if (repo, number) not in self.pulls:
                 return _not_found()
             found = [c for c in self.review_comments.values() if (c.repo, c.pr) == (repo, number)]
-            return _page(request, [_review_comment_json(c, _base(request)) for c in found])
+            page = _page(request, [_review_comment_json(c, _base(request)) for c in found])
+            # GitHub's ETag: a hash of the body; If-None-Match with it gets a 304 (free of rate limit)
+            etag = '"' + hashlib.sha256(bytes(page.body)).hexdigest()[:32] + '"'
+            if request.headers.get("if-none-match") == etag:
+                self.not_modified += 1
+                return Response(status_code=304, headers={"ETag": etag})
+            page.headers["ETag"] = etag
+            return page
 
         @app.get("/repos/{owner}/{name}/pulls/comments/{comment_id}")
         async def review_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 25 * 1024 * 1024  # GitHub's own cap on webhook payloads
 _OUTCOMES = {
     202: "queued",
-    200: "ignored",
+    200: "handled",  # ignored with a reason, a duplicate, or feedback recorded
     400: "malformed",
     401: "unauthorized",
     404: "unknown_project",

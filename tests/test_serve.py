@@ -120,7 +120,9 @@ def test_project_add_then_serve_reviews_a_pull_request(
         )  # a replay
         exposed = httpx.get(f"{base}/metrics").text
         assert 'reviewbot_webhook_deliveries_total{forge="github",outcome="queued"} 1.0' in exposed
-        assert 'reviewbot_webhook_deliveries_total{forge="github",outcome="ignored"} 1.0' in exposed  # replay
+        assert (
+            'reviewbot_webhook_deliveries_total{forge="github",outcome="handled"} 1.0' in exposed
+        )  # the replay
         assert 'reviewbot_reviews_total{status="done"} 1.0' in exposed
     finally:
         server.terminate()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from bot import db
 from bot.config import Settings
-from bot.feedback import RATES, feedback_stats, labelled_findings, severity_examples
+from bot.feedback import RATES, LabelledFinding, feedback_stats, labelled_findings, severity_examples
 
 feedback_app = typer.Typer(
     name="feedback",
@@ -33,7 +33,7 @@ class ExportTask(StrEnum):
     SEVERITY = "severity"
 
 
-def _findings(ctx: typer.Context, project: str | None, since: datetime | None):  # type: ignore[no-untyped-def]
+def _findings(ctx: typer.Context, project: str | None, since: datetime | None) -> list[LabelledFinding]:
     settings: Settings = ctx.obj
     engine = db.make_engine(settings.database_url)
     db.upgrade(engine)

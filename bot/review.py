@@ -18,6 +18,7 @@ from bot.diff import Diff, DiffLine, FileDiff, Hunk, LineKind
 from bot.llm import Answer, LLMClient, LLMError
 from bot.models import Severity, Side, Task
 from prompts import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer, conversation
+from prompts.answers import CandidateIssue
 
 CHARS_PER_TOKEN = 3  # a safe under-estimate for code with Llama 3's tokenizer (about 3.5-4)
 SNIPPET_RADIUS = 6  # lines of the hunk shown around a finding to the rate and explain prompts
@@ -262,7 +263,7 @@ class _Run:
         self.counts["candidates"] += len(found.issues)
         await asyncio.gather(*(self.judge(chunk, issue) for issue in found.issues))
 
-    async def judge(self, chunk: Chunk, issue: Any) -> None:
+    async def judge(self, chunk: Chunk, issue: CandidateIssue) -> None:
         path = chunk.file.path
         target, note = anchor(chunk, issue.line, Side(issue.side))
         if note:

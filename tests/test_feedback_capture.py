@@ -196,34 +196,46 @@ def test_feedback_on_someone_elses_comment_is_dropped_visibly(
         assert session.exec(select(Feedback)).all() == []
 
 
-def test_a_command_is_acknowledged_on_the_forge(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tests.support.fake_gitlab import FakeGitLab, Note, change
-    from tests.support.live_server import live_server
+def gitlab_mr_with_bot_finding(engine: sa.Engine, url: str, fake: Any) -> tuple[Any, Any, Any, Any]:
+    """On the fake GitLab: an MR by ana with one bot discussion; in the database: the project, a done
+    review and the finding posted as that discussion. Returns (mr, bot, the bot's note, discussion)."""
+    from datetime import UTC, datetime
 
-    fake = FakeGitLab()
+    from tests.support.fake_gitlab import change
+
     bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
     mr = fake.add_merge_request(fake.add_project("group/app"), [change("a.py", "x\n", "y\n")], author=ana)
     ours = fake.add_note(
         mr, bot, "**major** · Leak <!-- reviewbot:finding:ffffffffffffffff -->", resolvable=True
     )
     discussion = mr.discussions[-1]
-    theirs = Note(4242, ana, "/severity minor", resolvable=True)
-    discussion.notes.append(theirs)
+    with db.session_scope(engine) as session:
+        project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
+                          bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
+        session.add(project)
+        session.flush()
+        review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha, status="done",
+                        finished_at=datetime.now(UTC))  # fmt: skip
+        session.add(review)
+        session.flush()
+        session.add(Finding(review_id=review.id, path="a.py", line=1, severity="major", title="Leak",
+                            review="r", fingerprint="f" * 16, model_version="base",
+                            forge_comment_id=str(ours.id), forge_thread_id=discussion.id))  # fmt: skip
+    return mr, bot, ours, discussion
+
+
+def test_a_command_is_acknowledged_on_the_forge(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.fake_gitlab import FakeGitLab, Note
+    from tests.support.live_server import live_server
+
+    fake = FakeGitLab()
     monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
     with live_server(fake.app) as url:
-        with db.session_scope(engine) as session:
-            project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
-                              bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
-            session.add(project)
-            session.flush()
-            review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha, status="done")
-            session.add(review)
-            session.flush()
-            session.add(Finding(review_id=review.id, path="a.py", line=1, severity="major", title="Leak",
-                                review="r", fingerprint="f" * 16, model_version="base",
-                                forge_comment_id=str(ours.id), forge_thread_id=discussion.id))  # fmt: skip
+        _, bot, ours, discussion = gitlab_mr_with_bot_finding(engine, url, fake)
+        theirs = Note(4242, fake.users["ana-token"], "/severity minor", resolvable=True)
+        discussion.notes.append(theirs)
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
         with TestClient(create_app(engine, queue)) as client:
             response = gitlab(client, "Note Hook", note("/severity minor", discussion.id, note_id=theirs.id))
@@ -309,32 +321,13 @@ def test_github_reactions_are_polled(
 def test_gitlab_thread_resolution_is_polled(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from datetime import UTC, datetime
-
-    from tests.support.fake_gitlab import FakeGitLab, change
+    from tests.support.fake_gitlab import FakeGitLab
     from tests.support.live_server import live_server
 
     fake = FakeGitLab()
-    bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
-    mr = fake.add_merge_request(fake.add_project("group/app"), [change("a.py", "x\n", "y\n")], author=ana)
-    ours = fake.add_note(
-        mr, bot, "**minor** · t <!-- reviewbot:finding:eeeeeeeeeeeeeeee -->", resolvable=True
-    )
-    discussion = mr.discussions[-1]
     monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
     with live_server(fake.app) as url:
-        with db.session_scope(engine) as session:
-            project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
-                              bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
-            session.add(project)
-            session.flush()
-            review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha, status="done",
-                            finished_at=datetime.now(UTC))  # fmt: skip
-            session.add(review)
-            session.flush()
-            session.add(Finding(review_id=review.id, path="a.py", line=1, severity="minor", title="t",
-                                review="r", fingerprint="e" * 16, model_version="base",
-                                forge_comment_id=str(ours.id), forge_thread_id=discussion.id))  # fmt: skip
+        _, _, ours, _ = gitlab_mr_with_bot_finding(engine, url, fake)
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
         assert queue.poll_feedback(engine) == 0  # open thread: nothing to say
         ours.resolved = True

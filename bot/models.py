@@ -82,6 +82,17 @@ class RunStatus(StrEnum):
     FAILED = "failed"
 
 
+class ExampleSplit(StrEnum):
+    TRAIN = "train"
+    HELDOUT = "heldout"  # never trained on, never shown to the teacher: the promotion gate scores on it
+
+
+class ExampleSource(StrEnum):
+    FEEDBACK = "feedback"  # reviewers' confirmations and corrections
+    SEED = "seed"  # a data file given by the admin
+    TEACHER = "teacher"  # written by the teacher in a flywheel round
+
+
 class Project(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("forge", "forge_url", "path"),)
 
@@ -120,6 +131,9 @@ class Review(SQLModel, table=True):
     created_at: datetime = _when(default_factory=utcnow)
     started_at: datetime | None = _when(default=None)
     finished_at: datetime | None = _when(default=None)
+    mr_closed_at: datetime | None = _when(
+        default=None, description="when its merge request was merged or closed; feedback polling ends after"
+    )
 
 
 class Finding(SQLModel, table=True):
@@ -189,3 +203,22 @@ class FlywheelRun(SQLModel, table=True):
     error: str | None = None
     started_at: datetime = _when(default_factory=utcnow)
     finished_at: datetime | None = _when(default=None)
+
+
+class TrainingExample(SQLModel, table=True):
+    """One labelled example of a task, for the flywheel; its split is decided once and kept."""
+
+    __table_args__ = (sa.UniqueConstraint("task", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=32, index=True)
+    key: str = Field(max_length=64, description="digest of the question; one example per question")
+    split: str = Field(max_length=16)
+    source: str = Field(max_length=16)
+    question: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    answer: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    difficulty: int | None = None
+    run_id: int | None = Field(default=None, foreign_key="flywheelrun.id")
+    round: int | None = None
+    created_at: datetime = _when(default_factory=utcnow)

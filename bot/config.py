@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,39 @@ class Settings(BaseSettings):
     )
     review_chunk_tokens: int = Field(
         2500, ge=200, description="most tokens of diff sent to the model in one find call"
+    )
+
+    # The flywheel (trainer).
+    flywheel_dir: Path = Field(
+        Path("flywheel-data"),
+        description="adapters, exams and curricula; the vLLM host must read adapters at the same path",
+    )
+    student_weights: str | None = Field(
+        None,
+        description="path or hub id of the student's base weights, to fine-tune (default: STUDENT_MODEL)",
+    )
+    max_lora_rank: int = Field(64, ge=1, description="vLLM's --max-lora-rank; a larger adapter is refused")
+    finetune: dict[str, Any] = Field(
+        default_factory=dict,
+        description='fine-tuning settings, JSON, e.g. {"learning_rate": 1e-4, "epochs": 3}',
+    )
+    finetune_launcher: str | None = Field(
+        None,
+        description='fine-tune in a subprocess started by this, e.g. "accelerate launch --num_processes 8"',
+    )
+    flywheel_exam_size: int = Field(40, ge=1, le=200, description="questions per exam")
+    flywheel_new_examples: int = Field(40, ge=1, le=200, description="new training examples asked per round")
+    flywheel_max_rounds: int = Field(5, ge=1, description="rounds per run at most")
+    flywheel_epsilon: float = Field(0.01, ge=0, description="smallest held-out gain that counts as progress")
+    flywheel_patience: int = Field(2, ge=1, description="rounds without progress before a run stops")
+    flywheel_max_minutes: float | None = Field(None, gt=0, description="wall-time budget of a run")
+    flywheel_max_teacher_tokens: int | None = Field(None, gt=0, description="teacher-token budget of a run")
+    flywheel_heldout_share: float = Field(0.2, gt=0, lt=1, description="share of labelled examples held out")
+    flywheel_min_new_feedback: int = Field(
+        50, ge=1, description="new labelled examples from reviewers that start a run (trainer queue)"
+    )
+    promotion_margin: float = Field(
+        0.02, ge=0, description="held-out gain over the active version a candidate needs to be promoted"
     )
 
     @field_validator("log_level", mode="before")

@@ -10,6 +10,7 @@ without flooding it.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from bot.config import ConfigError, Settings
 
 T = TypeVar("T", bound=BaseModel)
+V = TypeVar("V")
 
 MAX_RETRY_AFTER_S = 60.0
 
@@ -46,8 +48,8 @@ class LLMBadAnswer(LLMError):
 
 
 @dataclass(frozen=True)
-class Answer(Generic[T]):
-    value: T
+class Answer(Generic[V]):
+    value: V
     model: str
     prompt_tokens: int
     completion_tokens: int
@@ -155,6 +157,49 @@ class LLMClient:
         max_tokens: int = 512,
     ) -> Answer[T]:
         """Ask ``model`` (a base model or adapter name) for an answer of ``answer_type``."""
+        raw = await self._complete(messages, answer_type, model, temperature, max_tokens)
+        try:
+            value = answer_type.model_validate_json(raw.value)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            raise LLMBadAnswer(
+                f"{self._where()}: the answer of {model} does not match {answer_type.__name__} "
+                f"({problems}): {raw.value[:200]!r}"
+            ) from None
+        return Answer(value, model, raw.prompt_tokens, raw.completion_tokens, raw.seconds)
+
+    async def ask_object(
+        self,
+        messages: Sequence[ChatCompletionMessageParam],
+        answer_type: type[BaseModel],
+        model: str,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+    ) -> Answer[dict[str, Any]]:
+        """Like ``ask``, but only checks that the answer is a JSON object: for long answers (a
+        teacher's exam) whose parts the caller validates one by one, keeping the good ones."""
+        raw = await self._complete(messages, answer_type, model, temperature, max_tokens)
+        try:
+            value = json.loads(raw.value)
+        except json.JSONDecodeError as exc:
+            raise LLMBadAnswer(
+                f"{self._where()}: the answer of {model} is not JSON ({exc}): {raw.value[:200]!r}"
+            ) from None
+        if not isinstance(value, dict):
+            raise LLMBadAnswer(
+                f"{self._where()}: the answer of {model} is not a JSON object: {raw.value[:200]!r}"
+            )
+        return Answer(value, model, raw.prompt_tokens, raw.completion_tokens, raw.seconds)
+
+    async def _complete(
+        self,
+        messages: Sequence[ChatCompletionMessageParam],
+        answer_type: type[BaseModel],
+        model: str,
+        temperature: float,
+        max_tokens: int,
+    ) -> Answer[str]:
         async with self._slots:
             started = time.perf_counter()
             completion = await self._with_retries(
@@ -174,17 +219,9 @@ class LLMClient:
                 f"{self._where()}: the answer of {model} was cut off at max_tokens={max_tokens}: "
                 f"{content[:200]!r}"
             )
-        try:
-            value = answer_type.model_validate_json(content)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-            raise LLMBadAnswer(
-                f"{self._where()}: the answer of {model} does not match {answer_type.__name__} "
-                f"({problems}): {content[:200]!r}"
-            ) from None
         usage = completion.usage
         return Answer(
-            value=value,
+            value=content,
             model=model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,

@@ -73,7 +73,8 @@ class Side(StrEnum):
 class ModelStatus(StrEnum):
     CANDIDATE = "candidate"
     ACTIVE = "active"
-    RETIRED = "retired"
+    RETIRED = "retired"  # was active, replaced by a newer promotion
+    ROLLED_BACK = "rolled_back"  # was active, taken back by an admin; a rollback never restores it
 
 
 class RunStatus(StrEnum):
@@ -201,6 +202,9 @@ class FlywheelRun(SQLModel, table=True):
         description="one entry per round: scores, sizes, timings, adapter name",
     )
     error: str | None = None
+    outcome: str | None = Field(
+        default=None, description="what the run changed: the version promoted, or why none"
+    )
     started_at: datetime = _when(default_factory=utcnow)
     finished_at: datetime | None = _when(default=None)
 

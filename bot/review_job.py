@@ -33,7 +33,7 @@ from bot.llm import LLMClient
 from bot.models import Finding, Project, Review, ReviewStatus, Severity, Task
 from bot.review import Finding as ReviewFinding
 from bot.review import ReviewResult, render_hunk, review_diff
-from bot.serving import served_models
+from bot.serving import load_missing_adapters, served_models
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def _superseded(engine: sa.Engine, review: Review, mr: MergeRequest) -> bool:
 
 async def _review(settings: Settings, engine: sa.Engine, diff: Diff, threshold: Severity) -> ReviewResult:
     async with LLMClient.student(settings) as llm:
+        await load_missing_adapters(engine, llm)
         return await review_diff(
             diff,
             llm,

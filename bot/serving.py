@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from bot.config import ConfigError, Settings
+from bot.llm import LLMClient
 from bot.models import ModelStatus, ModelVersion, Task
 
 
@@ -23,3 +24,17 @@ def served_models(settings: Settings, engine: sa.Engine | None = None) -> dict[T
         for version in active:
             models[Task(version.task)] = version.adapter_name
     return models
+
+
+async def load_missing_adapters(engine: sa.Engine, student: LLMClient) -> list[str]:
+    """Load the active adapters that the vLLM server does not serve (it was restarted since they
+    were promoted); returns their names. Without this, a restart would fail every review call."""
+    with Session(engine) as session:
+        active = session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).all()
+    if not active:
+        return []
+    served = set(await student.list_models())
+    missing = [v for v in active if v.adapter_name not in served]
+    for version in missing:
+        await student.load_lora_adapter(version.adapter_name, version.path)
+    return [v.adapter_name for v in missing]

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_ISSUES_PER_CHUNK = 5
+Severity = Literal["critical", "major", "minor", "trivial"]
 
 
 class Strict(BaseModel):
@@ -33,10 +34,75 @@ class FindAnswer(Strict):
 class RateAnswer(Strict):
     """Answer of ``rate.j2`` (the seed's TASK_PROMPT): the severity of one review comment."""
 
-    issue_type: Literal["critical", "major", "minor", "trivial"]
+    issue_type: Severity
 
 
 class ExplainAnswer(Strict):
     """Answer of ``explain.j2``: why the issue has its severity."""
 
     explanation: str = Field(min_length=1, max_length=600)
+
+
+# The flywheel: a question of each task the student learns, and the teacher's answers about exams.
+MAX_EXAM_ITEMS = 200
+
+
+class SeverityQuestion(Strict):
+    """The input of ``rate.j2``."""
+
+    code: str = Field(min_length=1, max_length=20_000)
+    review: str = Field(min_length=1, max_length=600)
+
+
+class ExplanationQuestion(Strict):
+    """The input of ``explain.j2``."""
+
+    code: str = Field(min_length=1, max_length=20_000)
+    review: str = Field(min_length=1, max_length=600)
+    issue_type: Severity
+
+
+class SeverityItem(Strict):
+    question: SeverityQuestion
+    answer: RateAnswer
+    difficulty: int = Field(ge=1, le=5, description="1 easy … 5 hard")
+
+
+class ExplanationItem(Strict):
+    question: ExplanationQuestion
+    answer: ExplainAnswer
+    difficulty: int = Field(ge=1, le=5, description="1 easy … 5 hard")
+
+
+class SeverityExam(Strict):
+    """Answer of ``exam.j2`` for the severity task."""
+
+    items: list[SeverityItem] = Field(max_length=MAX_EXAM_ITEMS)
+
+
+class ExplanationExam(Strict):
+    """Answer of ``exam.j2`` for the explanation task."""
+
+    items: list[ExplanationItem] = Field(max_length=MAX_EXAM_ITEMS)
+
+
+class SeverityGrade(Strict):
+    """Answer of ``exam_evaluation.j2`` for the severity task."""
+
+    score: int = Field(ge=1, le=10, description="the student's proficiency, 1 (none) … 10 (mastery)")
+    feedback: str = Field(min_length=1, max_length=2000)
+    examples: list[SeverityItem] = Field(max_length=MAX_EXAM_ITEMS)
+
+
+class ExplanationGrade(Strict):
+    """Answer of ``exam_evaluation.j2`` for the explanation task."""
+
+    score: int = Field(ge=1, le=10, description="the student's proficiency, 1 (none) … 10 (mastery)")
+    feedback: str = Field(min_length=1, max_length=2000)
+    examples: list[ExplanationItem] = Field(max_length=MAX_EXAM_ITEMS)
+
+
+class Preference(Strict):
+    """Answer of ``preference.j2``: which of two explanations is better."""
+
+    preferred: Literal["A", "B", "tie"]

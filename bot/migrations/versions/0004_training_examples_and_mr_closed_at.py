@@ -1,4 +1,4 @@
-"""training examples of the flywheel; when a merge request was closed
+"""training examples of the flywheel; when a merge request was closed; a flywheel run's outcome
 
 Revision ID: 0004
 Revises: 0003
@@ -40,9 +40,13 @@ def upgrade() -> None:
     op.create_index(op.f("ix_trainingexample_task"), "trainingexample", ["task"], unique=False)
     with op.batch_alter_table("review", schema=None) as batch_op:
         batch_op.add_column(sa.Column("mr_closed_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("flywheelrun", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("outcome", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("flywheelrun", schema=None) as batch_op:
+        batch_op.drop_column("outcome")
     with op.batch_alter_table("review", schema=None) as batch_op:
         batch_op.drop_column("mr_closed_at")
     op.drop_index(op.f("ix_trainingexample_task"), table_name="trainingexample")

@@ -1,0 +1,477 @@
+"""The flywheel loop: exam → take → evaluate → curriculum → fine-tune → held-out evaluation, round
+after round, until the held-out score stops improving by ε for k rounds or a budget (rounds, wall
+time, teacher tokens) is spent. Every round is recorded on the run as it ends; at the end the best
+new adapter is promoted if it beats what the review pipeline uses by the margin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlmodel import Session
+
+from bot.config import ConfigError, Settings
+from bot.llm import LLMClient
+from bot.models import ExampleSource, ExampleSplit, FlywheelRun, RunStatus, Task
+from bot.serving import load_missing_adapters, served_models
+from flywheel import data, registry
+from flywheel.curriculum import build_curriculum
+from flywheel.data import Example
+from flywheel.evaluate import Score, grade_exam, score
+from flywheel.exam import write_exam
+from flywheel.finetune import Chat, FinetuneConfig, FinetuneResult, finetune, read_result, write_job
+from flywheel.spec import TaskSpec, spec_for
+from flywheel.take import Attempt, take_exam
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run's settings: the configuration, with the command line's overrides."""
+
+    task: Task
+    max_rounds: int
+    max_minutes: float | None
+    max_teacher_tokens: int | None
+    exam_size: int
+    new_examples: int
+    epsilon: float
+    patience: int
+    margin: float
+    heldout_share: float
+    finetune: FinetuneConfig
+    seed_files: tuple[Path, ...] = ()
+    heldout_files: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        task: Task,
+        *,
+        rounds: int | None = None,
+        seed_files: Sequence[Path] = (),
+        heldout_files: Sequence[Path] = (),
+    ) -> Plan:
+        try:
+            tuning = FinetuneConfig.from_overrides(settings.finetune)
+        except ValueError as exc:
+            raise ConfigError(f"REVIEWBOT_FINETUNE: {exc}") from None
+        if tuning.rank > settings.max_lora_rank:
+            raise ConfigError(
+                f"REVIEWBOT_FINETUNE: rank {tuning.rank} is above REVIEWBOT_MAX_LORA_RANK "
+                f"{settings.max_lora_rank}; vLLM would refuse the adapter"
+            )
+        return cls(
+            task=task,
+            max_rounds=rounds or settings.flywheel_max_rounds,
+            max_minutes=settings.flywheel_max_minutes,
+            max_teacher_tokens=settings.flywheel_max_teacher_tokens,
+            exam_size=settings.flywheel_exam_size,
+            new_examples=settings.flywheel_new_examples,
+            epsilon=settings.flywheel_epsilon,
+            patience=settings.flywheel_patience,
+            margin=settings.promotion_margin,
+            heldout_share=settings.flywheel_heldout_share,
+            finetune=tuning,
+            seed_files=tuple(seed_files),
+            heldout_files=tuple(heldout_files),
+        )
+
+
+class Reporter:
+    """What a person watching sees: one line per step, a bar while the student answers."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        if self.console is not None:
+            self.console.print(message, highlight=False)
+
+    def bar(self, label: str, total: int) -> tuple[Progress | None, Callable[[], None] | None]:
+        if self.console is None:
+            return None, None
+        progress = Progress(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console
+        )
+        task_id = progress.add_task(label, total=total)
+        progress.start()
+        return progress, lambda: progress.advance(task_id)
+
+
+class Flywheel:
+    """One run of one task; ``run()`` drives it and records everything on its ``FlywheelRun`` row."""
+
+    def __init__(
+        self, settings: Settings, engine: sa.Engine, plan: Plan, console: Console | None = None
+    ) -> None:
+        self.settings, self.engine, self.plan = settings, engine, plan
+        self.spec: TaskSpec = spec_for(plan.task)
+        self.report = Reporter(console)
+        self.rng = random.Random(0)
+        self.teacher_tokens = 0
+        self.teacher_model = settings.teacher_model or ""
+        self.base_weights = settings.student_weights or settings.student_model
+        self.adapters_dir = settings.flywheel_dir / "adapters"
+        with Session(engine) as session:
+            run = FlywheelRun(task=plan.task.value)
+            session.add(run)
+            session.commit()
+            session.refresh(run)
+        assert run.id is not None
+        self.run_id = run.id
+        self.run_dir = settings.flywheel_dir / "runs" / str(run.id)
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def run(self) -> FlywheelRun:
+        """Run to the end; a failure marks the run failed with its reason (and promotes nothing)."""
+        try:
+            teacher = LLMClient.teacher(self.settings)
+            outcome = asyncio.run(self._run(teacher))
+        except Exception as exc:
+            reason = str(exc) or type(exc).__name__
+            self._finish(RunStatus.FAILED, error=f"{type(exc).__name__}: {reason}")
+            self.report.say(f"[red]run {self.run_id} failed:[/red] {reason}")
+            raise
+        return self._finish(RunStatus.DONE, outcome=outcome)
+
+    async def _run(self, teacher: LLMClient) -> str:
+        started = time.monotonic()
+        async with teacher, LLMClient.student(self.settings) as student:
+            heldout = self._prepare_data()
+            await load_missing_adapters(self.engine, student)
+            baseline_model = served_models(self.settings, self.engine)[self.plan.task]
+            baseline = await self._heldout_score(student, teacher, baseline_model, heldout)
+            self._record(
+                {"round": 0, "model": baseline_model, "heldout": baseline.value, "detail": baseline.summary()}
+            )
+            self.report.say(
+                f"round 0: {baseline_model} scores {baseline.value:.3f} on {len(heldout)} held-out examples"
+            )
+            model, feedback, proficiency = (
+                baseline_model,
+                None,
+                f"{baseline.value:.0%} on the held-out examples",
+            )
+            best: tuple[float, str] | None = None
+            stale = 0
+            for number in range(1, self.plan.max_rounds + 1):
+                stop = self._budget_spent(started, number)
+                if stop:
+                    self.report.say(f"stopping before round {number}: {stop}")
+                    break
+                entry = await self._round(
+                    number, student, teacher, model, proficiency, feedback, heldout, baseline
+                )
+                model, feedback = entry["model"], entry["feedback"]
+                grade, exam = entry["teacher_score"], entry["exam_score"]
+                proficiency = f"{grade}/10 by your last grade, {exam:.0%} on its last exam"
+                if best is None or entry["heldout"] > best[0] + self.plan.epsilon:
+                    stale = 0
+                else:
+                    stale += 1
+                if best is None or entry["heldout"] > best[0]:
+                    best = (entry["heldout"], entry["model"])
+                if stale >= self.plan.patience:
+                    self.report.say(
+                        f"stopping: no held-out gain above {self.plan.epsilon:g} in {stale} rounds"
+                    )
+                    break
+            return self._promote_best(best, baseline.value, baseline_model)
+
+    async def _round(
+        self,
+        number: int,
+        student: LLMClient,
+        teacher: LLMClient,
+        model: str,
+        proficiency: str,
+        feedback: str | None,
+        heldout: list[Example],
+        baseline: Score,
+    ) -> dict[str, Any]:
+        timings: dict[str, float] = {}
+        round_dir = self.run_dir / f"round-{number}"
+        with Session(self.engine) as session:
+            known = data.task_data(session, self.spec)
+        clock = time.monotonic()
+        exam = await write_exam(
+            teacher,
+            self.teacher_model,
+            self.spec,
+            count=self.plan.exam_size,
+            data=known.train,
+            complaints=data.complaints(self.engine),
+            proficiency=proficiency,
+            feedback=feedback,
+            known=known.keys,
+            rng=self.rng,
+        )
+        self.teacher_tokens += exam.teacher_tokens
+        data.write_jsonl(round_dir / "exam.jsonl", exam.items.examples)
+        timings["exam"] = time.monotonic() - clock
+        self.report.say(
+            f"round {number}: the teacher wrote {len(exam.items.examples)} questions "
+            f"({exam.items.malformed} malformed, {exam.items.duplicates} duplicates dropped)"
+        )
+
+        clock = time.monotonic()
+        attempts = await self._answer(
+            student, model, exam.items.examples, f"round {number}: {model} takes the exam"
+        )
+        exam_score = await score(self.spec, attempts, teacher, self.teacher_model, self.rng)
+        self.teacher_tokens += exam_score.teacher_tokens
+        timings["take"] = time.monotonic() - clock
+
+        clock = time.monotonic()
+        grade = await grade_exam(
+            teacher,
+            self.teacher_model,
+            self.spec,
+            attempts,
+            exam_score,
+            data=known.train,
+            count=self.plan.new_examples,
+            known=known.keys,
+            rng=self.rng,
+        )
+        self.teacher_tokens += grade.teacher_tokens
+        timings["evaluate"] = time.monotonic() - clock
+        self.report.say(
+            f"round {number}: exam score {exam_score.value:.0%}, teacher grade {grade.proficiency}/10, "
+            f"{len(grade.new.examples)} new examples ({grade.new.malformed} malformed, "
+            f"{grade.new.duplicates} duplicates dropped). Feedback: {grade.feedback}"
+        )
+
+        with Session(self.engine) as session:
+            data.store(
+                session,
+                self.spec,
+                grade.new.examples,
+                ExampleSource.TEACHER,
+                run_id=self.run_id,
+                round_number=number,
+            )
+        curriculum = build_curriculum(known.train, grade.new.examples, {e.key for e in heldout})
+        data.write_jsonl(round_dir / "curriculum.jsonl", curriculum)
+
+        clock = time.monotonic()
+        with Session(self.engine) as session:
+            name = registry.next_adapter_name(session, self.plan.task, self.adapters_dir)
+        self.report.say(f"round {number}: fine-tuning {name} on {len(curriculum)} examples")
+        trained = await asyncio.to_thread(self._finetune, curriculum, self.adapters_dir / name, round_dir)
+        timings["finetune"] = time.monotonic() - clock
+
+        clock = time.monotonic()
+        with Session(self.engine) as session:
+            version = await registry.register(
+                session,
+                student,
+                self.plan.task,
+                trained.adapter_dir,
+                self.base_weights,
+                self.settings.max_lora_rank,
+            )
+        held = await self._heldout_score(student, teacher, name, heldout)
+        timings["heldout"] = time.monotonic() - clock
+        metrics = {
+            "heldout": held.value,
+            "heldout_size": len(heldout),
+            "baseline": baseline.value,
+            "baseline_model": self._baseline_model(),
+            "run_id": self.run_id,
+            "round": number,
+            "train_loss": trained.losses[-1][1] if trained.losses else None,
+        }
+        with Session(self.engine) as session:
+            row = session.merge(version)
+            row.metrics = metrics
+            session.add(row)
+            session.commit()
+        self.report.say(f"round {number}: {name} scores {held.value:.3f} on the held-out examples")
+        entry = {
+            "round": number,
+            "model": name,
+            "exam": {
+                "size": len(exam.items.examples),
+                "malformed": exam.items.malformed,
+                "duplicates": exam.items.duplicates,
+            },
+            "exam_score": exam_score.value,
+            "teacher_score": grade.proficiency,
+            "feedback": grade.feedback,
+            "new_examples": len(grade.new.examples),
+            "new_dropped": grade.new.malformed + grade.new.duplicates,
+            "curriculum": len(curriculum),
+            "heldout": held.value,
+            "detail": held.summary(),
+            "train": {
+                "tokens": trained.train_tokens,
+                "tokens_per_s": round(trained.tokens_per_s, 1),
+                "peak_memory_mb": round(trained.peak_memory_mb, 1),
+                "loss": metrics["train_loss"],
+            },
+            "teacher_tokens": self.teacher_tokens,
+            "timings": {step: round(seconds, 2) for step, seconds in timings.items()},
+        }
+        self._record(entry)
+        return entry
+
+    # --- steps -----------------------------------------------------------------------------------
+
+    def _prepare_data(self) -> list[Example]:
+        """Store reviewers' feedback and the given files as examples; return the held-out set."""
+        with Session(self.engine) as session:
+            added = data.store(
+                session, self.spec, data.feedback_examples(self.engine, self.spec), ExampleSource.FEEDBACK,
+                heldout_share=self.plan.heldout_share,
+            )  # fmt: skip
+            for path in self.plan.seed_files:
+                added += data.store(
+                    session, self.spec, data.read_jsonl(path, self.spec), ExampleSource.SEED,
+                    heldout_share=self.plan.heldout_share,
+                )  # fmt: skip
+            for path in self.plan.heldout_files:
+                added += data.store(
+                    session,
+                    self.spec,
+                    data.read_jsonl(path, self.spec),
+                    ExampleSource.SEED,
+                    split=ExampleSplit.HELDOUT,
+                )
+            known = data.task_data(session, self.spec)
+        if not known.heldout:
+            raise data.DataError(
+                f"no held-out {self.spec.task} examples to judge a new adapter by: collect reviewers' "
+                "feedback, or give a file with --heldout (or --seed, of which a share is held out)"
+            )
+        data.write_jsonl(self.run_dir / "heldout.jsonl", known.heldout)
+        self.report.say(
+            f"data: {added} new examples stored; "
+            f"{len(known.train)} for training, {len(known.heldout)} held out"
+        )
+        return known.heldout
+
+    async def _answer(
+        self, student: LLMClient, model: str, questions: list[Example], label: str
+    ) -> list[Attempt]:
+        progress, advance = self.report.bar(label, len(questions))
+        try:
+            return (await take_exam(student, model, self.spec, questions, advance)).attempts
+        finally:
+            if progress is not None:
+                progress.stop()
+
+    async def _heldout_score(
+        self, student: LLMClient, teacher: LLMClient, model: str, heldout: list[Example]
+    ) -> Score:
+        attempts = await self._answer(student, model, heldout, f"held-out examples: {model}")
+        result = await score(self.spec, attempts, teacher, self.teacher_model, random.Random(1))
+        self.teacher_tokens += result.teacher_tokens
+        return result
+
+    def _finetune(self, curriculum: list[Example], out_dir: Path, round_dir: Path) -> FinetuneResult:
+        chats: list[Chat] = [
+            (self.spec.conversation(e.question), self.spec.answer_text(e.answer)) for e in curriculum
+        ]
+        launcher = self.settings.finetune_launcher
+        if not launcher:
+            return finetune(
+                self.base_weights,
+                chats,
+                out_dir,
+                self.plan.finetune,
+                show_progress=self.report.console is not None,
+            )
+        # Another process (e.g. `accelerate launch` on several GPUs) runs the same code on a job file.
+        job = write_job(
+            round_dir / "finetune-job.json", self.base_weights, chats, out_dir, self.plan.finetune
+        )
+        command = [*shlex.split(launcher), "-m", "flywheel.finetune", str(job)]
+        if shlex.split(launcher)[0] == "python":
+            command[0] = sys.executable
+        completed = subprocess.run(command, check=False)
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"fine-tuning failed: `{shlex.join(command)}` exited with {completed.returncode}"
+            )
+        return read_result(out_dir)
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _budget_spent(self, started: float, number: int) -> str | None:
+        if self.plan.max_teacher_tokens is not None and self.teacher_tokens >= self.plan.max_teacher_tokens:
+            return f"teacher-token budget spent ({self.teacher_tokens} of {self.plan.max_teacher_tokens})"
+        if self.plan.max_minutes is not None and number > 1:
+            elapsed = time.monotonic() - started
+            per_round = elapsed / (number - 1)
+            if elapsed + per_round > self.plan.max_minutes * 60:
+                return (
+                    f"another round (about {per_round / 60:.1f} min) would pass "
+                    f"the {self.plan.max_minutes:g}-minute budget"
+                )
+        return None
+
+    def _baseline_model(self) -> str:
+        with Session(self.engine) as session:
+            run = session.get(FlywheelRun, self.run_id)
+            return str(run.rounds[0]["model"]) if run and run.rounds else ""
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with Session(self.engine) as session:
+            run = session.get(FlywheelRun, self.run_id)
+            assert run is not None
+            run.rounds = [*run.rounds, entry]  # a new list, so SQLAlchemy sees the JSON change
+            session.add(run)
+            session.commit()
+
+    def _finish(
+        self, status: RunStatus, *, outcome: str | None = None, error: str | None = None
+    ) -> FlywheelRun:
+        with Session(self.engine) as session:
+            run = session.get(FlywheelRun, self.run_id)
+            assert run is not None
+            run.status, run.outcome, run.error = status, outcome, error
+            run.finished_at = datetime.now(UTC)
+            session.add(run)
+            session.commit()
+            session.refresh(run)
+            return run
+
+    def _promote_best(self, best: tuple[float, str] | None, baseline: float, baseline_model: str) -> str:
+        if best is None:
+            outcome = f"no round ran; {baseline_model} stays"
+        else:
+            score_, name = best
+            with Session(self.engine) as session:
+                try:
+                    registry.promote(session, name, self.plan.margin)
+                    outcome = f"promoted {name}: held-out {score_:.3f}, was {baseline:.3f} ({baseline_model})"
+                except registry.PromotionRefused as exc:
+                    outcome = f"{baseline_model} stays: {exc}"
+        self.report.say(outcome)
+        return outcome
+
+
+def run_flywheel(
+    settings: Settings, engine: sa.Engine, plan: Plan, console: Console | None = None
+) -> FlywheelRun:
+    return Flywheel(settings, engine, plan, console).run()

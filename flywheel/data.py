@@ -1,0 +1,233 @@
+"""The flywheel's examples: read from reviewers' feedback and data files, kept in the database with
+a split decided once (a held-out example stays held out), written as JSONL for each run.
+
+An example is ``{"question": {...}, "answer": {...}, "difficulty": 1-5 (optional), "meta": {...}}``,
+the format of ``reviewbot feedback export``. Its key is a digest of its question, so the same
+question is one example however often it is seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlmodel import Session, col, select
+
+from bot.feedback import LabelState, labelled_findings, severity_examples
+from bot.models import ExampleSource, ExampleSplit, Task, TrainingExample
+from flywheel.spec import TaskSpec
+
+COMPLAINT_CODE_CHARS = 1500  # enough context for the teacher, without flooding its prompt
+
+
+class DataError(ValueError):
+    """An example that does not fit its task; the message says where and what is wrong."""
+
+
+def question_key(question: Mapping[str, Any]) -> str:
+    """Digest of a question, blind to differences in whitespace."""
+    normal = {name: " ".join(str(value).split()) for name, value in sorted(question.items())}
+    return hashlib.sha256(json.dumps(normal, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Example:
+    question: dict[str, Any]
+    answer: dict[str, Any]
+    difficulty: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return question_key(self.question)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"question": self.question, "answer": self.answer}
+        if self.difficulty is not None:
+            out["difficulty"] = self.difficulty
+        if self.meta:
+            out["meta"] = self.meta
+        return out
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:3])
+
+
+def parse_example(spec: TaskSpec, value: Any, where: str) -> Example:
+    """Check one example against its task's question and answer types."""
+    if not isinstance(value, dict):
+        raise DataError(
+            f"{where}: expected a JSON object with question and answer, got {type(value).__name__}"
+        )
+    parts = {}
+    for part, model in (("question", spec.question_type), ("answer", spec.answer_type)):
+        try:
+            parts[part] = model.model_validate(value.get(part)).model_dump()
+        except ValidationError as exc:
+            raise DataError(f"{where}: {part} is not a {spec.task} {part}: {_problems(exc)}") from None
+    difficulty = value.get("difficulty")
+    if difficulty is not None and (not isinstance(difficulty, int) or not 1 <= difficulty <= 5):
+        raise DataError(f"{where}: difficulty must be an integer from 1 to 5, got {difficulty!r}")
+    meta = value.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: meta must be a JSON object")
+    return Example(parts["question"], parts["answer"], difficulty, meta)
+
+
+def read_jsonl(path: Path, spec: TaskSpec) -> list[Example]:
+    """All examples of a JSONL file; the first bad line stops it with its line number."""
+    examples = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not JSON ({exc.msg})") from None
+            examples.append(parse_example(spec, value, where))
+    return examples
+
+
+def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as file:
+        for example in examples:
+            file.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
+    """Labelled examples from reviewers' feedback: confirmed and corrected findings."""
+    findings = list(labelled_findings(engine))
+    if spec.task == Task.SEVERITY:
+        return [
+            parse_example(spec, value, f"finding {value['meta']['finding_id']}")
+            for value in severity_examples(findings)
+        ]
+    # A confirmed finding endorses its explanation too; a corrected one's explanation argued a wrong severity.
+    return [
+        parse_example(
+            spec,
+            {
+                "question": {
+                    "code": i.finding.code,
+                    "review": i.finding.review,
+                    "issue_type": i.finding.severity,
+                },
+                "answer": {"explanation": i.finding.explanation},
+                "meta": {"finding_id": i.finding.id, "model_version": i.finding.model_version},
+            },
+            f"finding {i.finding.id}",
+        )
+        for i in findings
+        if i.label.state == LabelState.CONFIRMED and i.finding.explanation and i.finding.code
+    ]
+
+
+def complaints(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest findings reviewers dismissed or disputed, with their reasons: what the bot got
+    wrong, for the teacher to aim questions at."""
+    rejected = [
+        i for i in labelled_findings(engine) if i.label.state in (LabelState.DISMISSED, LabelState.DISPUTED)
+    ]
+    return [
+        {
+            "code": i.finding.code[:COMPLAINT_CODE_CHARS],
+            "review": i.finding.review,
+            "severity_given": i.finding.severity,
+            "reviewers": i.label.state.value,
+            "reasons": [s.value for s in i.signals if s.kind in ("dismiss", "reply") and s.value],
+        }
+        for i in rejected[-limit:]
+    ]
+
+
+def split_for(key: str, heldout_share: float) -> ExampleSplit:
+    """Decided by the key alone, so an example lands in the same split on every machine and run."""
+    return ExampleSplit.HELDOUT if int(key[:8], 16) / 0xFFFFFFFF < heldout_share else ExampleSplit.TRAIN
+
+
+def store(
+    session: Session,
+    spec: TaskSpec,
+    examples: Iterable[Example],
+    source: ExampleSource,
+    *,
+    split: ExampleSplit | None = None,
+    heldout_share: float = 0.2,
+    run_id: int | None = None,
+    round_number: int | None = None,
+) -> int:
+    """Add the examples not stored yet; returns how many were new. The split is ``split`` if given,
+    else by key for reviewers' and seed data, and train for the teacher's (it saw the answers).
+    A reviewer's later correction of a stored example replaces its answer."""
+    existing = {
+        row.key: row
+        for row in session.exec(select(TrainingExample).where(TrainingExample.task == spec.task.value)).all()
+    }
+    added = 0
+    for example in examples:
+        row = existing.get(example.key)
+        if row is not None:
+            if source == ExampleSource.FEEDBACK and row.answer != example.answer:
+                row.answer, row.meta = example.answer, example.meta
+                session.add(row)
+            continue
+        chosen = split or (
+            ExampleSplit.TRAIN if source == ExampleSource.TEACHER else split_for(example.key, heldout_share)
+        )
+        row = TrainingExample(
+            task=spec.task.value,
+            key=example.key,
+            split=chosen,
+            source=source,
+            question=example.question,
+            answer=example.answer,
+            meta=example.meta,
+            difficulty=example.difficulty,
+            run_id=run_id,
+            round=round_number,
+        )
+        session.add(row)
+        existing[example.key] = row
+        added += 1
+    session.commit()
+    return added
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: list[Example]
+    heldout: list[Example]
+
+    @property
+    def keys(self) -> set[str]:
+        return {e.key for e in self.train} | {e.key for e in self.heldout}
+
+
+def task_data(session: Session, spec: TaskSpec) -> TaskData:
+    rows = session.exec(
+        select(TrainingExample)
+        .where(TrainingExample.task == spec.task.value)
+        .order_by(col(TrainingExample.id))
+    ).all()
+    examples = {
+        split: [
+            Example(r.question, r.answer, r.difficulty, {**r.meta, "source": r.source})
+            for r in rows
+            if r.split == split
+        ]
+        for split in ExampleSplit
+    }
+    return TaskData(examples[ExampleSplit.TRAIN], examples[ExampleSplit.HELDOUT])

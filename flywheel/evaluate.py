@@ -1,0 +1,151 @@
+"""Step 3: grading. The code scores classification answers (exact match); the teacher judges
+explanations pairwise against a reference, as in the seed. The teacher then grades the exam as a
+whole — a proficiency score 1–10, feedback on the weaknesses, and new examples aimed at them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.llm import LLMClient, LLMError
+from flywheel.data import Example
+from flywheel.exam import TOKENS_PER_ITEM, Items, TeacherError, ask_teacher, parse_items, sample
+from flywheel.spec import TaskSpec
+from flywheel.take import Attempt
+from prompts import render
+from prompts.answers import Preference
+
+WIN, TIE, LOSS = 1.0, 0.5, 0.0
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float  # mean verdict: accuracy, or the win rate against the reference (a tie is half)
+    verdicts: list[float]  # per attempt
+    by_label: dict[str, tuple[int, int]] = field(default_factory=dict)  # expected label -> (right, total)
+    failed: int = 0  # calls that got no answer
+    teacher_tokens: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "score": round(self.value, 4),
+            "size": len(self.verdicts),
+            "failed": self.failed,
+            "by_label": {label: list(counts) for label, counts in sorted(self.by_label.items())},
+        }
+
+
+def accuracy(attempts: Sequence[Attempt]) -> Score:
+    verdicts = [WIN if a.correct else LOSS for a in attempts]
+    by_label: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for attempt, verdict in zip(attempts, verdicts, strict=True):
+        label = str(next(iter(attempt.example.answer.values())))
+        by_label[label][0] += int(verdict)
+        by_label[label][1] += 1
+    return Score(
+        sum(verdicts) / len(verdicts) if verdicts else 0.0,
+        verdicts,
+        {label: (right, total) for label, (right, total) in by_label.items()},
+        sum(a.answer is None for a in attempts),
+    )
+
+
+async def preference(
+    teacher: LLMClient, model: str, spec: TaskSpec, attempts: Sequence[Attempt], rng: random.Random
+) -> Score:
+    """Per attempt, the teacher's choice between the student's answer and the example's reference
+    answer; the two are shown in random order, so a judge's bias for "A" cannot favour either."""
+
+    async def judge(attempt: Attempt, student_first: bool) -> tuple[float, int]:
+        if attempt.answer is None:
+            return LOSS, 0
+        ours, theirs = attempt.answer["explanation"], attempt.example.answer["explanation"]
+        a, b = (ours, theirs) if student_first else (theirs, ours)
+        prompt = render("preference", **attempt.example.question, a=a, b=b)
+        messages: list[Any] = [{"role": "user", "content": prompt}]
+        answer = await teacher.ask(messages, Preference, model, max_tokens=16)
+        tokens = answer.prompt_tokens + answer.completion_tokens
+        if answer.value.preferred == "tie":
+            return TIE, tokens
+        return (WIN if (answer.value.preferred == "A") == student_first else LOSS), tokens
+
+    orders = [rng.random() < 0.5 for _ in attempts]
+    judged = await asyncio.gather(*(judge(a, first) for a, first in zip(attempts, orders, strict=True)))
+    verdicts = [verdict for verdict, _ in judged]
+    return Score(
+        sum(verdicts) / len(verdicts) if verdicts else 0.0,
+        verdicts,
+        failed=sum(a.answer is None for a in attempts),
+        teacher_tokens=sum(tokens for _, tokens in judged),
+    )
+
+
+async def score(
+    spec: TaskSpec,
+    attempts: Sequence[Attempt],
+    teacher: LLMClient | None,
+    teacher_model: str,
+    rng: random.Random,
+) -> Score:
+    """The task's measure: accuracy by the code, or the teacher's pairwise preference."""
+    if spec.classification:
+        return accuracy(attempts)
+    if teacher is None:
+        raise LLMError(f"the {spec.task} task is judged by the teacher, and none is configured")
+    return await preference(teacher, teacher_model, spec, attempts, rng)
+
+
+@dataclass(frozen=True)
+class Grade:
+    proficiency: int  # the teacher's 1–10
+    feedback: str
+    new: Items
+    teacher_tokens: int
+
+
+async def grade_exam(
+    teacher: LLMClient,
+    model: str,
+    spec: TaskSpec,
+    attempts: Sequence[Attempt],
+    exam_score: Score,
+    *,
+    data: Sequence[Example],
+    count: int,
+    known: set[str],
+    rng: random.Random,
+) -> Grade:
+    """The teacher's grade of a sitting and ``count`` new training examples (new questions only:
+    not in ``known``, not exam questions)."""
+    results = [
+        {
+            "question": a.example.question,
+            "expected": a.example.answer,
+            "student": a.answer if a.answer is not None else {"error": a.error},
+            "correct": verdict == WIN
+            if spec.classification
+            else {WIN: "better", TIE: "as good", LOSS: "worse"}[verdict],
+        }
+        for a, verdict in zip(attempts, exam_score.verdicts, strict=True)
+    ]
+    prompt = render(
+        "exam_evaluation",
+        task_prompt=spec.task_prompt(),
+        results=results,
+        exam_score=f"{exam_score.value:.0%} ({sum(v == WIN for v in exam_score.verdicts)} of {len(results)})",
+        data=sample(data, 20, rng),
+        count=count,
+    )
+    answer = await ask_teacher(teacher, model, prompt, spec.grade_type, count * TOKENS_PER_ITEM + 800)
+    proficiency, feedback = answer.value.get("score"), answer.value.get("feedback")
+    if not isinstance(proficiency, int) or isinstance(proficiency, bool) or not 1 <= proficiency <= 10:
+        raise TeacherError(f"the teacher {model} graded with score {proficiency!r}; expected an integer 1-10")
+    if not isinstance(feedback, str) or not feedback.strip():
+        raise TeacherError(f"the teacher {model} gave no written feedback on the exam")
+    exam_keys = {a.example.key for a in attempts}
+    new = parse_items(spec, answer.value.get("examples"), known | exam_keys, f"grade from {model}")
+    return Grade(proficiency, feedback.strip(), new, answer.prompt_tokens + answer.completion_tokens)

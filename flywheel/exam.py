@@ -1,0 +1,113 @@
+"""Step 1: the teacher writes an exam — question/answer pairs aimed at the student's level and at
+the weaknesses its last grade named. Teacher output is checked item by item: a malformed item or a
+duplicate is dropped and counted, the rest is kept."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from bot.llm import Answer, LLMBadAnswer, LLMClient
+from flywheel.data import DataError, Example, parse_example
+from flywheel.spec import TaskSpec
+from prompts import render
+
+TEACHER_ATTEMPTS = 2  # a teacher samples: one more try when its answer is not valid JSON
+TOKENS_PER_ITEM = 400  # room for one question with its code, in the teacher's answer
+DATA_SAMPLE = 20  # task-data examples shown to the teacher per prompt
+
+
+class TeacherError(LLMBadAnswer):
+    """The teacher's answer held nothing usable; the message counts what was dropped and why."""
+
+
+@dataclass(frozen=True)
+class Items:
+    examples: list[Example]
+    malformed: int
+    duplicates: int
+    problems: list[str]  # the first few reasons items were dropped, for the run's record
+
+
+def parse_items(spec: TaskSpec, values: Any, known: set[str], where: str) -> Items:
+    """Keep the well-formed items whose question is new (not in ``known``, not repeated)."""
+    if not isinstance(values, list):
+        raise TeacherError(f"{where}: expected a list of items, got {type(values).__name__}")
+    examples, seen, malformed, duplicates, problems = [], set(known), 0, 0, []
+    for index, value in enumerate(values):
+        try:
+            example = parse_example(spec, value, f"{where} item {index}")
+        except DataError as exc:
+            malformed += 1
+            problems.append(str(exc))
+            continue
+        if example.key in seen:
+            duplicates += 1
+            continue
+        seen.add(example.key)
+        examples.append(example)
+    return Items(examples, malformed, duplicates, problems[:5])
+
+
+async def ask_teacher(
+    teacher: LLMClient, model: str, prompt: str, schema: type[BaseModel], max_tokens: int
+) -> Answer[dict[str, Any]]:
+    messages: list[Any] = [{"role": "user", "content": prompt}]
+    for attempt in range(TEACHER_ATTEMPTS):
+        try:
+            return await teacher.ask_object(messages, schema, model, temperature=0.7, max_tokens=max_tokens)
+        except LLMBadAnswer:
+            if attempt + 1 == TEACHER_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def sample(examples: Sequence[Example], count: int, rng: random.Random) -> list[dict[str, Any]]:
+    chosen = rng.sample(list(examples), min(count, len(examples)))
+    return [{"question": e.question, "answer": e.answer} for e in chosen]
+
+
+@dataclass(frozen=True)
+class Exam:
+    items: Items
+    teacher_tokens: int
+
+
+async def write_exam(
+    teacher: LLMClient,
+    model: str,
+    spec: TaskSpec,
+    *,
+    count: int,
+    data: Sequence[Example],
+    complaints: Sequence[dict[str, Any]],
+    proficiency: str,
+    feedback: str | None,
+    known: set[str],
+    rng: random.Random,
+) -> Exam:
+    """Ask the teacher for ``count`` questions; ``known`` holds the keys of the training and held-out
+    examples, which an exam must not repeat."""
+    prompt = render(
+        "exam",
+        task_prompt=spec.task_prompt(),
+        question_fields=spec.question_fields,
+        answer_example=spec.answer_example,
+        data=sample(data, DATA_SAMPLE, rng),
+        complaints=complaints,
+        proficiency=proficiency,
+        feedback=feedback,
+        count=count,
+    )
+    answer = await ask_teacher(teacher, model, prompt, spec.exam_type, count * TOKENS_PER_ITEM + 200)
+    items = parse_items(spec, answer.value.get("items"), known, f"exam from {model}")
+    if not items.examples:
+        raise TeacherError(
+            f"the teacher {model} wrote no usable exam question: {items.malformed} malformed, "
+            f"{items.duplicates} duplicates. {' '.join(items.problems[:2])}"
+        )
+    return Exam(items, answer.prompt_tokens + answer.completion_tokens)

@@ -1,0 +1,141 @@
+"""Step 5's output: adapter versions. Each gets a name never used before (``severity-v7``: vLLM can
+serve stale prefix-cache blocks after an adapter is reloaded under the same name), is loaded into the
+running vLLM, and becomes the one the review pipeline uses for its task only when promoted.
+
+The promotion gate: a candidate's held-out score must beat the active version's (or, with none
+active, the base model's, measured when the candidate was evaluated) by a margin.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from bot.llm import LLMClient
+from bot.models import ModelStatus, ModelVersion, Task, utcnow
+from flywheel.finetune import check_vllm_compatible
+
+
+class PromotionRefused(ValueError):
+    """The candidate does not beat the active version by the margin; the message gives both scores."""
+
+
+def versions(session: Session, task: Task | None = None) -> Sequence[ModelVersion]:
+    query = select(ModelVersion).order_by(col(ModelVersion.task), col(ModelVersion.id))
+    if task is not None:
+        query = query.where(ModelVersion.task == task.value)
+    return session.exec(query).all()
+
+
+def active_version(session: Session, task: Task) -> ModelVersion | None:
+    return session.exec(
+        select(ModelVersion).where(ModelVersion.task == task.value, ModelVersion.status == ModelStatus.ACTIVE)
+    ).first()
+
+
+def next_adapter_name(session: Session, task: Task, adapters_dir: Path) -> str:
+    """``<task>-v<n>``, n above every version in the database and every adapter folder on disk
+    (a run that failed after training left one), so no name is ever used twice."""
+    pattern = re.compile(rf"^{re.escape(task.value)}-v(\d+)$")
+    names = [v.adapter_name for v in versions(session, task)]
+    if adapters_dir.is_dir():
+        names += [p.name for p in adapters_dir.iterdir()]
+    numbers = [int(m[1]) for name in names if (m := pattern.match(name))]
+    return f"{task.value}-v{max(numbers, default=0) + 1}"
+
+
+async def register(
+    session: Session,
+    student: LLMClient,
+    task: Task,
+    adapter_dir: Path,
+    base_model: str,
+    max_rank: int,
+    metrics: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Check that vLLM can load the adapter, load it under its folder's name, and record it as a
+    candidate. Raises ``AdapterIncompatible`` or ``LLMRejected`` (nothing recorded) when it cannot."""
+    check_vllm_compatible(adapter_dir, max_rank)
+    name = adapter_dir.name
+    await student.load_lora_adapter(name, str(adapter_dir.resolve()))
+    version = ModelVersion(
+        task=task.value,
+        adapter_name=name,
+        path=str(adapter_dir.resolve()),
+        base_model=base_model,
+        metrics=metrics or {},
+    )
+    session.add(version)
+    session.commit()
+    session.refresh(version)
+    return version
+
+
+def heldout_of(version: ModelVersion) -> float | None:
+    value = version.metrics.get("heldout")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def promote(session: Session, name: str, margin: float, *, force: bool = False) -> ModelVersion:
+    """Make ``name`` the version its task uses; the one active before is retired."""
+    version = session.exec(select(ModelVersion).where(ModelVersion.adapter_name == name)).first()
+    if version is None:
+        raise LookupError(f"no model version named {name!r}; see `reviewbot models list`")
+    if version.status == ModelStatus.ACTIVE:
+        return version
+    task = Task(version.task)
+    current = active_version(session, task)
+    if not force:
+        score = heldout_of(version)
+        if current is not None:
+            reference, against = heldout_of(current), f"the active {current.adapter_name}"
+        else:
+            baseline = version.metrics.get("baseline")
+            reference = float(baseline) if isinstance(baseline, int | float) else None
+            against = f"the base model {version.metrics.get('baseline_model', '')}".rstrip()
+        if score is None:
+            raise PromotionRefused(f"{name} has no held-out score; evaluate it first or use --force")
+        if reference is not None and score < reference + margin:
+            raise PromotionRefused(
+                f"{name} scores {score:.3f} on the held-out set; {against} scores {reference:.3f}, "
+                f"and promotion needs {reference + margin:.3f} (margin {margin:g})"
+            )
+    if current is not None:
+        current.status = ModelStatus.RETIRED
+        session.add(current)
+        session.flush()  # at most one active version per task, at every moment
+    version.status = ModelStatus.ACTIVE
+    version.promoted_at = utcnow()
+    session.add(version)
+    session.commit()
+    session.refresh(version)
+    return version
+
+
+def rollback(session: Session, task: Task) -> ModelVersion | None:
+    """Mark the active version rolled back and bring back the one active before it (None: the base
+    model). A rolled-back version is never brought back by a later rollback."""
+    current = active_version(session, task)
+    if current is None:
+        raise LookupError(f"no active {task.value} version to roll back; the base model is in use")
+    earlier = session.exec(
+        select(ModelVersion)
+        .where(
+            ModelVersion.task == task.value,
+            ModelVersion.status == ModelStatus.RETIRED,
+            col(ModelVersion.promoted_at) < current.promoted_at,
+        )
+        .order_by(col(ModelVersion.promoted_at).desc())
+    ).first()
+    current.status = ModelStatus.ROLLED_BACK
+    session.add(current)
+    session.flush()
+    if earlier is not None:
+        earlier.status = ModelStatus.ACTIVE
+        session.add(earlier)
+    session.commit()
+    return earlier

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from enum import StrEnum
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -43,8 +44,9 @@ def _group(name: str, help_text: str) -> typer.Typer:
 db_app = _group("db", "Database schema: create or upgrade it.")
 app.add_typer(project_app)
 app.add_typer(feedback_app)
-_group("flywheel", "The training flywheel: run, status, report. No commands yet.")
-_group("models", "Adapter versions: list, promote, roll back. No commands yet.")
+# The trainer's groups (flywheel, models) come through an entry point: bot never imports flywheel.
+for _entry in entry_points(group="reviewbot.commands"):
+    app.add_typer(_entry.load(), name=_entry.name)
 
 
 def settings_from(ctx: typer.Context) -> Settings:

@@ -1,0 +1,231 @@
+"""``reviewbot flywheel …`` and ``reviewbot models …``: run and watch the trainer, manage adapter
+versions. Registered with the CLI through the ``reviewbot.commands`` entry point."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session, col, select
+
+from bot import db
+from bot.config import ConfigError, Settings
+from bot.llm import LLMError
+from bot.models import FlywheelRun, Task
+
+flywheel_app = typer.Typer(
+    name="flywheel",
+    help="The training flywheel: teacher exams, graded curriculum, LoRA fine-tuning, gated promotion.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+models_app = typer.Typer(
+    name="models",
+    help="Adapter versions per task: list them, promote one, roll back.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+class TrainedTask(StrEnum):
+    SEVERITY = Task.SEVERITY.value
+    EXPLANATION = Task.EXPLANATION.value
+
+
+def _context(ctx: typer.Context) -> tuple[Settings, sa.Engine]:
+    settings: Settings = ctx.obj
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    return settings, engine
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"reviewbot: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+@flywheel_app.command("run")
+def run(
+    ctx: typer.Context,
+    task: Annotated[TrainedTask, typer.Option(help="The task to train.")] = TrainedTask.SEVERITY,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds at most (default: the setting).")] = None,
+    seed: Annotated[
+        list[Path] | None,
+        typer.Option(exists=True, dir_okay=False, help="JSONL of labelled examples; a share is held out."),
+    ] = None,
+    heldout: Annotated[
+        list[Path] | None,
+        typer.Option(exists=True, dir_okay=False, help="JSONL of examples to hold out, all of them."),
+    ] = None,
+) -> None:
+    """Run the flywheel now and promote its best adapter if it beats the one in use.
+
+    Each round: the teacher writes an exam, the student answers, the teacher grades it and writes new
+    examples, the student is fine-tuned on the grown curriculum and scored on the held-out set.
+    """
+    from flywheel.cycle import Plan, run_flywheel
+    from flywheel.data import DataError
+    from flywheel.finetune import AdapterIncompatible
+
+    settings, engine = _context(ctx)
+    try:
+        plan = Plan.from_settings(
+            settings, Task(task), rounds=rounds, seed_files=seed or (), heldout_files=heldout or ()
+        )
+        result = run_flywheel(settings, engine, plan, console=out)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except (LLMError, DataError, AdapterIncompatible, OSError, RuntimeError) as exc:
+        raise _fail(f"flywheel run failed: {exc}") from None
+    out.print(f"run {result.id} done: {result.outcome}", highlight=False)
+
+
+def _best(run: FlywheelRun) -> str:
+    scores = [r["heldout"] for r in run.rounds if r.get("round", 0) > 0]
+    return f"{max(scores):.3f}" if scores else ""
+
+
+@flywheel_app.command("status")
+def status(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="Most recent runs shown.")] = 10,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+) -> None:
+    """The latest flywheel runs: state, rounds, held-out scores, what they changed."""
+    _, engine = _context(ctx)
+    with Session(engine) as session:
+        runs = session.exec(select(FlywheelRun).order_by(col(FlywheelRun.id).desc()).limit(limit)).all()
+    if output is Format.JSON:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
+        return
+    table = Table("run", "task", "status", "rounds", "before", "best", "started", "finished", "outcome")
+    for r in runs:
+        before = f"{r.rounds[0]['heldout']:.3f}" if r.rounds else ""
+        table.add_row(
+            str(r.id), r.task, r.status, str(max(len(r.rounds) - 1, 0)), before, _best(r),
+            _when(r.started_at), _when(r.finished_at), r.outcome or r.error or "",
+        )  # fmt: skip
+    out.print(table)
+
+
+@flywheel_app.command("report")
+def report(
+    ctx: typer.Context,
+    run_id: Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see status).")],
+    output: Annotated[Path | None, typer.Option("--out", dir_okay=False, help="PNG to write.")] = None,
+) -> None:
+    """Plot a run's scores per round to a PNG and list its rounds."""
+    from flywheel.report import plot_run
+
+    _, engine = _context(ctx)
+    with Session(engine) as session:
+        flywheel_run = session.get(FlywheelRun, run_id)
+    if flywheel_run is None:
+        raise _fail(f"no flywheel run {run_id}; see `reviewbot flywheel status`")
+    path = plot_run(flywheel_run, output or Path(f"flywheel-run-{run_id}.png"))
+    table = Table("round", "model", "held-out", "exam", "grade", "new", "curriculum", "loss", "seconds")
+    for r in flywheel_run.rounds:
+        train: dict[str, Any] = r.get("train", {})
+        loss = train.get("loss")
+        table.add_row(
+            str(r["round"]), r["model"], f"{r['heldout']:.3f}",
+            f"{r['exam_score']:.0%}" if "exam_score" in r else "", str(r.get("teacher_score", "")),
+            str(r.get("new_examples", "")), str(r.get("curriculum", "")),
+            f"{loss:.3f}" if isinstance(loss, float) else "", f"{sum(r.get('timings', {}).values()):.0f}",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"plot written to {path}", highlight=False)
+
+
+@flywheel_app.command("worker")
+def worker(ctx: typer.Context) -> None:
+    """Run the trainer queue: one flywheel run at a time, started when enough feedback arrived.
+
+    An hourly check starts a run when reviewers have labelled REVIEWBOT_FLYWHEEL_MIN_NEW_FEEDBACK new
+    examples since the last run.
+    """
+    from flywheel.jobs import TrainerQueue
+
+    settings, engine = _context(ctx)
+    TrainerQueue(settings, engine).huey.create_consumer(workers=1, worker_type="thread").run()
+
+
+@models_app.command("list")
+def list_models(
+    ctx: typer.Context,
+    task: Annotated[TrainedTask | None, typer.Option(help="Only this task.")] = None,
+    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+) -> None:
+    """Every adapter version: task, status, held-out score, when it was made and promoted."""
+    from flywheel.registry import heldout_of, versions
+
+    _, engine = _context(ctx)
+    with Session(engine) as session:
+        rows = versions(session, Task(task) if task else None)
+    if output is Format.JSON:
+        typer.echo(json.dumps([v.model_dump(mode="json") for v in rows], indent=2))
+        return
+    table = Table("name", "task", "status", "held-out", "baseline", "created", "promoted")
+    for v in rows:
+        score, baseline = heldout_of(v), v.metrics.get("baseline")
+        table.add_row(
+            v.adapter_name, v.task, v.status, f"{score:.3f}" if score is not None else "",
+            f"{baseline:.3f}" if isinstance(baseline, float | int) else "",
+            _when(v.created_at), _when(v.promoted_at),
+        )  # fmt: skip
+    out.print(table)
+
+
+@models_app.command("promote")
+def promote(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The adapter version, e.g. severity-v7.")],
+    force: Annotated[bool, typer.Option(help="Skip the held-out gate (REVIEWBOT_PROMOTION_MARGIN).")] = False,
+) -> None:
+    """Make NAME the version reviews use, if it beats the active one by the margin."""
+    from flywheel.registry import PromotionRefused
+    from flywheel.registry import promote as promote_version
+
+    settings, engine = _context(ctx)
+    with Session(engine) as session:
+        try:
+            version = promote_version(session, name, settings.promotion_margin, force=force)
+        except (LookupError, PromotionRefused) as exc:
+            raise _fail(str(exc)) from None
+    out.print(f"{version.adapter_name} is now the {version.task} model", highlight=False)
+
+
+@models_app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    task: Annotated[TrainedTask, typer.Argument(help="The task whose version to roll back.")],
+) -> None:
+    """Take back the task's active version; the one before it (or the base model) returns."""
+    from flywheel.registry import rollback as rollback_task
+
+    settings, engine = _context(ctx)
+    with Session(engine) as session:
+        try:
+            restored = rollback_task(session, Task(task))
+        except LookupError as exc:
+            raise _fail(str(exc)) from None
+    now = restored.adapter_name if restored else f"the base model {settings.student_model}"
+    out.print(f"{task.value} rolled back: {now} is in use", highlight=False)

@@ -1,0 +1,72 @@
+"""The trainer queue: a Huey queue of its own (one worker, beside the GPU), with a periodic job that
+starts a flywheel run once reviewers have labelled enough new examples since the last run."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from huey import Huey, crontab
+from sqlmodel import Session, col, select
+
+from bot.config import Settings
+from bot.models import ExampleSource, FlywheelRun, RunStatus, Task, TrainingExample
+from bot.tasks import make_huey
+from flywheel.cycle import Plan, run_flywheel
+from flywheel.data import feedback_examples
+from flywheel.spec import spec_for
+
+log = logging.getLogger(__name__)
+TRAINER_QUEUE = "reviewbot-trainer"
+TRAINED_TASKS = (Task.SEVERITY,)  # the explanation task needs a reference model's answers first
+
+
+def new_feedback_examples(engine: sa.Engine, task: Task) -> int:
+    """Reviewer-labelled examples not yet stored by a run (each run stores all there are)."""
+    spec = spec_for(task)
+    with Session(engine) as session:
+        stored = set(
+            session.exec(
+                select(TrainingExample.key).where(
+                    TrainingExample.task == task.value, TrainingExample.source == ExampleSource.FEEDBACK
+                )
+            ).all()
+        )
+    return sum(1 for example in feedback_examples(engine, spec) if example.key not in stored)
+
+
+def running(engine: sa.Engine) -> bool:
+    with Session(engine) as session:
+        return (
+            session.exec(select(FlywheelRun.id).where(col(FlywheelRun.status) == RunStatus.RUNNING)).first()
+            is not None
+        )
+
+
+class TrainerQueue:
+    def __init__(self, settings: Settings, engine: sa.Engine) -> None:
+        self.huey: Huey = make_huey(settings.queue_url, name=TRAINER_QUEUE)
+
+        @self.huey.task(name="flywheel_run")
+        def flywheel_run(task: str) -> str:
+            run = run_flywheel(settings, engine, Plan.from_settings(settings, Task(task)))
+            return run.outcome or run.status
+
+        @self.huey.periodic_task(crontab(minute="0"), name="flywheel_when_due")
+        def flywheel_when_due() -> list[str]:
+            return self.start_due_runs(settings, engine)
+
+        self._run = flywheel_run
+
+    def start_due_runs(self, settings: Settings, engine: sa.Engine) -> list[str]:
+        """Queue a run for each task with enough new feedback; returns the tasks queued."""
+        if settings.teacher_base_url is None or running(engine):
+            return []
+        due = []
+        for task in TRAINED_TASKS:
+            fresh = new_feedback_examples(engine, task)
+            if fresh >= settings.flywheel_min_new_feedback:
+                log.info("%s new %s examples from reviewers: starting a flywheel run", fresh, task.value)
+                self._run(task.value)
+                due.append(task.value)
+        return due

@@ -1,0 +1,140 @@
+"""A test double of the hosted teacher: an OpenAI-compatible chat server that writes exams, grades
+them and judges explanations from the labelled synthetic task in ``severity_task`` (it knows the
+rule: a review's first word decides its severity). It reads the product's prompts the way a real
+teacher would — the JSON lines they hold — and aims new examples at the markers the student missed.
+
+``faults`` makes the next calls misbehave, in order: ``"invalid_json"``, ``"wrong_labels"``,
+``"empty"``, ``"duplicates"``, ``"no_feedback"``, ``"http_500"``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tests.support.live_server import live_server
+from tests.support.severity_task import MARKERS, make_example
+
+MODEL = "teacher-test"
+
+
+@dataclass
+class Teacher:
+    seed: int = 0
+    faults: list[str] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)  # exam, grade, preference
+    prompts: list[str] = field(default_factory=list)
+    weak_markers: list[str] = field(default_factory=list)  # from the last grade
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def _items(self, count: int) -> list[dict[str, Any]]:
+        """Half aimed at the markers the student got wrong last, half covering every marker."""
+        items = []
+        for index in range(count):
+            marker = (
+                self.weak_markers[index % len(self.weak_markers)]
+                if self.weak_markers and index % 2 == 0
+                else list(MARKERS)[index % len(MARKERS)]
+            )
+            items.append({**make_example(self.rng, marker), "difficulty": 1 + index % 5})
+        return items
+
+    def exam(self, prompt: str) -> dict[str, Any]:
+        count = int(re.search(r"Write (\d+) new exam questions", prompt)[1])  # type: ignore[index]
+        return {"items": self._items(count)}
+
+    def grade(self, prompt: str) -> dict[str, Any]:
+        results = [json.loads(line) for line in prompt.splitlines() if line.startswith('{"question"')]
+        wrong = [r for r in results if r["correct"] is not True]
+        self.weak_markers = sorted({r["question"]["review"].split()[0] for r in wrong})
+        accuracy = 1 - len(wrong) / len(results) if results else 0.0
+        count = int(re.search(r'"examples", (\d+) new training examples', prompt)[1])  # type: ignore[index]
+        mistakes = ", ".join(f"{m} ({MARKERS[m]})" for m in self.weak_markers if m in MARKERS) or "none"
+        return {
+            "score": max(1, min(10, 1 + round(9 * accuracy))),
+            "feedback": f"The student misrates reviews that start with: {mistakes}.",
+            "examples": self._items(count),
+        }
+
+    def preference(self, prompt: str) -> dict[str, Any]:
+        a = prompt.split("Explanation A:\n", 1)[1].split("\n\nExplanation B:", 1)[0]
+        b = prompt.split("Explanation B:\n", 1)[1].split("\n\nAnswer with JSON", 1)[0]
+        return {"preferred": "tie" if len(a) == len(b) else ("A" if len(a) < len(b) else "B")}  # shorter wins
+
+    def answer(self, prompt: str) -> tuple[int, Any]:
+        kind = (
+            "exam" if "Write an exam" in prompt else "grade" if "Grade the exam" in prompt else "preference"
+        )
+        with self.lock:
+            self.calls[kind] += 1
+            self.prompts.append(prompt)
+            fault = self.faults.pop(0) if self.faults else None
+            if fault == "http_500":
+                return 500, {"error": {"message": "teacher overloaded", "type": "server_error"}}
+            if fault == "invalid_json":
+                return 200, '{"items": [{"question": '
+            value = getattr(self, kind)(prompt)
+        key = "items" if kind == "exam" else "examples"
+        if fault == "wrong_labels" and kind != "preference":
+            for item in value[key][::2]:
+                item["answer"] = {"issue_type": "catastrophic"}
+        elif fault == "empty" and kind != "preference":
+            value[key] = []
+        elif fault == "duplicates" and kind != "preference":
+            value[key] = value[key][:1] * len(value[key])
+        elif fault == "no_feedback" and kind == "grade":
+            value["feedback"] = ""
+        return 200, json.dumps(value)
+
+
+def _completion(content: str, prompt: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-teacher",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(content) // 4,
+                  "total_tokens": (len(prompt) + len(content)) // 4},
+    }  # fmt: skip
+
+
+def teacher_app(teacher: Teacher) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "tests"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        status, content = teacher.answer(prompt)
+        if status != 200:
+            return JSONResponse(content, status_code=status)
+        return JSONResponse(_completion(content, prompt))
+
+    return app
+
+
+@contextmanager
+def teacher_server(teacher: Teacher) -> Iterator[str]:
+    """Yields the teacher's base URL (ending in /v1)."""
+    with live_server(teacher_app(teacher)) as url:
+        yield f"{url}/v1"

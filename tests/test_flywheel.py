@@ -20,8 +20,8 @@ from bot.feedback import SignalKind, record_signal
 from bot.llm import LLMBadAnswer, LLMClient, LLMRejected, LLMUnavailable
 from bot.models import (
     ExampleSource,
-    Finding,
     ExampleSplit,
+    Finding,
     FlywheelRun,
     ModelStatus,
     ModelVersion,
@@ -67,9 +67,19 @@ def client(url: str) -> LLMClient:
 
 def exam(url: str, known: set[str] = frozenset(), count: int = 12) -> Exam:  # type: ignore[assignment]
     return asyncio.run(
-        write_exam(client(url), MODEL, SEVERITY, count=count, data=examples(4), complaints=[],
-                   proficiency="not examined yet", feedback=None, known=set(known), rng=random.Random(0))
-    )  # fmt: skip
+        write_exam(
+            client(url),
+            MODEL,
+            SEVERITY,
+            count=count,
+            data=examples(4),
+            complaints=[],
+            proficiency="not examined yet",
+            feedback=None,
+            known=set(known),
+            rng=random.Random(0),
+        )
+    )
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -193,12 +203,12 @@ def test_an_unusable_exam_is_an_error(
     teacher_url: str, teacher: Teacher, faults: list[str], error: type[Exception]
 ) -> None:
     teacher.faults = faults
-    with pytest.raises(error, match="no usable exam question|not JSON"):
+    with pytest.raises(error, match=r"no usable exam question|not JSON"):
         exam(teacher_url)
 
 
 def test_an_unreachable_teacher_is_named() -> None:
-    with pytest.raises(LLMUnavailable, match="teacher model server at http://127.0.0.1"):
+    with pytest.raises(LLMUnavailable, match=r"teacher model server at http://127.0.0.1"):
         exam(f"http://127.0.0.1:{free_port()}/v1")
 
 
@@ -222,9 +232,18 @@ def test_accuracy_is_counted_per_label() -> None:
 def test_the_teacher_grades_and_aims_new_examples_at_mistakes(teacher_url: str, teacher: Teacher) -> None:
     sitting = attempts(["critical"] * 12)  # right only on the three critical markers
     graded = asyncio.run(
-        grade_exam(client(teacher_url), MODEL, SEVERITY, sitting, accuracy(sitting), data=examples(3, seed=9),
-                   count=10, known=set(), rng=random.Random(0))
-    )  # fmt: skip
+        grade_exam(
+            client(teacher_url),
+            MODEL,
+            SEVERITY,
+            sitting,
+            accuracy(sitting),
+            data=examples(3, seed=9),
+            count=10,
+            known=set(),
+            rng=random.Random(0),
+        )
+    )
     assert graded.proficiency == 1 + round(9 * 3 / 12)
     assert "Leaks" in graded.feedback and "Corrupts" not in graded.feedback
     assert len(graded.new.examples) == 10
@@ -236,8 +255,19 @@ def test_a_grade_without_feedback_is_an_error(teacher_url: str, teacher: Teacher
     teacher.faults = ["no_feedback"]
     sitting = attempts(["minor"] * 4)
     with pytest.raises(TeacherError, match="no written feedback"):
-        asyncio.run(grade_exam(client(teacher_url), MODEL, SEVERITY, sitting, accuracy(sitting), data=[], count=2,
-                               known=set(), rng=random.Random(0)))  # fmt: skip
+        asyncio.run(
+            grade_exam(
+                client(teacher_url),
+                MODEL,
+                SEVERITY,
+                sitting,
+                accuracy(sitting),
+                data=[],
+                count=2,
+                known=set(),
+                rng=random.Random(0),
+            )
+        )
 
 
 def test_explanations_are_judged_pairwise_in_random_order(teacher_url: str) -> None:
@@ -245,8 +275,11 @@ def test_explanations_are_judged_pairwise_in_random_order(teacher_url: str) -> N
     question = {"code": "1 +x = 1", "review": "Leaks the handle.", "issue_type": "major"}
     reference = {"explanation": "A long reference explanation of the leak."}
     example = Example(question, reference)
-    sitting = [Attempt(example, {"explanation": "Short."}), Attempt(example, {"explanation": "x" * 200}),
-               Attempt(example, None, "down")]  # fmt: skip
+    sitting = [
+        Attempt(example, {"explanation": "Short."}),
+        Attempt(example, {"explanation": "x" * 200}),
+        Attempt(example, None, "down"),
+    ]
     score = asyncio.run(preference(client(teacher_url), MODEL, spec, sitting, random.Random(3)))
     assert score.verdicts == [1.0, 0.0, 0.0]  # the double prefers the shorter one, whichever side it is on
 
@@ -268,8 +301,13 @@ def test_the_curriculum_dedupes_keeps_held_out_out_and_goes_easy_to_hard() -> No
 
 
 def version(session: Session, name: str, heldout: float, baseline: float = 0.25) -> ModelVersion:
-    row = ModelVersion(task="severity", adapter_name=name, path=f"/a/{name}", base_model="b",
-                       metrics={"heldout": heldout, "baseline": baseline, "baseline_model": "base"})  # fmt: skip
+    row = ModelVersion(
+        task="severity",
+        adapter_name=name,
+        path=f"/a/{name}",
+        base_model="b",
+        metrics={"heldout": heldout, "baseline": baseline, "baseline_model": "base"},
+    )
     session.add(row)
     session.commit()
     return row
@@ -292,7 +330,7 @@ def test_promotion_needs_the_margin_and_rollback_walks_back(engine: sa.Engine) -
             ("severity-v4", 0.9),
         ):
             version(session, name, score)
-        with pytest.raises(registry.PromotionRefused, match="the base model base scores 0.250"):
+        with pytest.raises(registry.PromotionRefused, match=r"the base model base scores 0.250"):
             registry.promote(session, "severity-v1", margin=0.3)
         registry.promote(session, "severity-v1", margin=0.02)
         with pytest.raises(registry.PromotionRefused, match=r"severity-v2 scores 0.510 .* needs 0.520"):
@@ -344,10 +382,13 @@ def test_an_unreachable_teacher_fails_the_run_and_promotes_nothing(engine: sa.En
     script = Script([], default=completion('{"issue_type":"minor"}'))
     with scripted_server(script) as student_url:
         settings = load_settings(
-            database_url=engine.url.render_as_string(hide_password=False), student_base_url=student_url,
-            teacher_base_url=f"http://127.0.0.1:{free_port()}/v1", teacher_model="big", llm_max_retries=0,
+            database_url=engine.url.render_as_string(hide_password=False),
+            student_base_url=student_url,
+            teacher_base_url=f"http://127.0.0.1:{free_port()}/v1",
+            teacher_model="big",
+            llm_max_retries=0,
             flywheel_dir=tmp_path / "fw",
-        )  # fmt: skip
+        )
         with pytest.raises(LLMUnavailable, match="teacher model server"):
             run_flywheel(
                 settings, engine, Plan.from_settings(settings, Task.SEVERITY, heldout_files=[heldout])
@@ -360,8 +401,12 @@ def test_an_unreachable_teacher_fails_the_run_and_promotes_nothing(engine: sa.En
 
 
 def test_a_run_without_held_out_examples_says_what_to_do(engine: sa.Engine, tmp_path: Path) -> None:
-    settings = load_settings(database_url=engine.url.render_as_string(hide_password=False), teacher_model="t",
-                             teacher_base_url="http://127.0.0.1:1/v1", flywheel_dir=tmp_path)  # fmt: skip
+    settings = load_settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        teacher_model="t",
+        teacher_base_url="http://127.0.0.1:1/v1",
+        flywheel_dir=tmp_path,
+    )
     with pytest.raises(DataError, match="--heldout"):
         run_flywheel(settings, engine, Plan.from_settings(settings, Task.SEVERITY))
 

@@ -21,7 +21,10 @@ from sqlmodel import Session, col, select
 from bot.models import Feedback, Finding, Project, Review, Severity, utcnow
 
 _COMMAND = re.compile(r"^\s*/(severity|dismiss)\b[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
+_QUOTE = re.compile(r"^[ \t]*>(.*)$", re.MULTILINE)
+_MARKUP = re.compile(r"[*_`]")  # emphasis and code marks: a quote may carry them or lose them
 UP, DOWN = "+1", "-1"
+MIN_QUOTE_CHARS = 20  # a shorter quoted line ("> ok", "> +1") says too little to pick out one finding
 
 
 class SignalKind(StrEnum):
@@ -66,6 +69,12 @@ def parse_command(text: str) -> Command | None:
             f"/severity needs one of {', '.join(s.value for s in Severity)}; got {level or 'nothing'!r}"
         )
     return Command(SignalKind.SEVERITY, level)
+
+
+def quoted_text(text: str) -> str:
+    """The quoted (``> ``) lines of a comment, without their quote marks; "" when it quotes nothing."""
+    lines = (line.lstrip("> \t").rstrip() for line in _QUOTE.findall(text or ""))
+    return "\n".join(line for line in lines if line)
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,9 @@ def record_signal(
 
 @dataclass(frozen=True)
 class Signal:
-    """A reaction seen on a forge, before it is tied to its finding (by the bot comment it answers,
-    or by the GitLab discussion it was written in)."""
+    """A reaction seen on a forge, before it is tied to its finding: by the bot comment it answers, by
+    the GitLab discussion it was written in, or (a GitHub pull request comment) by the text of the
+    finding it quotes."""
 
     kind: SignalKind
     value: str
@@ -134,6 +144,8 @@ class Signal:
     comment_id: str | None = None
     thread_id: str | None = None
     reply_id: str | None = None  # the reviewer's own comment, for replies and commands
+    mr_number: int | None = None  # with ``quote``: the merge request whose findings it may quote
+    quote: str | None = None  # the quoted lines, when no comment or discussion names the finding
 
     @property
     def is_command(self) -> bool:
@@ -148,7 +160,12 @@ class Signal:
         return f"Noted: {done}. Thank you — this goes into the training data of the next model."
 
     def describe(self) -> str:
-        target = f"comment {self.comment_id}" if self.comment_id else f"discussion {self.thread_id}"
+        if self.comment_id:
+            target = f"comment {self.comment_id}"
+        elif self.thread_id:
+            target = f"discussion {self.thread_id}"
+        else:
+            target = f"the finding quoted on #{self.mr_number}"
         return f"{self.kind} {self.value!r} by {self.author or 'someone'} on {target}"
 
 
@@ -160,22 +177,65 @@ def signal_from_reply(
     *,
     comment_id: str | None = None,
     thread_id: str | None = None,
+    mr_number: int | None = None,
+    quote: str | None = None,
 ) -> Signal:
-    """A reply in a bot thread: a command when it holds one (an invalid one counts as a plain reply)."""
+    """A reply to a bot comment: a command when it holds one (an invalid one counts as a plain reply)."""
     try:
         command = parse_command(text)
     except CommandError:
         command = None
     kind, value = (command.kind, command.value) if command else (SignalKind.REPLY, text)
-    return Signal(kind, value, author, source_event_id, comment_id, thread_id, reply_id)
+    return Signal(kind, value, author, source_event_id, comment_id, thread_id, reply_id, mr_number, quote)
+
+
+def _plain(text: str) -> str:
+    return " ".join(_MARKUP.sub("", text).split())
+
+
+def _quotes(line: str, text: str) -> bool:
+    """A quoted line (plain, long enough) that is part of ``text``, or holds all of it (a line of the
+    bot's comment quoted whole, with what the comment puts around the text: "Why major: …")."""
+    plain = _plain(text)
+    return bool(plain) and (line in plain or (len(plain) >= MIN_QUOTE_CHARS and plain in line))
+
+
+def quoted_findings(session: Session, project_id: int, mr_number: int, quote: str) -> list[Finding]:
+    """The bot's posted findings on that merge request (the newest row of each comment) that ``quote``
+    quotes: one of its lines of at least ``MIN_QUOTE_CHARS`` is part of the finding's title, review or
+    explanation, or holds one of them whole (whitespace and emphasis marks aside)."""
+    lines = [plain for line in quote.splitlines() if len(plain := _plain(line)) >= MIN_QUOTE_CHARS]
+    if not lines:
+        return []
+    rows = session.exec(
+        select(Finding)
+        .join(Review, col(Finding.review_id) == col(Review.id))
+        .where(col(Review.project_id) == project_id, col(Review.mr_number) == mr_number)
+        .where(col(Finding.forge_comment_id).is_not(None))
+        .order_by(col(Finding.id))
+    ).all()
+    newest = {finding.forge_comment_id: finding for finding in rows}  # a re-review adds rows per comment
+    return [
+        finding
+        for finding in newest.values()
+        if any(
+            _quotes(line, text)
+            for line in lines
+            for text in (finding.title, finding.review, finding.explanation)
+        )
+    ]
 
 
 def find_finding(session: Session, project_id: int, signal: Signal) -> Finding | None:
-    """The newest finding of ``project_id`` posted as that comment or in that discussion."""
+    """The newest finding of ``project_id`` posted as that comment or in that discussion, or else the
+    one finding of the merge request that the signal quotes (none when it quotes several)."""
     if signal.comment_id is not None:
         where = col(Finding.forge_comment_id) == signal.comment_id
     elif signal.thread_id is not None:
         where = col(Finding.forge_thread_id) == signal.thread_id
+    elif signal.quote and signal.mr_number is not None:
+        quoted = quoted_findings(session, project_id, signal.mr_number, signal.quote)
+        return quoted[0] if len(quoted) == 1 else None
     else:
         return None
     query = (

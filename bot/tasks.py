@@ -36,14 +36,19 @@ LOCKED_RETRY_DELAY_S = 15
 FEEDBACK_RETRIES = 6  # a reaction can outrun the review job that records its finding: wait up to ~3 min
 FEEDBACK_RETRY_DELAY_S = 30
 STALE_QUEUED = timedelta(minutes=5)
-POLL_DAYS = 14  # reactions keep coming a while after a review; polling stops two weeks after the last
+# GitHub's reactions and GitLab's thread resolutions are polled (no webhook), which costs requests:
+# an open merge request is polled until this long after its last review (an abandoned one stops),
+POLL_DAYS_OPEN = 30
+# and a merged or closed one for this long after (reviewers still react to what they read then).
+POLL_DAYS_AFTER_CLOSE = 3
 STALE_RUNNING = timedelta(minutes=30)
 
 
-def make_huey(queue_url: str) -> Huey:
+def make_huey(queue_url: str, name: str = "reviewbot") -> Huey:
+    """The queue ``name`` (the trainer has its own) on Redis or in a SQLite file."""
     if queue_url.startswith(("redis://", "rediss://")):
-        return RedisHuey("reviewbot", url=queue_url)
-    return SqliteHuey("reviewbot", filename=str(Path(queue_url.removeprefix("sqlite:///")).resolve()))
+        return RedisHuey(name, url=queue_url)
+    return SqliteHuey(name, filename=str(Path(queue_url.removeprefix("sqlite:///")).resolve()))
 
 
 class FindingNotYet(LookupError):
@@ -185,18 +190,29 @@ class Queue:
         self._acknowledge(finding_id, signal)
 
     def poll_feedback(self, engine: sa.Engine, now: datetime | None = None) -> int:
-        """Poll what forges send no webhook for — GitHub's reactions, GitLab's thread resolution —
-        on the merge requests reviewed in the last ``POLL_DAYS`` days; returns the rows that changed."""
-        since = (now or datetime.now(UTC)) - timedelta(days=POLL_DAYS)
+        """Poll what forges send no webhook for — GitHub's reactions, GitLab's thread resolution — on
+        the merge requests with a done review that are open and were reviewed in the last
+        ``POLL_DAYS_OPEN`` days, or were merged or closed in the last ``POLL_DAYS_AFTER_CLOSE`` days;
+        returns the rows that changed."""
+        now = now or datetime.now(UTC)
+        last_review = sa.func.max(col(Review.finished_at))
+        closed_at = sa.func.max(col(Review.mr_closed_at))  # set on all its reviews, or on none
         with Session(engine) as session:
             pairs = session.exec(
                 select(col(Review.project_id), col(Review.mr_number))
                 .join(Project, col(Review.project_id) == col(Project.id))
-                .where(col(Review.status) == ReviewStatus.DONE, col(Review.finished_at) >= since)
-                .where(col(Project.enabled))
-                .distinct()
+                .where(col(Review.status) == ReviewStatus.DONE, col(Project.enabled))
+                .group_by(col(Review.project_id), col(Review.mr_number))
+                .having(
+                    sa.or_(
+                        sa.and_(closed_at.is_(None), last_review >= now - timedelta(days=POLL_DAYS_OPEN)),
+                        closed_at >= now - timedelta(days=POLL_DAYS_AFTER_CLOSE),
+                    )
+                )
             ).all()
             projects = {p.id: p for p in session.exec(select(Project)).all()}
+        polled = {(project_id, number) for project_id, number in pairs}
+        self._etags = {key: etag for key, etag in self._etags.items() if key in polled}  # drop the finished
         changed = 0
         for project_id, number in pairs:
             project = projects[project_id]

@@ -11,19 +11,30 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot import metrics
-from bot.feedback import DOWN, UP, Signal, SignalKind, apply_signal, signal_from_reply
-from bot.models import Delivery, Forge, Project, Review, ReviewStatus
+from bot.feedback import (
+    DOWN,
+    UP,
+    Signal,
+    SignalKind,
+    apply_signal,
+    quoted_findings,
+    quoted_text,
+    signal_from_reply,
+)
+from bot.forges.base import parse_marker
+from bot.models import Delivery, Forge, Project, Review, ReviewStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +52,14 @@ _OUTCOMES = {
 @dataclass(frozen=True)
 class Route:
     """What a verified delivery asks for: a review of ``number`` at ``head_sha``, a signal to record,
-    or nothing (and why)."""
+    that merge request's closing or reopening (``closed``), or nothing (and why)."""
 
     project_path: str
     actor: str
     number: int | None = None
     head_sha: str | None = None
     signal: Signal | None = None  # a reviewer's reaction to record
+    closed: bool | None = None  # merged or closed (True), reopened (False): feedback polling follows it
     ignored: str | None = None
 
 
@@ -94,9 +106,18 @@ def route_gitlab(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
     if event != "Merge Request Hook":
         return Route(path, actor, ignored=f"event {event or 'unnamed'!r} is not handled")
     attributes = payload.get("object_attributes", {})
+    action, number = attributes.get("action"), attributes.get("iid")
+    if action in ("close", "merge") and isinstance(number, int):
+        return Route(path, actor, number=number, closed=True)
+    route = _gitlab_review(path, actor, attributes, payload.get("changes", {}))
+    if action == "reopen" and isinstance(number, int):  # polled again, reviewed unless a draft
+        return replace(route, number=number, closed=False)
+    return route
+
+
+def _gitlab_review(path: str, actor: str, attributes: dict[str, Any], changes: dict[str, Any]) -> Route:
     action = attributes.get("action")
     number, head = attributes.get("iid"), attributes.get("last_commit", {}).get("id")
-    changes = payload.get("changes", {})
     if attributes.get("draft") or attributes.get("work_in_progress"):
         return Route(path, actor, ignored="merge request is a draft")
     became_ready = changes.get("draft", {}).get("previous") is True
@@ -147,10 +168,22 @@ def route_github(headers: Mapping[str, str], payload: dict[str, Any]) -> Route:
         return _github_reply(path, actor, payload)
     if event == "pull_request_review_thread":
         return _github_thread(path, actor, payload)
+    if event == "issue_comment":
+        return _github_issue_comment(path, actor, payload)
     if event != "pull_request":
         return Route(path, actor, ignored=f"event {event or 'unnamed'!r} is not handled")
     action = payload.get("action")
     pull = payload.get("pull_request", {})
+    number = pull.get("number")
+    if action == "closed" and isinstance(number, int):  # merged or not
+        return Route(path, actor, number=number, closed=True)
+    route = _github_review(path, actor, action, pull)
+    if action == "reopened" and isinstance(number, int):  # polled again, reviewed unless a draft
+        return replace(route, number=number, closed=False)
+    return route
+
+
+def _github_review(path: str, actor: str, action: Any, pull: dict[str, Any]) -> Route:
     if action not in ("opened", "reopened", "synchronize", "ready_for_review"):
         return Route(path, actor, ignored=f"pull request action {action!r} needs no review")
     if pull.get("draft"):
@@ -183,6 +216,51 @@ def _github_thread(path: str, actor: str, payload: dict[str, Any]) -> Route:
     value = "true" if action == "resolved" else "false"
     source = f"github:thread:{thread.get('node_id')}"
     signal = Signal(SignalKind.RESOLVED, value, actor, source, comment_id=str(comments[0].get("id")))
+    return Route(path, actor, signal=signal)
+
+
+def _linked_comments(repo: str, text: str) -> set[str]:
+    """The comments of ``repo``'s pull requests that ``text`` links to, by the adapter's comment ids:
+    a review comment (GitHub's "Copy link": ``…/pull/N#discussion_r<id>``, or ``…/pull/N/files#r<id>``)
+    is ``"<id>"``, a pull request comment (``…/pull/N#issuecomment-<id>``) ``"issuecomment-<id>"``."""
+    link = re.compile(rf"/{re.escape(repo)}/pull/\d+(?:/files)?#(discussion_r|r|issuecomment-)(\d+)\b", re.I)
+    return {
+        (f"issuecomment-{number}" if kind.lower() == "issuecomment-" else number)
+        for kind, number in link.findall(text)
+    }
+
+
+def _github_issue_comment(path: str, actor: str, payload: dict[str, Any]) -> Route:
+    """A comment in a pull request's conversation, tied to a finding by a link to the bot's comment,
+    or else by quoting the text of one finding (matched when recorded: see ``quoted_findings``)."""
+    issue, comment, action = payload.get("issue", {}), payload.get("comment", {}), payload.get("action")
+    if not issue.get("pull_request"):
+        return Route(path, actor, ignored="comment on an issue, not a pull request")
+    if action not in ("created", "edited", "deleted"):
+        return Route(path, actor, ignored=f"issue comment action {action!r} is not feedback")
+    text = str(comment.get("body") or "")
+    if parse_marker(text) is not None:
+        return Route(path, actor, ignored="a comment of the bot's own (it carries the bot's marker)")
+    linked = _linked_comments(path, text)
+    if len(linked) > 1:
+        return Route(path, actor, ignored=f"links {len(linked)} comments; feedback must name one finding")
+    comment_id = linked.pop() if linked else None
+    number, quoted = issue.get("number"), quoted_text(text)
+    if comment_id is None and not (quoted and isinstance(number, int)):
+        return Route(
+            path, actor, ignored="pull request comment neither links nor quotes a comment of the bot"
+        )
+    # Tied by the link when there is one; else by the quote, matched to a finding once it is recorded.
+    mr_number: int | None = number if comment_id is None else None
+    quote: str | None = quoted if comment_id is None else None
+    source = f"github:issuecomment:{comment.get('id')}"
+    if action == "deleted":  # a withdrawn reply, or a withdrawn command
+        withdrawn = Signal(SignalKind.REPLY, "", actor, source, comment_id, mr_number=mr_number, quote=quote)
+        return Route(path, actor, signal=withdrawn)
+    reply_id = f"issuecomment-{comment.get('id')}"  # the GitHub adapter's id for a pull request comment
+    signal = signal_from_reply(
+        text, actor, source, reply_id, comment_id=comment_id, mr_number=mr_number, quote=quote
+    )
     return Route(path, actor, signal=signal)
 
 
@@ -235,18 +313,24 @@ def handle_delivery(
         if route.project_path != project.path:
             session.rollback()  # a delivery for a project we don't serve is not recorded
             return _answer(404, f"project {route.project_path!r} is not registered with this secret")
+        assert project.id is not None
+        if route.closed is not None and route.number is not None:  # a fact, whoever caused it
+            _mark_closed(session, project.id, route.number, route.closed)
         if route.ignored is None and not project.enabled:
-            route = Route(route.project_path, route.actor, ignored="project is disabled")
+            route = replace(route, ignored="project is disabled")
         if route.ignored is None and project.bot_username and route.actor == project.bot_username:
-            route = Route(route.project_path, route.actor, ignored="event caused by the bot itself")
+            route = replace(route, ignored="event caused by the bot itself")
         if route.ignored is not None:
             delivery.outcome = f"ignored: {route.ignored}"
             session.commit()
             log.info("%s delivery %s ignored: %s", hooks.forge, delivery.delivery_id, route.ignored)
             return _answer(200, f"ignored: {route.ignored}")
-        assert project.id is not None
         if route.signal is not None:
             return _feedback(session, jobs, project.id, delivery, route.signal)
+        if route.closed:
+            delivery.outcome = f"recorded: merge request {route.number} merged or closed"
+            session.commit()
+            return _answer(200, f"{delivery.outcome}; feedback polling ends a few days from now")
         assert route.number is not None and route.head_sha is not None
         review = Review(project_id=project.id, mr_number=route.number, head_sha=route.head_sha)
         session.add(review)
@@ -261,6 +345,15 @@ def handle_delivery(
     return _answer(202, "review queued", review_id=review_id, review_status=ReviewStatus.QUEUED.value)
 
 
+def _mark_closed(session: Session, project_id: int, number: int, closed: bool) -> None:
+    """Stamp (or clear, on reopening) the close time on every review of that merge request."""
+    session.execute(
+        sa.update(Review)
+        .where(col(Review.project_id) == project_id, col(Review.mr_number) == number)
+        .values(mr_closed_at=utcnow() if closed else None)
+    )
+
+
 def _feedback(
     session: Session, jobs: Jobs, project_id: int, delivery: Delivery, signal: Signal
 ) -> JSONResponse:
@@ -273,6 +366,22 @@ def _feedback(
             assert finding.id is not None
             jobs.enqueue_acknowledgement(finding.id, signal)
         return _answer(200, f"feedback recorded: {signal.describe()}")
+    if signal.quote is not None and signal.mr_number is not None:
+        # Only a review still being posted can add the finding a quote is about; with none in flight the
+        # quote is of someone else's comment, or of several findings: said now rather than retried.
+        pending = session.exec(
+            select(Review.id).where(
+                col(Review.project_id) == project_id,
+                col(Review.mr_number) == signal.mr_number,
+                col(Review.status).in_([ReviewStatus.QUEUED, ReviewStatus.RUNNING]),
+            )
+        ).first()
+        if pending is None:
+            found = len(quoted_findings(session, project_id, signal.mr_number, signal.quote))
+            why = f"quotes {found} findings of the bot" if found else "quotes no finding of the bot"
+            delivery.outcome = f"ignored: pull request comment {why}"
+            session.commit()
+            return _answer(200, f"ignored: pull request comment {why}: {signal.describe()}")
     # Its finding may not be recorded yet (the review job is still posting): the queue tries again.
     delivery.outcome = "feedback waiting for its finding"
     session.commit()

@@ -33,6 +33,8 @@ GH_REPLY = json.loads(
 GH_THREAD = json.loads(
     (FIXTURES / "github" / "webhooks" / "pull_request_review_thread.resolved.2.json").read_text()
 )
+GH_ISSUE_COMMENT = json.loads((FIXTURES / "github" / "webhooks" / "issue_comment.created.1.json").read_text())
+MR_HOOK = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_text())
 SECRET = "feedback-secret"
 
 
@@ -63,16 +65,20 @@ def setup(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[TestClient, Queue
         yield client, queue, 0
 
 
-def gitlab(client: TestClient, event: str, payload: dict[str, Any]) -> Any:
-    headers = {"X-Gitlab-Event": event, "X-Gitlab-Token": SECRET, "X-Gitlab-Event-UUID": str(uuid.uuid4())}
+def gitlab(client: TestClient, event: str, payload: dict[str, Any], delivery: str | None = None) -> Any:
+    headers = {
+        "X-Gitlab-Event": event,
+        "X-Gitlab-Token": SECRET,
+        "X-Gitlab-Event-UUID": delivery or str(uuid.uuid4()),
+    }
     return client.post("/webhooks/gitlab", content=json.dumps(payload), headers=headers)
 
 
-def github(client: TestClient, event: str, payload: dict[str, Any]) -> Any:
+def github(client: TestClient, event: str, payload: dict[str, Any], delivery: str | None = None) -> Any:
     body = json.dumps(payload).encode()
     headers = {
         "X-GitHub-Event": event,
-        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
         "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
     }
     return client.post("/webhooks/github", content=body, headers=headers)
@@ -280,7 +286,7 @@ def test_github_reactions_are_polled(
             )
             session.add(project)
             session.flush()
-            for finished, number in ((datetime.now(UTC), 3), (datetime.now(UTC) - timedelta(days=30), 4)):
+            for finished, number in ((datetime.now(UTC), 3), (datetime.now(UTC) - timedelta(days=31), 4)):
                 review = Review(
                     project_id=project.id,
                     mr_number=number,
@@ -338,3 +344,326 @@ def test_gitlab_thread_resolution_is_polled(
     with Session(engine) as session:
         rows = session.exec(select(Feedback)).all()
         assert [(r.kind, r.value) for r in rows] == [("resolved", "false")]
+
+
+def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: Path) -> None:
+    """An open merge request is polled up to POLL_DAYS_OPEN days after its last review; a merged or
+    closed one up to POLL_DAYS_AFTER_CLOSE days after; a reopened one again. Closes start no review."""
+    from datetime import UTC, datetime, timedelta
+
+    from bot.tasks import POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN
+
+    assert (POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN) == (3, 30)  # the days this test steps through
+    pr = json.loads((FIXTURES / "github" / "webhooks" / "pull_request.closed.1.json").read_text())["number"]
+    with db.session_scope(engine) as session:
+        for forge, path, numbers in (
+            ("gitlab", "group/app", (1, 2)),
+            ("github", "Codertocat/Hello-World", (pr,)),
+        ):
+            project = Project(forge=forge, forge_url="http://forge.test", path=path, webhook_secret=SECRET,
+                              bot_username="reviewbot")  # fmt: skip
+            session.add(project)
+            session.flush()
+            for number in numbers:
+                for _ in range(2):  # two reviews of each: both rows get the close time
+                    session.add(Review(project_id=project.id, mr_number=number, head_sha="a" * 40,
+                                       status="done", finished_at=datetime.now(UTC)))  # fmt: skip
+    polled: list[tuple[str, int]] = []
+
+    class Polled:  # stands in for both forges: notes what is polled, finds nothing
+        def __init__(self, project: Project) -> None:
+            self.path = project.path
+
+        def bot_comments(self, number: int) -> list[Any]:
+            polled.append((self.path, number))
+            return []
+
+        def reaction_counts(self, number: int, etag: str | None = None) -> tuple[dict[str, Any], None]:
+            polled.append((self.path, number))
+            return {}, None
+
+    queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, Polled, retry_delay_s=0)  # type: ignore[arg-type]
+
+    def polled_after(days: float) -> set[tuple[str, int]]:
+        polled.clear()
+        queue.poll_feedback(engine, now=datetime.now(UTC) + timedelta(days=days))
+        return set(polled)
+
+    def mr_event(action: str) -> dict[str, Any]:
+        payload = copy.deepcopy(MR_HOOK)
+        payload["project"]["path_with_namespace"] = "group/app"
+        payload["object_attributes"].update(action=action, iid=1)
+        return payload
+
+    def github_event(name: str) -> dict[str, Any]:
+        return dict(json.loads((FIXTURES / "github" / "webhooks" / f"pull_request.{name}.json").read_text()))
+
+    everything = {("group/app", 1), ("group/app", 2), ("Codertocat/Hello-World", pr)}
+    assert polled_after(0) == everything
+    with TestClient(create_app(engine, queue)) as client:
+        merged = gitlab(client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
+        assert merged.status_code == 200 and "merged or closed" in merged.json()["detail"]
+        closed = github(client, "pull_request", github_event("closed.1"))
+        assert closed.status_code == 200 and "merged or closed" in closed.json()["detail"]
+        with Session(engine) as session:
+            assert len(session.exec(select(Review)).all()) == 6  # no review was started
+            stamped = session.exec(
+                select(Project.path, Review.mr_number).join(Project).where(Review.mr_closed_at != None)  # noqa: E711
+            ).all()
+            assert sorted(stamped) == sorted([("group/app", 1)] * 2 + [("Codertocat/Hello-World", pr)] * 2)
+        assert queue.huey.pending_count() == 0
+
+        assert polled_after(1) == everything  # closed a day ago: still polled
+        assert polled_after(4) == {("group/app", 2)}  # closed four days ago: no more
+        assert polled_after(31) == set()  # open, but its last review was a month ago
+
+        # The same delivery again is a duplicate: it does not restart the clock of a close long past.
+        with db.session_scope(engine) as session:
+            session.execute(sa.update(Review).values(mr_closed_at=datetime.now(UTC) - timedelta(days=4))
+                            .where(sa.column("mr_number") == 1))  # fmt: skip
+        replay = gitlab(client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
+        assert replay.status_code == 200 and "duplicate" in replay.json()["detail"]
+        assert ("group/app", 1) not in polled_after(0)
+
+        reopened = gitlab(client, "Merge Request Hook", mr_event("reopen"))
+        assert reopened.status_code == 202  # reviewed again, and polled again
+        assert github(client, "pull_request", github_event("reopened.1")).status_code == 202
+        assert polled_after(4) == everything
+    with Session(engine) as session:
+        assert session.exec(select(Review).where(Review.mr_closed_at != None)).all() == []  # noqa: E711
+        outcomes = [d.outcome for d in session.exec(select(Delivery).order_by(Delivery.id)).all()]
+    assert outcomes[:2] == [
+        "recorded: merge request 1 merged or closed",
+        f"recorded: merge request {pr} merged or closed",
+    ]
+
+
+REPO = "Codertocat/Hello-World"  # the repository of GitHub's issue_comment examples
+EVAL = "Unvalidated input reaches eval(); anyone who controls it runs code on the server."
+OPEN = "Unvalidated input reaches open(); anyone who controls it reads any file."
+
+
+def pr_comment(comment_id: int, body: str, action: str = "created", user: str = "ana") -> dict[str, Any]:
+    """GitHub's issue_comment example, moved onto pull request 1 (so it carries ``issue.pull_request``)."""
+    payload = copy.deepcopy(GH_ISSUE_COMMENT)
+    payload["action"] = action
+    payload["issue"].update(number=1, pull_request={"url": f"https://api.github.com/repos/{REPO}/pulls/1"})
+    payload["comment"].update(id=comment_id, body=body)
+    payload["comment"]["user"]["login"] = payload["sender"]["login"] = user
+    return payload
+
+
+def test_github_pull_request_comments_tied_by_link_or_quote(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from tests.support.fake_github import FakeGitHub, SeedFile
+    from tests.support.live_server import live_server
+
+    fake = FakeGitHub()
+    fake.add_user("reviewbot", token="bot-token")
+    fake.add_pull(REPO, 1, [SeedFile("a.py", "x\n", "y\n")])
+    comments = {}
+    for text, fingerprint in ((EVAL, "a" * 16), (OPEN, "b" * 16)):
+        body = f"**critical** · t\n\n{text}\n\n<!-- reviewbot:finding:{fingerprint} -->"
+        comments[text] = fake.add_review_comment(REPO, 1, "reviewbot", body, "a.py")
+    monkeypatch.setenv("TEST_GITHUB_TOKEN", "bot-token")
+
+    def rows() -> dict[str, list[tuple[str, str]]]:
+        with Session(engine) as session:
+            found = session.exec(select(Feedback, Finding).join(Finding).order_by(Feedback.id)).all()
+        return {
+            finding.review: [(r.kind, r.value) for r, f in found if f.id == finding.id]
+            for _, finding in found
+        }
+
+    def states() -> dict[str, str]:
+        return {i.finding.review: i.label.state.value for i in labelled_findings(engine)}
+
+    with live_server(fake.app) as url:
+        with db.session_scope(engine) as session:
+            project = Project(forge="github", forge_url=url, path=REPO, webhook_secret=SECRET,
+                              bot_username="reviewbot", token_env="TEST_GITHUB_TOKEN")  # fmt: skip
+            session.add(project)
+            session.flush()
+            review = Review(project_id=project.id, mr_number=1, head_sha="b" * 40, status="done",
+                            finished_at=datetime.now(UTC))  # fmt: skip
+            session.add(review)
+            session.flush()
+            for text, comment_id in comments.items():
+                session.add(Finding(review_id=review.id, path="a.py", line=1, severity="critical", title="t",
+                                    review=text, fingerprint=text[:16], model_version="base",
+                                    forge_comment_id=str(comment_id)))  # fmt: skip
+        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+
+        def run_jobs() -> None:
+            while (task := queue.huey.dequeue()) is not None:
+                queue.huey.execute(task)
+
+        def bot_answers() -> list[str]:
+            return [c.body for c in fake.issue_comments.values() if c.user == "reviewbot"]
+
+        with TestClient(create_app(engine, queue)) as client:
+            # A command with GitHub's "Copy link" of the bot's comment: recorded, and answered there.
+            link = f"https://github.com/{REPO}/pull/1#discussion_r{comments[EVAL]}"
+            body = f"/severity minor only admins reach it\n\n{link}"
+            ana = fake.add_issue_comment(REPO, 1, "ana", body)
+            first = github(client, "issue_comment", pr_comment(ana, body), delivery="d-1")
+            assert first.status_code == 200 and "feedback recorded" in first.json()["detail"]
+            again = github(client, "issue_comment", pr_comment(ana, body), delivery="d-1")
+            assert "duplicate" in again.json()["detail"]
+            run_jobs()
+            assert fake.issue_comments[ana].reactions == {"eyes": 1}
+            assert bot_answers() == ["@ana Noted: severity corrected to **minor**. Thank you — this goes into"
+                                     " the training data of the next model."]  # fmt: skip
+            assert rows() == {EVAL: [("severity", "minor")]} and states()[EVAL] == "corrected"
+
+            # Edited into a dismissal: the same row changes.
+            edited = f"/dismiss admins are trusted\n\n{link}"
+            assert (
+                github(client, "issue_comment", pr_comment(ana, edited, action="edited")).status_code == 200
+            )
+            assert rows() == {EVAL: [("dismiss", "admins are trusted")]} and states()[EVAL] == "dismissed"
+
+            # No link, but a quote of exactly one finding's text (bold marks aside).
+            quoting = (
+                "> Unvalidated input reaches **open()**; anyone who\n> controls it reads\n\n/severity major"
+            )
+            bob = fake.add_issue_comment(REPO, 1, "ana", quoting)
+            assert github(client, "issue_comment", pr_comment(bob, quoting)).status_code == 200
+            assert rows()[OPEN] == [("severity", "major")] and states()[OPEN] == "corrected"
+            run_jobs()
+            assert len(bot_answers()) == 3 and fake.issue_comments[bob].reactions == {"eyes": 1}
+
+            # Deleted: the command is withdrawn.
+            assert (
+                github(client, "issue_comment", pr_comment(bob, quoting, action="deleted")).status_code == 200
+            )
+            assert rows()[OPEN] == [("reply", "")] and states()[OPEN] == "unlabelled"
+
+            # Comments tied to no finding, each ignored with its reason on the delivery.
+            ignored = {
+                "> Unvalidated input reaches\n\n/dismiss": "quotes 2 findings of the bot",  # both say it
+                "> I would rather keep the old name here.\n\nFine by me": "quotes no finding of the bot",
+                "LGTM, thanks for the review": "neither links nor quotes a comment of the bot",
+                f"{link} {link.replace(str(comments[EVAL]), str(comments[OPEN]))}": "links 2 comments",
+            }
+            for n, text in enumerate(ignored):
+                response = github(client, "issue_comment", pr_comment(900 + n, text))
+                assert response.status_code == 200 and ignored[text] in response.json()["detail"], text
+            not_a_pr = github(client, "issue_comment", GH_ISSUE_COMMENT)
+            assert "not a pull request" in not_a_pr.json()["detail"]
+            own = github(
+                client, "issue_comment", pr_comment(950, f"/severity trivial {link}", user="reviewbot")
+            )
+            assert "bot itself" in own.json()["detail"]
+
+            # While a review of the pull request is still running, a quote may be of a finding it is
+            # posting: it waits in the queue, and says so on the delivery when nothing turns up.
+            with db.session_scope(engine) as session:
+                session.add(Review(project_id=project.id, mr_number=1, head_sha="c" * 40, status="running"))
+            early = github(
+                client, "issue_comment", pr_comment(960, "> A finding the running review is posting")
+            )
+            assert early.status_code == 202
+            run_jobs()
+    assert rows() == {EVAL: [("dismiss", "admins are trusted")], OPEN: [("reply", "")]}
+    with Session(engine) as session:
+        outcomes = [d.outcome for d in session.exec(select(Delivery).order_by(Delivery.id)).all()]
+    assert outcomes[-1].startswith("feedback matched no finding of the bot")
+    assert "ignored: pull request comment quotes 2 findings of the bot" in outcomes
+
+
+@pytest.mark.parametrize("reaction", ["command", "award"])
+def test_feedback_that_outruns_the_review_job_is_recorded_once(
+    reaction: str, engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer reacts to the bot's comment the moment it is posted, before the review job has
+    recorded its finding. Through the real queue and the real review job (fake GitLab, a scripted
+    student): the feedback job finds nothing and is retried, then records one row once the job is done."""
+    from bot.forges.base import BotComment
+    from bot.forges.gitlab import GitLabForge
+    from tests.support.fake_gitlab import Discussion, FakeGitLab, change
+    from tests.support.live_server import live_server
+    from tests.support.scripted_server import Script, completion, scripted_server
+
+    issue = {
+        "line": 2,
+        "side": "new",
+        "title": "eval of input",
+        "review": "eval() runs what the client sends.",
+    }
+    student = Script(
+        [
+            completion(json.dumps({"issues": [issue]})),  # find
+            completion(json.dumps({"issue_type": "major"})),  # rate
+            completion(json.dumps({"explanation": "Anyone can run code on the server."})),  # explain
+        ]
+    )
+    fake = FakeGitLab()
+    bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
+    old, new = (
+        "def handler(request):\n    return respond(request)\n",
+        "def handler(request):\n    return eval(request.body)\n",
+    )
+    mr = fake.add_merge_request(fake.add_project("group/app"), [change("app.py", old, new)], author=ana)
+    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    seen_early: list[tuple[int, str, int]] = []  # (feedback rows, delivery outcome, jobs waiting) mid-review
+
+    with live_server(fake.app) as url, scripted_server(student) as student_url:
+        with db.session_scope(engine) as session:
+            session.add(Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
+                                bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN"))  # fmt: skip
+        settings = load_settings(
+            student_base_url=student_url, student_model="scripted", queue_url=f"sqlite:///{tmp_path}/q.db"
+        )
+
+        class ReviewerIsQuick(GitLabForge):
+            """The job writes the summary after posting the findings and before recording them: the
+            reviewer's webhook arrives then, and a second worker runs its feedback job at once."""
+
+            def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
+                posted: Discussion = next(d for d in mr.discussions if d.notes[0].author is bot)
+                if reaction == "command":
+                    theirs = fake.add_reply(posted, ana, "/severity minor")
+                    event, payload = "Note Hook", note("/severity minor", posted.id, note_id=theirs.id)
+                else:
+                    posted.notes[0].awards.append((ana, "thumbsup"))
+                    event, payload = "Emoji Hook", award(str(posted.notes[0].id), award_id=71)
+                response = gitlab(client, event, payload)
+                assert response.status_code == 202, response.json()  # its finding is not recorded yet
+                queue.huey.execute(queue.huey.dequeue())  # FindingNotYet: retried
+                with Session(engine) as session:
+                    rows = len(session.exec(select(Feedback)).all())
+                    outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
+                seen_early.append((rows, outcome, queue.huey.pending_count()))
+                return super().upsert_summary(number, body, existing)
+
+        queue = Queue(settings, engine, lambda p: ReviewerIsQuick(url, "bot-token", p.path), retry_delay_s=0)
+        with TestClient(create_app(engine, queue)) as client:
+            opened = copy.deepcopy(MR_HOOK)
+            opened["project"]["path_with_namespace"] = "group/app"
+            opened["object_attributes"].update(iid=mr.iid, action="open", last_commit={"id": mr.sha})
+            assert gitlab(client, "Merge Request Hook", opened).status_code == 202
+            while (task := queue.huey.dequeue()) is not None:  # the review, then what it left waiting
+                queue.huey.execute(task)
+
+    assert seen_early == [(0, "feedback waiting for its finding", 1)]
+    with Session(engine) as session:
+        review = session.exec(select(Review)).one()
+        finding = session.exec(select(Finding)).one()
+        rows = session.exec(select(Feedback)).all()
+        outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
+    assert review.status == "done" and finding.severity == "major"
+    assert [(r.finding_id, r.kind, r.value, r.author) for r in rows] == [
+        (finding.id, "severity", "minor", "ana")
+        if reaction == "command"
+        else (finding.id, "reaction", "+1", "ana")
+    ]
+    assert outcome == ("recorded severity" if reaction == "command" else "recorded reaction")
+    assert label(engine, "gitlab") == ("corrected" if reaction == "command" else "confirmed")
+    if reaction == "command":  # heard, once
+        replies = [n for n in mr.discussions[0].notes if n.author is bot][1:]
+        assert len(replies) == 1 and "severity corrected to **minor**" in replies[0].body
+        assert mr.discussions[0].notes[1].awards == [(bot, "eyes")]

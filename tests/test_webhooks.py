@@ -19,7 +19,7 @@ from bot import db
 from bot.app import create_app
 from bot.feedback import Signal
 from bot.models import Delivery, Project, Review
-from bot.webhooks import MAX_BODY_BYTES
+from bot.webhooks import MAX_BODY_BYTES, route_github, route_gitlab
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 assert FIXTURES.is_dir(), f"the forges' payload examples are missing: expected them in {FIXTURES}"
@@ -235,3 +235,93 @@ def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Recorder]
     headers = github_headers(body, "pull_request", secret="other")
     assert client.post("/webhooks/github", content=body, headers=headers).status_code == 202
     assert len(queued) == 1
+
+
+def pr_comment(body: str, action: str = "created", repo: str = "o/r") -> dict[str, Any]:
+    """The official issue_comment example, moved onto pull request 7 of ``repo``."""
+    payload: dict[str, Any] = json.loads(
+        (FIXTURES / "github" / "webhooks" / "issue_comment.created.1.json").read_bytes()
+    )
+    payload["action"] = action
+    payload["repository"]["full_name"] = repo
+    payload["issue"]["number"] = 7
+    payload["issue"]["pull_request"] = {"url": f"https://api.github.com/repos/{repo}/pulls/7"}
+    payload["comment"].update(id=55, body=body)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("body", "comment_id"),
+    [
+        ("/severity minor\nhttps://github.com/o/r/pull/7#discussion_r123", "123"),
+        ("about https://github.com/O/R/pull/7/files#r123: not an issue", "123"),  # the files view's link
+        ("/dismiss https://ghe.example.com/o/r/pull/3#issuecomment-99", "issuecomment-99"),
+        (
+            "twice https://github.com/o/r/pull/7#discussion_r123 and github.com/o/r/pull/7#discussion_r123",
+            "123",
+        ),
+    ],
+)
+def test_a_pull_request_comment_linking_a_comment_is_tied_to_it(body: str, comment_id: str) -> None:
+    route = route_github({"x-github-event": "issue_comment"}, pr_comment(body))
+    assert route.signal is not None and route.ignored is None
+    assert (route.signal.comment_id, route.signal.reply_id) == (comment_id, "issuecomment-55")
+    assert route.signal.source_event_id == "github:issuecomment:55" and route.signal.quote is None
+
+
+def test_a_pull_request_comment_quoting_is_tied_by_its_quote() -> None:
+    body = "> **major** · Leak\n>\n> The handle is never closed.\n>> nested\n\n/severity minor closed by GC"
+    route = route_github({"x-github-event": "issue_comment"}, pr_comment(body))
+    signal = route.signal
+    assert signal is not None and signal.comment_id is None and signal.mr_number == 7
+    assert signal.quote == "**major** · Leak\nThe handle is never closed.\nnested"
+    assert (signal.kind, signal.value) == ("severity", "minor")
+    deleted = route_github({"x-github-event": "issue_comment"}, pr_comment(body, action="deleted")).signal
+    assert deleted is not None and (deleted.kind, deleted.value, deleted.quote) == ("reply", "", signal.quote)
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (
+            json.loads((FIXTURES / "github" / "webhooks" / "issue_comment.created.1.json").read_bytes()),
+            "not a pull request",
+        ),
+        (pr_comment("LGTM, merging"), "neither links nor quotes"),
+        (pr_comment("see https://github.com/other/repo/pull/7#discussion_r123"), "neither links nor quotes"),
+        (
+            pr_comment(
+                "https://github.com/o/r/pull/7#discussion_r1 https://github.com/o/r/pull/7#discussion_r2"
+            ),
+            "links 2",
+        ),
+        (pr_comment("x <!-- reviewbot:summary -->"), "bot's own"),
+        (pr_comment("> quoted", action="pinned"), "not feedback"),
+    ],
+)
+def test_other_pull_request_comments_are_ignored(payload: dict[str, Any], why: str) -> None:
+    route = route_github({"x-github-event": "issue_comment"}, payload)
+    assert route.signal is None and route.ignored is not None and why in route.ignored
+
+
+@pytest.mark.parametrize(
+    ("action", "draft", "closed", "reviewed"),
+    [("close", False, True, False), ("merge", False, True, False), ("close", True, True, False),
+     ("reopen", False, False, True), ("reopen", True, False, False), ("update", False, None, True)],
+)  # fmt: skip
+def test_gitlab_merge_request_closes_and_reopens(
+    action: str, draft: bool, closed: bool | None, reviewed: bool
+) -> None:
+    payload = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_bytes())
+    payload["object_attributes"].update(action=action, draft=draft)
+    route = route_gitlab({"x-gitlab-event": "Merge Request Hook"}, payload)
+    assert route.closed is closed and (route.head_sha is not None) is reviewed
+    assert route.number == payload["object_attributes"]["iid"]  # a push (the example has oldrev) is reviewed
+
+
+@pytest.mark.parametrize(("name", "closed"), [("closed.1", True), ("closed.2", True), ("reopened.1", False)])
+def test_github_pull_request_closes_and_reopens(name: str, closed: bool) -> None:
+    payload = json.loads((FIXTURES / "github" / "webhooks" / f"pull_request.{name}.json").read_bytes())
+    route = route_github({"x-github-event": "pull_request"}, payload)
+    assert (route.number, route.closed, route.ignored) == (payload["number"], closed, None)
+    assert (route.head_sha is None) is closed  # a close starts no review; a reopening does

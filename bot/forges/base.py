@@ -138,5 +138,7 @@ class Forge(Protocol):
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         """Tell a reviewer their command was heard: 👀 on their comment ``reply_to`` and ``body`` as a
         reply in its thread (GitLab: the discussion ``thread_id``; GitHub: ``thread_id`` is the id of the
-        thread's first comment, the bot's finding, since GitHub takes no replies to replies)."""
+        thread's first comment, the bot's finding, since GitHub takes no replies to replies). On GitHub a
+        pull request comment (``issuecomment-<id>``) has no thread: ``body`` goes in a new pull request
+        comment that mentions its author."""
         ...

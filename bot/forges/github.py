@@ -289,6 +289,12 @@ class GitHubForge:
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         with self._calling(f"acknowledge comment {reply_to} on pull request #{number}"):
+            if reply_to.startswith(_ISSUE_PREFIX):  # written in the conversation: answered there
+                issue = self._repo.get_issue(number)
+                theirs = issue.get_comment(int(reply_to.removeprefix(_ISSUE_PREFIX)))
+                theirs.create_reaction("eyes")
+                issue.create_comment(f"@{theirs.user.login} {body}")  # the mention tells them
+                return
             pr = self._pr(number)
             pr.get_review_comment(int(reply_to)).create_reaction("eyes")  # GitHub keeps one per user
             # GitHub takes replies to a thread's first comment only (the bot's finding, ``thread_id``).

@@ -95,6 +95,7 @@ class IssueComment:
     pr: int
     body: str
     user: str
+    reactions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -363,6 +364,26 @@ class FakeGitHub:
             self.issue_comments[comment.id] = comment
             return JSONResponse(_issue_comment_json(comment, _base(request)), status_code=201)
 
+        @app.get("/repos/{owner}/{name}/issues/comments/{comment_id}")
+        async def issue_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
+            comment = self.issue_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            return JSONResponse(_issue_comment_json(comment, _base(request)))
+
+        @app.post("/repos/{owner}/{name}/issues/comments/{comment_id}/reactions", status_code=201)
+        async def react_to_issue_comment(
+            request: Request, owner: str, name: str, comment_id: int
+        ) -> Response:
+            comment = self.issue_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            content = (await request.json())["content"]
+            comment.reactions[content] = comment.reactions.get(content, 0) + 1
+            return JSONResponse(
+                {"id": next(self._ids), "content": content, "user": _user_json(request.state.login)}, 201
+            )
+
         @app.patch("/repos/{owner}/{name}/issues/comments/{comment_id}")
         async def edit_issue_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
             comment = self.issue_comments.get(comment_id)
@@ -589,6 +610,7 @@ def _issue_comment_json(c: IssueComment, base: str) -> dict[str, Any]:
     return {
         "id": c.id,
         "url": f"{base}/repos/{c.repo}/issues/comments/{c.id}",
+        "html_url": f"https://github.com/{c.repo}/pull/{c.pr}#issuecomment-{c.id}",
         "body": c.body,
         "user": _user_json(c.user),
         "created_at": _STAMP,

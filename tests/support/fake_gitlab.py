@@ -249,6 +249,12 @@ class FakeGitLab:
         mr.discussions.append(Discussion(sha("discussion", note.id), [note], individual_note=not resolvable))
         return note
 
+    def add_reply(self, discussion: Discussion, author: User, body: str) -> Note:
+        """A note added to ``discussion`` (a reply written on GitLab)."""
+        note = Note(next(self._ids), author, body, resolvable=discussion.notes[0].resolvable)
+        discussion.notes.append(note)
+        return note
+
     def fail(
         self, method: str, path: str, status: int, *, times: int = 1, headers: dict[str, str] | None = None
     ) -> None:
@@ -403,10 +409,7 @@ class FakeGitLab:
         async def reply(request: Request, ref: str, iid: int, discussion_id: str) -> Response:
             mr, params = self._mr(ref, iid), await _params(request)
             discussion = self._discussion(mr, discussion_id)
-            note = Note(
-                next(self._ids), request.state.user, params["body"], resolvable=discussion.notes[0].resolvable
-            )
-            discussion.notes.append(note)
+            note = self.add_reply(discussion, request.state.user, params["body"])
             return JSONResponse(_note(mr, discussion, note, _base_url(request)), 201)
 
         @app.post(mrs + "/notes/{note_id:int}/award_emoji", status_code=201)

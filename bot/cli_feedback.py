@@ -100,10 +100,20 @@ def stats(
     ctx: typer.Context,
     project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
     output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    plot: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Also write a PNG of the rates per model version.")
+    ] = None,
 ) -> None:
     """Per project, model version and severity: share of findings with feedback, 👍, corrected,
     dismissed, addressed."""
     rows = feedback_stats(_findings(ctx, project, None))
+    if plot is not None:
+        from bot.acceptance_plot import plot_acceptance
+
+        if rows:
+            typer.echo(f"plot written to {plot_acceptance(rows, plot)}", err=True)
+        else:
+            typer.echo("no findings yet: nothing to plot", err=True)
     if output is Format.JSON:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -187,6 +187,18 @@ def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
     assert Severity(rows[1]["severity"]) is Severity.MINOR
 
 
+def test_stats_plot_acceptance_per_model_version(engine: sa.Engine, tmp_path: Path) -> None:
+    finding = add_finding(engine, "major", "severity-v1")
+    with db.session_scope(engine) as session:
+        record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "r0")
+    env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    plot = tmp_path / "acceptance.png"
+    command = [sys.executable, "-m", "bot.cli", "feedback", "stats", "--plot", str(plot)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "severity-v1" in result.stdout and plot.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_push_that_removes_the_line_addresses_the_finding(engine: sa.Engine) -> None:
     from bot.diff import parse_diff
     from bot.review_job import _mark_addressed

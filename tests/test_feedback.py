@@ -192,6 +192,7 @@ def test_stats_plot_acceptance_per_model_version(engine: sa.Engine, tmp_path: Pa
     with db.session_scope(engine) as session:
         record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "r0")
     env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    env["COLUMNS"] = "200"  # one line per row
     plot = tmp_path / "acceptance.png"
     command = [sys.executable, "-m", "bot.cli", "feedback", "stats", "--plot", str(plot)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)

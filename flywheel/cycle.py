@@ -463,7 +463,7 @@ class Flywheel:
             score_, name = best
             with Session(self.engine) as session:
                 try:
-                    registry.promote(session, name, self.plan.margin)
+                    registry.promote(session, name, self.plan.margin, reference=baseline)
                     outcome = f"promoted {name}: held-out {score_:.3f}, was {baseline:.3f} ({baseline_model})"
                 except registry.PromotionRefused as exc:
                     outcome = f"{baseline_model} stays: {exc}"

@@ -80,8 +80,12 @@ def heldout_of(version: ModelVersion) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def promote(session: Session, name: str, margin: float, *, force: bool = False) -> ModelVersion:
-    """Make ``name`` the version its task uses; the one active before is retired."""
+def promote(
+    session: Session, name: str, margin: float, *, force: bool = False, reference: float | None = None
+) -> ModelVersion:
+    """Make ``name`` the version its task uses; the one active before is retired. ``reference`` is the
+    score to beat, measured on the same held-out set (a flywheel run's round 0); without it, the
+    active version's recorded score, or with none active the base model's."""
     version = session.exec(select(ModelVersion).where(ModelVersion.adapter_name == name)).first()
     if version is None:
         raise LookupError(f"no model version named {name!r}; see `reviewbot models list`")
@@ -91,7 +95,9 @@ def promote(session: Session, name: str, margin: float, *, force: bool = False) 
     current = active_version(session, task)
     if not force:
         score = heldout_of(version)
-        if current is not None:
+        if reference is not None:
+            against = f"the model in use ({current.adapter_name if current else 'base'})"
+        elif current is not None:
             reference, against = heldout_of(current), f"the active {current.adapter_name}"
         else:
             baseline = version.metrics.get("baseline")

@@ -346,6 +346,9 @@ def test_promotion_needs_the_margin_and_rollback_walks_back(engine: sa.Engine) -
         assert registry.rollback(session, Task.SEVERITY) is None
         with pytest.raises(LookupError, match="base model is in use"):
             registry.rollback(session, Task.SEVERITY)
+        # A run measures the model in use on today's held-out set and passes that score.
+        with pytest.raises(registry.PromotionRefused, match=r"model in use \(base\) scores 0.950"):
+            registry.promote(session, "severity-v4", margin=0.02, reference=0.95)
         statuses = {v.adapter_name: v.status for v in registry.versions(session)}
     assert statuses["severity-v3"] == ModelStatus.ROLLED_BACK
 

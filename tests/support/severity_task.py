@@ -35,10 +35,9 @@ def severity_of(review: str) -> str | None:
 
 
 def code_snippet(rng: random.Random) -> str:
-    start = rng.randint(1, 400)
-    function = rng.choice(FUNCTIONS)
-    lines = [f"def {function}(value):", "    result = compute(value)", "    return result"]
-    return "\n".join(f"{start + i:>6} {rng.choice('+ ')}{line}" for i, line in enumerate(lines))
+    """One numbered diff line, short so that the tiny student's context is mostly the review."""
+    number, sign, function = rng.randint(1, 400), rng.choice("+ "), rng.choice(FUNCTIONS)
+    return f"{number:>6} {sign}def {function}(value): return compute(value)"
 
 
 def make_example(rng: random.Random, marker: str | None = None) -> dict[str, Any]:

@@ -4,10 +4,18 @@ The tokenizer is a byte-level BPE trained here with ``tokenizers``; the chat tem
 Llama 3's layout but ends the generation prompt on a lone newline, a pre-token of its own, so the
 tokens of ``prompt`` are always a prefix of the tokens of ``prompt + answer`` (training relies on it).
 ``head_dim`` is 64 because vLLM's CPU attention rejects smaller heads.
+
+The tokenizer keeps contexts short, as the flywheel tests need a student that LoRA can teach in
+seconds: each fixed line of the product's prompts (the system message, the templates' instructions)
+is one added token, and the severity task's words (markers, objects, code; never their labels) are
+in the BPE corpus, so a marker is one token. A rating prompt is then about 60 tokens instead of 300;
+a 2-layer model fine-tuned with LoRA does not find one word among 300 tokens within a few hundred
+steps, but finds it among 60.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,7 @@ class TinyStudent:
 
 def _corpus() -> list[str]:
     from prompts import render
+    from tests.support.severity_task import FUNCTIONS, MARKERS, OBJECTS, code_snippet
 
     templates = [
         render("system"),
@@ -56,11 +65,37 @@ def _corpus() -> list[str]:
         render("rate", code="    12 +x = 1", review="r"),
         render("explain", code="    12 +x = 1", review="r", issue_type="minor"),
     ]
-    return _CORPUS * 20 + templates * 5
+    # The severity task's words without their labels: markers become single tokens, but nothing
+    # here tells the model which severity a marker means.
+    rng = random.Random(0)
+    task_words = [
+        f"{code_snippet(rng)}\n{marker} {obj} in {function}()."
+        for marker in MARKERS
+        for obj in OBJECTS
+        for function in FUNCTIONS
+    ]
+    return _CORPUS * 20 + templates * 5 + task_words + ["system", "user", "assistant"] * 20
+
+
+def _fixed_prompt_lines() -> list[str]:
+    """The lines of the product's prompts that never vary (rendered twice with different values)."""
+    from prompts import render
+
+    def lines(template: str, **values: str) -> set[str]:
+        return {line for line in render(template, **values).splitlines() if line.strip()}
+
+    fixed = set(lines("system"))
+    for template, keys in [
+        ("find", ("path", "code", "max_issues")),
+        ("rate", ("code", "review")),
+        ("explain", ("code", "review", "issue_type")),
+    ]:
+        fixed |= lines(template, **{k: "1" for k in keys}) & lines(template, **{k: "2" for k in keys})
+    return sorted(fixed)
 
 
 def build_tokenizer(dest: Path, vocab_size: int = 1024) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
@@ -73,6 +108,7 @@ def build_tokenizer(dest: Path, vocab_size: int = 1024) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.add_tokens([AddedToken(line, normalized=False) for line in _fixed_prompt_lines()])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD, chat_template=CHAT_TEMPLATE
     )

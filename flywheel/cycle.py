@@ -94,6 +94,16 @@ class Plan:
         )
 
 
+def stalled(scores: Sequence[float], epsilon: float, patience: int) -> bool:
+    """True when each of the last ``patience`` held-out scores (round 0 first) failed to beat the
+    best before it by more than ``epsilon``."""
+    stale, best = 0, scores[0]
+    for score_ in scores[1:]:
+        stale = 0 if score_ > best + epsilon else stale + 1
+        best = max(best, score_)
+    return stale >= patience
+
+
 class Reporter:
     """What a person watching sees: one line per step, a bar while the student answers."""
 
@@ -171,8 +181,7 @@ class Flywheel:
                 None,
                 f"{baseline.value:.0%} on the held-out examples",
             )
-            best: tuple[float, str] | None = None
-            stale = 0
+            scores, best = [baseline.value], None
             for number in range(1, self.plan.max_rounds + 1):
                 stop = self._budget_spent(started, number)
                 if stop:
@@ -184,15 +193,13 @@ class Flywheel:
                 model, feedback = entry["model"], entry["feedback"]
                 grade, exam = entry["teacher_score"], entry["exam_score"]
                 proficiency = f"{grade}/10 by your last grade, {exam:.0%} on its last exam"
-                if best is None or entry["heldout"] > best[0] + self.plan.epsilon:
-                    stale = 0
-                else:
-                    stale += 1
                 if best is None or entry["heldout"] > best[0]:
                     best = (entry["heldout"], entry["model"])
-                if stale >= self.plan.patience:
+                scores.append(entry["heldout"])
+                if stalled(scores, self.plan.epsilon, self.plan.patience):
                     self.report.say(
-                        f"stopping: no held-out gain above {self.plan.epsilon:g} in {stale} rounds"
+                        f"stopping: no held-out gain above {self.plan.epsilon:g} "
+                        f"in {self.plan.patience} rounds"
                     )
                     break
             return self._promote_best(best, baseline.value, baseline_model)

@@ -30,7 +30,7 @@ from bot.models import (
 )
 from flywheel import data, registry
 from flywheel.curriculum import build_curriculum
-from flywheel.cycle import Plan, run_flywheel
+from flywheel.cycle import Plan, run_flywheel, stalled
 from flywheel.data import DataError, Example
 from flywheel.evaluate import accuracy, grade_exam, preference
 from flywheel.exam import Exam, TeacherError, write_exam
@@ -421,3 +421,47 @@ def test_fine_tuning_settings_are_checked() -> None:
         Plan.from_settings(load_settings(finetune={"lr": 1}), Task.SEVERITY)
     with pytest.raises(ConfigError, match="rank 32 is above REVIEWBOT_MAX_LORA_RANK 16"):
         Plan.from_settings(load_settings(finetune={"rank": 32}, max_lora_rank=16), Task.SEVERITY)
+
+
+@pytest.mark.parametrize(
+    ("scores", "stop"),
+    [
+        ([0.25, 0.6], False),
+        ([0.25, 0.6, 0.605], False),  # one round without a gain above ε: patience 2 not yet spent
+        ([0.25, 0.6, 0.605, 0.59], True),
+        ([0.25, 0.6, 0.605, 0.7], False),
+        ([0.5, 0.45, 0.5], True),  # never beat the model in use
+    ],
+)
+def test_a_run_stops_when_the_held_out_score_stalls(scores: list[float], stop: bool) -> None:
+    assert stalled(scores, epsilon=0.01, patience=2) is stop
+
+
+def test_the_trainer_queue_starts_a_run_when_enough_feedback_arrived(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from flywheel.jobs import TrainerQueue
+
+    settings = load_settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        queue_url=f"sqlite:///{tmp_path / 'queue.db'}",
+        teacher_base_url="http://127.0.0.1:1/v1",
+        teacher_model="t",
+        flywheel_min_new_feedback=2,
+    )
+    trainer = TrainerQueue(settings, engine)
+    first = add_finding(engine)
+    with db.session_scope(engine) as session:
+        record_signal(session, first, SignalKind.REACTION, "+1", "ana", "a1")
+    assert trainer.start_due_runs(settings, engine) == []
+    second = add_finding(engine)
+    with db.session_scope(engine) as session:
+        session.get(Finding, second).review = "Another review."  # type: ignore[union-attr]
+        record_signal(session, second, SignalKind.SEVERITY, "minor", "bo", "s1")
+    assert trainer.start_due_runs(settings, engine) == ["severity"]
+    assert trainer.huey.pending_count() == 1 and trainer.huey.name == "reviewbot-trainer"
+    with Session(engine) as session:  # once a run has stored them, they are not new any more
+        data.store(session, SEVERITY, data.feedback_examples(engine, SEVERITY), ExampleSource.FEEDBACK)
+        session.add(FlywheelRun(task="severity", status=RunStatus.RUNNING))
+        session.commit()
+    assert trainer.start_due_runs(settings, engine) == []

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     )
     teacher_model: str | None = Field(None, description="teacher model name")
     teacher_api_key: SecretStr | None = Field(None, description="teacher API key")
+    reference_model: str | None = Field(
+        None,
+        description="model on the teacher's server that the student's explanations are judged against "
+        "(default: the examples' own answers)",
+    )
     public_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8080"), description="where forges reach this service (webhook URLs)"
     )

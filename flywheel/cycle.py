@@ -244,7 +244,9 @@ class Flywheel:
         attempts = await self._answer(
             student, model, exam.items.examples, f"round {number}: {model} takes the exam"
         )
-        exam_score = await score(self.spec, attempts, teacher, self.teacher_model, self.rng)
+        exam_score = await score(
+            self.spec, attempts, teacher, self.teacher_model, self.rng, self.settings.reference_model
+        )
         self.teacher_tokens += exam_score.teacher_tokens
         timings["take"] = time.monotonic() - clock
 
@@ -391,7 +393,9 @@ class Flywheel:
         self, student: LLMClient, teacher: LLMClient, model: str, heldout: list[Example]
     ) -> Score:
         attempts = await self._answer(student, model, heldout, f"held-out examples: {model}")
-        result = await score(self.spec, attempts, teacher, self.teacher_model, random.Random(1))
+        result = await score(
+            self.spec, attempts, teacher, self.teacher_model, random.Random(1), self.settings.reference_model
+        )
         self.teacher_tokens += result.teacher_tokens
         return result
 

@@ -8,7 +8,7 @@ import asyncio
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.llm import LLMClient, LLMError
@@ -84,18 +84,41 @@ async def preference(
     )
 
 
+async def against_reference(
+    teacher: LLMClient, model: str, spec: TaskSpec, attempts: Sequence[Attempt]
+) -> list[Attempt]:
+    """The attempts with each expected answer replaced by ``model``'s own answer (the seed's
+    reference model, e.g. a 70B); where that model fails, the example's answer stays."""
+    answers = await teacher.ask_many(
+        [spec.conversation(a.example.question) for a in attempts],
+        spec.answer_type,
+        model,
+        max_tokens=spec.max_tokens,
+    )
+    return [
+        a
+        if isinstance(answer, LLMError)
+        else replace(a, example=replace(a.example, answer=answer.value.model_dump()))
+        for a, answer in zip(attempts, answers, strict=True)
+    ]
+
+
 async def score(
     spec: TaskSpec,
     attempts: Sequence[Attempt],
     teacher: LLMClient | None,
     teacher_model: str,
     rng: random.Random,
+    reference_model: str | None = None,
 ) -> Score:
-    """The task's measure: accuracy by the code, or the teacher's pairwise preference."""
+    """The task's measure: accuracy by the code, or the teacher's pairwise preference against the
+    examples' answers (or, with ``reference_model``, against that model's answers)."""
     if spec.classification:
         return accuracy(attempts)
     if teacher is None:
         raise LLMError(f"the {spec.task} task is judged by the teacher, and none is configured")
+    if reference_model:
+        attempts = await against_reference(teacher, reference_model, spec, attempts)
     return await preference(teacher, teacher_model, spec, attempts, rng)
 
 

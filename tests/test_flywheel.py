@@ -32,7 +32,7 @@ from flywheel import data, registry
 from flywheel.curriculum import build_curriculum
 from flywheel.cycle import Plan, run_flywheel, stalled
 from flywheel.data import DataError, Example
-from flywheel.evaluate import accuracy, grade_exam, preference
+from flywheel.evaluate import accuracy, grade_exam, preference, score
 from flywheel.exam import Exam, TeacherError, write_exam
 from flywheel.spec import spec_for
 from flywheel.take import Attempt
@@ -282,6 +282,15 @@ def test_explanations_are_judged_pairwise_in_random_order(teacher_url: str) -> N
     ]
     score = asyncio.run(preference(client(teacher_url), MODEL, spec, sitting, random.Random(3)))
     assert score.verdicts == [1.0, 0.0, 0.0]  # the double prefers the shorter one, whichever side it is on
+
+
+def test_explanations_can_be_judged_against_a_reference_model(teacher_url: str) -> None:
+    spec = spec_for(Task.EXPLANATION)
+    question = {"code": "1 +x = 1", "review": "Leaks the handle.", "issue_type": "major"}
+    sitting = [Attempt(Example(question, {"explanation": "Tiny."}), {"explanation": "A short explanation."})]
+    alone = asyncio.run(score(spec, sitting, client(teacher_url), MODEL, random.Random(0)))
+    judged = asyncio.run(score(spec, sitting, client(teacher_url), MODEL, random.Random(0), "reference-70b"))
+    assert (alone.verdicts, judged.verdicts) == ([0.0], [1.0])  # the double's reference answer is longer
 
 
 # --- curriculum -----------------------------------------------------------------------------------

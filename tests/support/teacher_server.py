@@ -76,10 +76,16 @@ class Teacher:
         b = prompt.split("Explanation B:\n", 1)[1].split("\n\nAnswer with JSON", 1)[0]
         return {"preferred": "tie" if len(a) == len(b) else ("A" if len(a) < len(b) else "B")}  # shorter wins
 
+    def explain(self, prompt: str) -> dict[str, Any]:
+        return {"explanation": "A reference model's explanation of the issue."}
+
     def answer(self, prompt: str) -> tuple[int, Any]:
         kind = (
-            "exam" if "Write an exam" in prompt else "grade" if "Grade the exam" in prompt else "preference"
-        )
+            "exam" if "Write an exam" in prompt
+            else "grade" if "Grade the exam" in prompt
+            else "explain" if prompt.startswith("Task: explain")  # as the reference model
+            else "preference"
+        )  # fmt: skip
         with self.lock:
             self.calls[kind] += 1
             self.prompts.append(prompt)
@@ -90,12 +96,14 @@ class Teacher:
                 return 200, '{"items": [{"question": '
             value = getattr(self, kind)(prompt)
         key = "items" if kind == "exam" else "examples"
-        if fault == "wrong_labels" and kind != "preference":
+        if kind in ("preference", "explain"):
+            return 200, json.dumps(value)
+        if fault == "wrong_labels":
             for item in value[key][::2]:
                 item["answer"] = {"issue_type": "catastrophic"}
-        elif fault == "empty" and kind != "preference":
+        elif fault == "empty":
             value[key] = []
-        elif fault == "duplicates" and kind != "preference":
+        elif fault == "duplicates":
             value[key] = value[key][:1] * len(value[key])
         elif fault == "no_feedback" and kind == "grade":
             value["feedback"] = ""
@@ -126,7 +134,7 @@ def teacher_app(teacher: Teacher) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
-        prompt = body["messages"][-1]["content"]
+        prompt = body["messages"][-1]["content"]  # the user's message: the system one is the student's
         status, content = teacher.answer(prompt)
         if status != 200:
             return JSONResponse(content, status_code=status)

@@ -135,7 +135,6 @@ class Flywheel:
         self.settings, self.engine, self.plan = settings, engine, plan
         self.spec: TaskSpec = spec_for(plan.task)
         self.report = Reporter(console)
-        self.rng = random.Random(0)
         self.teacher_tokens = 0
         self.teacher_model = settings.teacher_model or ""
         self.base_weights = settings.student_weights or settings.student_model
@@ -147,6 +146,7 @@ class Flywheel:
             session.refresh(run)
         assert run.id is not None
         self.run_id = run.id
+        self.rng = random.Random(run.id)  # another sample of the task data for the teacher each run
         self.run_dir = settings.flywheel_dir / "runs" / str(run.id)
 
     # --- the run ---------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False  # trades compute for memory on long sequences or big batches
     logging_steps: int = 1  # how often a loss is recorded for FinetuneResult.losses and the plot
+    in_order: bool = False  # train in the curriculum's order (easy to hard) instead of shuffled
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> FinetuneConfig:
@@ -300,6 +301,7 @@ def build_trainer(
         log_level="error",
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if config.in_order else "random",
         dataloader_pin_memory=torch.cuda.is_available(),
         **_checkpointing(SFTConfig, config.gradient_checkpointing),
     )

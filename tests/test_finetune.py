@@ -115,6 +115,16 @@ def test_the_loss_covers_the_answer_and_its_end_of_turn_only(
         assert (labels[~real] == -100).all()  # no padding in the loss
 
 
+def test_the_curriculum_order_can_be_kept(tiny_student: TinyStudent, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
+    dataset = chat_dataset(chats(make_examples(8, seed=2)))
+    ordered = build_trainer(model, tokenizer, dataset, tmp_path, FinetuneConfig(in_order=True))
+    assert list(ordered._get_train_sampler()) == list(range(8))  # easy to hard, as given
+    shuffled = build_trainer(model, tokenizer, dataset, tmp_path, FinetuneConfig())
+    assert sorted(shuffled._get_train_sampler()) == list(range(8))
+
+
 def test_fine_tuning_teaches_the_student(
     trained: FinetuneResult, tiny_student: TinyStudent, tmp_path: Path
 ) -> None:

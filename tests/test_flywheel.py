@@ -32,7 +32,7 @@ from flywheel import data, registry
 from flywheel.curriculum import build_curriculum
 from flywheel.cycle import Plan, run_flywheel, stalled
 from flywheel.data import DataError, Example
-from flywheel.evaluate import accuracy, grade_exam, preference, score
+from flywheel.evaluate import Grade, accuracy, grade_exam, preference, score
 from flywheel.exam import Exam, TeacherError, write_exam
 from flywheel.spec import spec_for
 from flywheel.take import Attempt
@@ -229,21 +229,16 @@ def test_accuracy_is_counted_per_label() -> None:
     assert score.failed == 1
 
 
+def grade(url: str, sitting: list[Attempt], data: list[Example], count: int) -> Grade:
+    return asyncio.run(
+        grade_exam(client(url), MODEL, SEVERITY, sitting, accuracy(sitting), data=data, count=count,
+                   known=set(), rng=random.Random(0))
+    )  # fmt: skip
+
+
 def test_the_teacher_grades_and_aims_new_examples_at_mistakes(teacher_url: str, teacher: Teacher) -> None:
     sitting = attempts(["critical"] * 12)  # right only on the three critical markers
-    graded = asyncio.run(
-        grade_exam(
-            client(teacher_url),
-            MODEL,
-            SEVERITY,
-            sitting,
-            accuracy(sitting),
-            data=examples(3, seed=9),
-            count=10,
-            known=set(),
-            rng=random.Random(0),
-        )
-    )
+    graded = grade(teacher_url, sitting, data=examples(3, seed=9), count=10)
     assert graded.proficiency == 1 + round(9 * 3 / 12)
     assert "Leaks" in graded.feedback and "Corrupts" not in graded.feedback
     assert len(graded.new.examples) == 10
@@ -255,19 +250,7 @@ def test_a_grade_without_feedback_is_an_error(teacher_url: str, teacher: Teacher
     teacher.faults = ["no_feedback"]
     sitting = attempts(["minor"] * 4)
     with pytest.raises(TeacherError, match="no written feedback"):
-        asyncio.run(
-            grade_exam(
-                client(teacher_url),
-                MODEL,
-                SEVERITY,
-                sitting,
-                accuracy(sitting),
-                data=[],
-                count=2,
-                known=set(),
-                rng=random.Random(0),
-            )
-        )
+        grade(teacher_url, sitting, data=[], count=2)
 
 
 def test_explanations_are_judged_pairwise_in_random_order(teacher_url: str) -> None:

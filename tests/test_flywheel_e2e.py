@@ -61,14 +61,17 @@ def flywheel_env(
     }
 
 
+def heldout_file(folder: Path, examples: list[dict[str, Any]]) -> Path:
+    path = folder / "heldout.jsonl"
+    data.write_jsonl(path, [data.parse_example(spec_for("severity"), e, "test") for e in examples])
+    return path
+
+
 @pytest.mark.vllm
 def test_the_flywheel_teaches_the_student(
     vllm_server: VLLMServer, tiny_student: TinyStudent, tmp_path: Path
 ) -> None:
-    heldout = tmp_path / "heldout.jsonl"
-    data.write_jsonl(
-        heldout, [data.parse_example(spec_for("severity"), e, "t") for e in make_examples(48, seed=100)]
-    )
+    heldout = heldout_file(tmp_path, make_examples(48, seed=100))
     teacher = Teacher()
     started = time.monotonic()
     with teacher_server(teacher) as teacher_url:
@@ -132,10 +135,7 @@ def test_the_flywheel_teaches_the_student(
 def test_an_adapter_vllm_refuses_fails_the_run(
     vllm_server: VLLMServer, tiny_student: TinyStudent, tmp_path: Path
 ) -> None:
-    heldout = tmp_path / "heldout.jsonl"
-    data.write_jsonl(
-        heldout, [data.parse_example(spec_for("severity"), e, "t") for e in make_examples(8, seed=3)]
-    )
+    heldout = heldout_file(tmp_path, make_examples(8, seed=3))
     with teacher_server(Teacher()) as teacher_url:
         env = {
             **flywheel_env(tmp_path, vllm_server, tiny_student, teacher_url),

@@ -117,12 +117,14 @@ def test_the_loss_covers_the_answer_and_its_end_of_turn_only(
 
 def test_the_curriculum_order_can_be_kept(tiny_student: TinyStudent, tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
     dataset = chat_dataset(chats(make_examples(8, seed=2)))
-    ordered = build_trainer(model, tokenizer, dataset, tmp_path, FinetuneConfig(in_order=True))
-    assert list(ordered._get_train_sampler()) == list(range(8))  # easy to hard, as given
-    shuffled = build_trainer(model, tokenizer, dataset, tmp_path, FinetuneConfig())
-    assert sorted(shuffled._get_train_sampler()) == list(range(8))
+
+    def sampler(config: FinetuneConfig) -> list[int]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
+        return list(build_trainer(model, tokenizer, dataset, tmp_path, config)._get_train_sampler())
+
+    assert sampler(FinetuneConfig(in_order=True)) == list(range(8))  # easy to hard, as given
+    assert sorted(sampler(FinetuneConfig())) == list(range(8))
 
 
 def test_fine_tuning_teaches_the_student(

@@ -156,7 +156,7 @@ class Flywheel:
         try:
             teacher = LLMClient.teacher(self.settings)
             outcome = asyncio.run(self._run(teacher))
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: a run must not stay "running" forever
             reason = str(exc) or type(exc).__name__
             self._finish(RunStatus.FAILED, error=f"{type(exc).__name__}: {reason}")
             self.report.say(f"[red]run {self.run_id} failed:[/red] {reason}")

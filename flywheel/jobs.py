@@ -4,6 +4,7 @@ starts a flywheel run once reviewers have labelled enough new examples since the
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from huey import Huey, crontab
@@ -18,6 +19,7 @@ from flywheel.spec import spec_for
 
 log = logging.getLogger(__name__)
 TRAINER_QUEUE = "reviewbot-trainer"
+STALE_RUN = timedelta(hours=24)  # without a wall-time budget, a run older than this is presumed dead
 TRAINED_TASKS = (Task.SEVERITY,)  # the explanation task needs a reference model's answers first
 
 
@@ -33,6 +35,26 @@ def new_feedback_examples(engine: sa.Engine, task: Task) -> int:
             ).all()
         )
     return sum(1 for example in feedback_examples(engine, spec) if example.key not in stored)
+
+
+def abandon_stale_runs(engine: sa.Engine, older_than: timedelta, now: datetime | None = None) -> int:
+    """Mark failed the runs still "running" long after they started: their process died (a killed
+    worker, a lost machine) and would otherwise block every later run."""
+    cutoff = (now or datetime.now(UTC)) - older_than
+    with Session(engine) as session:
+        stale = session.exec(
+            select(FlywheelRun).where(
+                col(FlywheelRun.status) == RunStatus.RUNNING, col(FlywheelRun.started_at) < cutoff
+            )
+        ).all()
+        for run in stale:
+            log.warning("flywheel run %s was abandoned (started %s)", run.id, run.started_at)
+            run.status = RunStatus.FAILED
+            run.error = f"abandoned: still running {older_than} after it started; its process is gone"
+            run.finished_at = datetime.now(UTC)
+            session.add(run)
+        session.commit()
+    return len(stale)
 
 
 def running(engine: sa.Engine) -> bool:
@@ -60,6 +82,8 @@ class TrainerQueue:
 
     def start_due_runs(self, settings: Settings, engine: sa.Engine) -> list[str]:
         """Queue a run for each task with enough new feedback; returns the tasks queued."""
+        budget = timedelta(minutes=settings.flywheel_max_minutes) if settings.flywheel_max_minutes else None
+        abandon_stale_runs(engine, 2 * budget if budget else STALE_RUN)
         if settings.teacher_base_url is None or running(engine):
             return []
         due = []

@@ -457,3 +457,21 @@ def test_the_trainer_queue_starts_a_run_when_enough_feedback_arrived(
         session.add(FlywheelRun(task="severity", status=RunStatus.RUNNING))
         session.commit()
     assert trainer.start_due_runs(settings, engine) == []
+
+
+def test_a_run_whose_process_died_is_abandoned(engine: sa.Engine) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from flywheel.jobs import STALE_RUN, abandon_stale_runs, running
+
+    with Session(engine) as session:
+        session.add(
+            FlywheelRun(task="severity", started_at=datetime.now(UTC) - STALE_RUN - timedelta(minutes=1))
+        )
+        session.add(FlywheelRun(task="severity", started_at=datetime.now(UTC) - timedelta(hours=1)))
+        session.commit()
+    assert abandon_stale_runs(engine, STALE_RUN) == 1
+    assert running(engine)  # the recent one may well be alive
+    with Session(engine) as session:
+        dead = session.exec(select(FlywheelRun).where(FlywheelRun.status == RunStatus.FAILED)).one()
+    assert dead.error is not None and dead.error.startswith("abandoned")

@@ -39,6 +39,7 @@ from flywheel.take import Attempt
 from tests.support.scripted_server import Script, completion, scripted_server
 from tests.support.severity_task import MARKERS, make_examples
 from tests.support.teacher_server import MODEL, Teacher, teacher_server
+from tests.support.tiny_model import TinyStudent
 from tests.support.vllm_server import free_port
 from tests.test_feedback import add_finding
 
@@ -475,3 +476,20 @@ def test_a_run_whose_process_died_is_abandoned(engine: sa.Engine) -> None:
     with Session(engine) as session:
         dead = session.exec(select(FlywheelRun).where(FlywheelRun.status == RunStatus.FAILED)).one()
     assert dead.error is not None and dead.error.startswith("abandoned")
+
+
+def test_a_launcher_runs_the_fine_tuning_in_another_process(
+    engine: sa.Engine, tiny_student: TinyStudent, tmp_path: Path
+) -> None:
+    from flywheel.cycle import Flywheel
+
+    settings = load_settings(
+        database_url=engine.url.render_as_string(hide_password=False), flywheel_dir=tmp_path,
+        student_weights=str(tiny_student.path), finetune_launcher="python",  # as `accelerate launch …` would
+        finetune={"rank": 4, "alpha": 8, "epochs": 1, "batch_size": 4},
+    )  # fmt: skip
+    flywheel = Flywheel(settings, engine, Plan.from_settings(settings, Task.SEVERITY))
+    trained = flywheel._finetune(examples(8), tmp_path / "adapters" / "severity-v1", tmp_path / "round-1")
+    assert trained.adapter_dir == (tmp_path / "adapters" / "severity-v1").resolve()
+    assert (trained.adapter_dir / "adapter_model.safetensors").is_file() and trained.train_tokens > 0
+    assert (tmp_path / "round-1" / "finetune-job.json").is_file()

@@ -111,8 +111,9 @@ class Reporter:
         self.console = console
 
     def say(self, message: str) -> None:
-        log.info(message)
-        if self.console is not None:
+        if self.console is None:  # a queue worker: the log is where people look
+            log.info(message)
+        else:
             self.console.print(message, highlight=False)
 
     def bar(self, label: str, total: int) -> tuple[Progress | None, Callable[[], None] | None]:
@@ -159,8 +160,7 @@ class Flywheel:
         except BaseException as exc:  # an interrupt too: a run must not stay "running" forever
             reason = str(exc) or type(exc).__name__
             self._finish(RunStatus.FAILED, error=f"{type(exc).__name__}: {reason}")
-            self.report.say(f"[red]run {self.run_id} failed:[/red] {reason}")
-            raise
+            raise  # the CLI prints it, a queue worker logs it
         return self._finish(RunStatus.DONE, outcome=outcome)
 
     async def _run(self, teacher: LLMClient) -> str:

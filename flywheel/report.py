@@ -20,7 +20,8 @@ def plot_run(run: FlywheelRun, out: Path) -> Path:
     if baseline is not None:
         axes.axhline(baseline["heldout"], color="grey", linestyle="--", label=f"before: {baseline['model']}")
     numbers = [r["round"] for r in rounds]
-    axes.plot(numbers, [r["heldout"] for r in rounds], "o-", label="held-out score")
+    held = [r for r in run.rounds if "heldout" in r]  # round 0 too: where the run started from
+    axes.plot([r["round"] for r in held], [r["heldout"] for r in held], "o-", label="held-out score")
     axes.plot(numbers, [r["exam_score"] for r in rounds], "s--", label="exam score")
     axes.plot(numbers, [r["teacher_score"] / 10 for r in rounds], "^:", label="teacher's grade / 10")
     for entry in rounds:
@@ -29,8 +30,7 @@ def plot_run(run: FlywheelRun, out: Path) -> Path:
     axes.set_xlabel("round")
     axes.set_ylabel("score")
     axes.set_ylim(0, 1.05)
-    if numbers:
-        axes.set_xticks(numbers)
+    axes.set_xticks([r["round"] for r in held])
     axes.set_title(f"flywheel run {run.id}: {run.task} ({run.status})")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)

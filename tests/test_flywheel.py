@@ -493,3 +493,17 @@ def test_a_launcher_runs_the_fine_tuning_in_another_process(
     assert trained.adapter_dir == (tmp_path / "adapters" / "severity-v1").resolve()
     assert (trained.adapter_dir / "adapter_model.safetensors").is_file() and trained.train_tokens > 0
     assert (tmp_path / "round-1" / "finetune-job.json").is_file()
+
+
+def test_confirmed_findings_teach_the_explanation_task(engine: sa.Engine) -> None:
+    confirmed, corrected = add_finding(engine), add_finding(engine)
+    with db.session_scope(engine) as session:
+        for finding_id in (confirmed, corrected):
+            session.get(Finding, finding_id).explanation = f"Explained {finding_id}."  # type: ignore[union-attr]
+        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1")
+        record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1")
+    [example] = data.feedback_examples(engine, spec_for(Task.EXPLANATION))
+    assert example.question["issue_type"] == "major"
+    assert example.answer == {
+        "explanation": f"Explained {confirmed}."
+    }  # a corrected one argued a wrong severity

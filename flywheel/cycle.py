@@ -7,6 +7,7 @@ new adapter is promoted if it beats what the review pipeline uses by the margin.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import random
 import shlex
@@ -72,6 +73,12 @@ class Plan:
             tuning = FinetuneConfig.from_overrides(settings.finetune)
         except ValueError as exc:
             raise ConfigError(f"REVIEWBOT_FINETUNE: {exc}") from None
+        missing = [m for m in ("torch", "peft", "trl") if importlib.util.find_spec(m) is None]
+        if missing and not settings.finetune_launcher:
+            raise ConfigError(
+                f"fine-tuning needs {', '.join(missing)}: install the trainer's extra, "
+                "pip install 'reviewbot[train]' (or set REVIEWBOT_FINETUNE_LAUNCHER to a Python that has it)"
+            )
         if tuning.rank > settings.max_lora_rank:
             raise ConfigError(
                 f"REVIEWBOT_FINETUNE: rank {tuning.rank} is above REVIEWBOT_MAX_LORA_RANK "

@@ -82,6 +82,14 @@ def response_format(answer_type: type[BaseModel]) -> ResponseFormatJSONSchema:
     }
 
 
+def check_teacher(settings: Settings) -> None:
+    """Raise ``ConfigError`` unless a teacher is configured (the flywheel needs one)."""
+    if settings.teacher_base_url is None or not settings.teacher_model:
+        raise ConfigError(
+            "the teacher is not configured: set REVIEWBOT_TEACHER_BASE_URL and REVIEWBOT_TEACHER_MODEL"
+        )
+
+
 class LLMClient:
     """One OpenAI-compatible server (the student's vLLM or the teacher)."""
 
@@ -121,10 +129,7 @@ class LLMClient:
 
     @classmethod
     def teacher(cls, settings: Settings) -> LLMClient:
-        if settings.teacher_base_url is None or not settings.teacher_model:
-            raise ConfigError(
-                "the teacher is not configured: set REVIEWBOT_TEACHER_BASE_URL and REVIEWBOT_TEACHER_MODEL"
-            )
+        check_teacher(settings)
         key = settings.teacher_api_key.get_secret_value() if settings.teacher_api_key else "EMPTY"
         return cls(
             str(settings.teacher_base_url),

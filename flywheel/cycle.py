@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlmodel import Session
 
 from bot.config import ConfigError, Settings
-from bot.llm import LLMClient
+from bot.llm import LLMClient, check_teacher
 from bot.models import ExampleSource, ExampleSplit, FlywheelRun, RunStatus, Task
 from bot.serving import load_missing_adapters, served_models
 from flywheel import data, registry
@@ -73,6 +73,7 @@ class Plan:
             tuning = FinetuneConfig.from_overrides(settings.finetune)
         except ValueError as exc:
             raise ConfigError(f"REVIEWBOT_FINETUNE: {exc}") from None
+        check_teacher(settings)  # before a run is recorded
         missing = [m for m in ("torch", "peft", "trl") if importlib.util.find_spec(m) is None]
         if missing and not settings.finetune_launcher:
             raise ConfigError(

@@ -410,10 +410,13 @@ def test_a_run_without_held_out_examples_says_what_to_do(engine: sa.Engine, tmp_
 def test_fine_tuning_settings_are_checked() -> None:
     from bot.config import ConfigError
 
+    teacher = {"teacher_base_url": "http://127.0.0.1:1/v1", "teacher_model": "t"}
     with pytest.raises(ConfigError, match="REVIEWBOT_FINETUNE: unknown fine-tuning setting 'lr'"):
-        Plan.from_settings(load_settings(finetune={"lr": 1}), Task.SEVERITY)
+        Plan.from_settings(load_settings(finetune={"lr": 1}, **teacher), Task.SEVERITY)
     with pytest.raises(ConfigError, match="rank 32 is above REVIEWBOT_MAX_LORA_RANK 16"):
-        Plan.from_settings(load_settings(finetune={"rank": 32}, max_lora_rank=16), Task.SEVERITY)
+        Plan.from_settings(load_settings(finetune={"rank": 32}, max_lora_rank=16, **teacher), Task.SEVERITY)
+    with pytest.raises(ConfigError, match="the teacher is not configured"):
+        Plan.from_settings(load_settings(), Task.SEVERITY)
 
 
 @pytest.mark.parametrize(
@@ -487,6 +490,7 @@ def test_a_launcher_runs_the_fine_tuning_in_another_process(
         database_url=engine.url.render_as_string(hide_password=False), flywheel_dir=tmp_path,
         student_weights=str(tiny_student.path), finetune_launcher="python",  # as `accelerate launch …` would
         finetune={"rank": 4, "alpha": 8, "epochs": 1, "batch_size": 4},
+        teacher_base_url="http://127.0.0.1:1/v1", teacher_model="t",
     )  # fmt: skip
     flywheel = Flywheel(settings, engine, Plan.from_settings(settings, Task.SEVERITY))
     trained = flywheel._finetune(examples(8), tmp_path / "adapters" / "severity-v1", tmp_path / "round-1")

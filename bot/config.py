@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     )
     teacher_model: str | None = Field(None, description="teacher model name")
     teacher_api_key: SecretStr | None = Field(None, description="teacher API key")
+    teacher_max_tokens: int = Field(
+        8192, ge=1000, description="most tokens the teacher may write in one answer; big exams come in parts"
+    )
     reference_model: str | None = Field(
         None,
         description="model on the teacher's server that the student's explanations are judged against "

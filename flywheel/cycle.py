@@ -239,6 +239,7 @@ class Flywheel:
             feedback=feedback,
             known=known.keys,
             rng=self.rng,
+            max_tokens=self.settings.teacher_max_tokens,
         )
         self.teacher_tokens += exam.teacher_tokens
         data.write_jsonl(round_dir / "exam.jsonl", exam.items.examples)
@@ -269,6 +270,7 @@ class Flywheel:
             count=self.plan.new_examples,
             known=known.keys,
             rng=self.rng,
+            max_tokens=self.settings.teacher_max_tokens,
         )
         self.teacher_tokens += grade.teacher_tokens
         timings["evaluate"] = time.monotonic() - clock

@@ -13,13 +13,14 @@ from typing import Any
 
 from bot.llm import LLMClient, LLMError
 from flywheel.data import Example
-from flywheel.exam import TOKENS_PER_ITEM, Items, TeacherError, ask_teacher, parse_items, sample
+from flywheel.exam import DATA_SAMPLE, Items, TeacherError, ask_in_parts, items_of, parse_items, parts, sample
 from flywheel.spec import TaskSpec
 from flywheel.take import Attempt
 from prompts import render
 from prompts.answers import Preference
 
 WIN, TIE, LOSS = 1.0, 0.5, 0.0
+GRADE_OVERHEAD = 800  # the score and the written feedback around the examples
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,11 @@ async def grade_exam(
     count: int,
     known: set[str],
     rng: random.Random,
+    max_tokens: int = 8192,
 ) -> Grade:
     """The teacher's grade of a sitting and ``count`` new training examples (new questions only:
-    not in ``known``, not exam questions)."""
+    not in ``known``, not exam questions). Examples beyond what fits ``max_tokens`` are asked for
+    with the same prompt in further calls, whose grades are not used."""
     results = [
         {
             "question": a.example.question,
@@ -155,20 +158,30 @@ async def grade_exam(
         }
         for a, verdict in zip(attempts, exam_score.verdicts, strict=True)
     ]
-    prompt = render(
-        "exam_evaluation",
-        task_prompt=spec.task_prompt(),
-        results=results,
-        exam_score=f"{exam_score.value:.0%} ({sum(v == WIN for v in exam_score.verdicts)} of {len(results)})",
-        data=sample(data, 20, rng),
-        count=count,
+    shown = sample(data, DATA_SAMPLE, rng)
+    right = sum(v == WIN for v in exam_score.verdicts)
+
+    def prompt_for(part: int) -> str:
+        return render(
+            "exam_evaluation",
+            task_prompt=spec.task_prompt(),
+            results=results,
+            exam_score=f"{exam_score.value:.0%} ({right} of {len(results)})",
+            data=shown,
+            count=part,
+        )
+
+    answers = await ask_in_parts(
+        teacher, model, prompt_for, spec.grade_type, parts(count, max_tokens, GRADE_OVERHEAD), GRADE_OVERHEAD
     )
-    answer = await ask_teacher(teacher, model, prompt, spec.grade_type, count * TOKENS_PER_ITEM + 800)
+    answer = answers[0]
     proficiency, feedback = answer.value.get("score"), answer.value.get("feedback")
     if not isinstance(proficiency, int) or isinstance(proficiency, bool) or not 1 <= proficiency <= 10:
         raise TeacherError(f"the teacher {model} graded with score {proficiency!r}; expected an integer 1-10")
     if not isinstance(feedback, str) or not feedback.strip():
         raise TeacherError(f"the teacher {model} gave no written feedback on the exam")
     exam_keys = {a.example.key for a in attempts}
-    new = parse_items(spec, answer.value.get("examples"), known | exam_keys, f"grade from {model}")
-    return Grade(proficiency, feedback.strip(), new, answer.prompt_tokens + answer.completion_tokens)
+    written = [item for part in answers for item in items_of(part.value.get("examples"))]
+    new = parse_items(spec, written, known | exam_keys, f"grade from {model}")
+    tokens = sum(a.prompt_tokens + a.completion_tokens for a in answers)
+    return Grade(proficiency, feedback.strip(), new, tokens)

@@ -4,8 +4,9 @@ duplicate is dropped and counted, the rest is kept."""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from prompts import render
 
 TEACHER_ATTEMPTS = 2  # a teacher samples: one more try when its answer is not valid JSON
 TOKENS_PER_ITEM = 400  # room for one question with its code, in the teacher's answer
+EXAM_OVERHEAD = 200  # the answer's own JSON around the items
 DATA_SAMPLE = 20  # task-data examples shown to the teacher per prompt
 
 
@@ -66,6 +68,28 @@ async def ask_teacher(
     raise AssertionError("unreachable")
 
 
+def parts(count: int, max_tokens: int, overhead: int) -> list[int]:
+    """``count`` items split into asks that each fit the teacher's ``max_tokens`` (a model's output
+    limit, or its context window less the prompt); the first part is the largest."""
+    per_call = max(1, (max_tokens - overhead) // TOKENS_PER_ITEM)
+    return [min(per_call, count - start) for start in range(0, count, per_call)]
+
+
+async def ask_in_parts(
+    teacher: LLMClient,
+    model: str,
+    prompt_for: Callable[[int], str],
+    schema: type[BaseModel],
+    counts: list[int],
+    overhead: int,
+) -> list[Answer[dict[str, Any]]]:
+    """One teacher call per part, all at once."""
+    calls = [
+        ask_teacher(teacher, model, prompt_for(n), schema, n * TOKENS_PER_ITEM + overhead) for n in counts
+    ]
+    return list(await asyncio.gather(*calls))
+
+
 def sample(examples: Sequence[Example], count: int, rng: random.Random) -> list[dict[str, Any]]:
     chosen = rng.sample(list(examples), min(count, len(examples)))
     return [{"question": e.question, "answer": e.answer} for e in chosen]
@@ -89,25 +113,38 @@ async def write_exam(
     feedback: str | None,
     known: set[str],
     rng: random.Random,
+    max_tokens: int = 8192,
 ) -> Exam:
-    """Ask the teacher for ``count`` questions; ``known`` holds the keys of the training and held-out
-    examples, which an exam must not repeat."""
-    prompt = render(
-        "exam",
-        task_prompt=spec.task_prompt(),
-        question_fields=spec.question_fields,
-        answer_example=spec.answer_example,
-        data=sample(data, DATA_SAMPLE, rng),
-        complaints=complaints,
-        proficiency=proficiency,
-        feedback=feedback,
-        count=count,
+    """Ask the teacher for ``count`` questions (in parts that fit ``max_tokens``); ``known`` holds
+    the keys of the training and held-out examples, which an exam must not repeat."""
+    shown = sample(data, DATA_SAMPLE, rng)
+
+    def prompt_for(part: int) -> str:
+        return render(
+            "exam",
+            task_prompt=spec.task_prompt(),
+            question_fields=spec.question_fields,
+            answer_example=spec.answer_example,
+            data=shown,
+            complaints=complaints,
+            proficiency=proficiency,
+            feedback=feedback,
+            count=part,
+        )
+
+    answers = await ask_in_parts(
+        teacher, model, prompt_for, spec.exam_type, parts(count, max_tokens, EXAM_OVERHEAD), EXAM_OVERHEAD
     )
-    answer = await ask_teacher(teacher, model, prompt, spec.exam_type, count * TOKENS_PER_ITEM + 200)
-    items = parse_items(spec, answer.value.get("items"), known, f"exam from {model}")
+    written = [item for answer in answers for item in items_of(answer.value.get("items"))]
+    items = parse_items(spec, written, known, f"exam from {model}")
     if not items.examples:
         raise TeacherError(
             f"the teacher {model} wrote no usable exam question: {items.malformed} malformed, "
             f"{items.duplicates} duplicates. {' '.join(items.problems[:2])}"
         )
-    return Exam(items, answer.prompt_tokens + answer.completion_tokens)
+    return Exam(items, sum(a.prompt_tokens + a.completion_tokens for a in answers))
+
+
+def items_of(value: Any) -> list[Any]:
+    """A part's items; a part that is not a list counts as one malformed item."""
+    return value if isinstance(value, list) else [value]

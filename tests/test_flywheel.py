@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def client(url: str) -> LLMClient:
     return LLMClient(url, "key", role="teacher", max_retries=1, backoff_s=0.01)
 
 
-def exam(url: str, known: set[str] = frozenset(), count: int = 12) -> Exam:  # type: ignore[assignment]
+def exam(url: str, known: set[str] = frozenset(), count: int = 12, max_tokens: int = 8192) -> Exam:  # type: ignore[assignment]
     return asyncio.run(
         write_exam(
             client(url),
@@ -79,6 +80,7 @@ def exam(url: str, known: set[str] = frozenset(), count: int = 12) -> Exam:  # t
             feedback=None,
             known=set(known),
             rng=random.Random(0),
+            max_tokens=max_tokens,
         )
     )
 
@@ -170,6 +172,16 @@ def test_the_teacher_writes_an_exam(teacher_url: str, teacher: Teacher) -> None:
     assert result.teacher_tokens > 0
 
 
+def test_a_big_exam_is_asked_for_in_parts_that_fit_the_teachers_output(
+    teacher_url: str, teacher: Teacher
+) -> None:
+    result = exam(teacher_url, count=12, max_tokens=2200)  # room for 5 items an answer
+    assert len(result.items.examples) == 12 and teacher.calls["exam"] == 3
+    assert sorted(re.findall(r"Write (\d+) new exam", "".join(teacher.prompts))) == ["2", "5", "5"]
+    graded = grade(teacher_url, attempts(["minor"] * 4), data=[], count=10, max_tokens=2800)
+    assert len(graded.new.examples) == 10 and teacher.calls["grade"] == 2
+
+
 def test_known_questions_are_not_asked_again(teacher_url: str, teacher: Teacher) -> None:
     first = exam(teacher_url, count=12)
     teacher.rng = random.Random(teacher.seed)  # the double writes the same questions again
@@ -230,10 +242,10 @@ def test_accuracy_is_counted_per_label() -> None:
     assert score.failed == 1
 
 
-def grade(url: str, sitting: list[Attempt], data: list[Example], count: int) -> Grade:
+def grade(url: str, sitting: list[Attempt], data: list[Example], count: int, max_tokens: int = 8192) -> Grade:
     return asyncio.run(
         grade_exam(client(url), MODEL, SEVERITY, sitting, accuracy(sitting), data=data, count=count,
-                   known=set(), rng=random.Random(0))
+                   known=set(), rng=random.Random(0), max_tokens=max_tokens)
     )  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from sqlmodel import Session, select
 from bot import db
 from bot.models import FlywheelRun, ModelStatus, ModelVersion, RunStatus
 from flywheel import data
+from flywheel.evaluate import GRADE_OVERHEAD
+from flywheel.exam import EXAM_OVERHEAD, parts
 from flywheel.spec import spec_for
 from tests.conftest import _timings
 from tests.support.gitrepo import commit, git, init_repo
@@ -107,7 +109,9 @@ def test_the_flywheel_teaches_the_student(
     assert {v.adapter_name for v in versions} <= {m["id"] for m in served}  # each hot-loaded
     [active] = [v for v in versions if v.status == ModelStatus.ACTIVE]
     assert active.metrics["heldout"] == max(scores[1:])
-    assert teacher.calls["exam"] == 3 and teacher.calls["grade"] == 3
+    # Three rounds, each exam (24) and batch of new examples (96) asked for in parts of at most 8192 tokens.
+    assert teacher.calls["exam"] == 3 * len(parts(24, 8192, EXAM_OVERHEAD)) == 6
+    assert teacher.calls["grade"] == 3 * len(parts(96, 8192, GRADE_OVERHEAD)) == 18
 
     # The review pipeline now rates with the promoted adapter.
     repo = init_repo(tmp_path / "app", {"app.py": "def f(x):\n    return x\n"})

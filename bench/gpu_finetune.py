@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
     from transformers.utils import is_flash_attn_2_available
 
-    from flywheel.finetune import FinetuneConfig, build_trainer, save_adapter
+    from flywheel.finetune import FinetuneConfig, build_trainer, check_vllm_compatible, save_adapter
     from tests.support.tiny_model import build_tokenizer
 
     cuda = torch.cuda.is_available()
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             trainer, root / "adapter", tuning, clock_started, float(output.metrics["train_runtime"])
         )
         steady = clock.tokens_per_s(args.warmup)
+        check_vllm_compatible(result.adapter_dir, max_rank=args.rank)
 
     print(f"tokens: {result.train_tokens:,} in {output.metrics['train_runtime']:.1f} s")
     print(f"throughput, all steps: {result.tokens_per_s:,.0f} tokens/s")

@@ -82,6 +82,11 @@ def response_format(answer_type: type[BaseModel]) -> ResponseFormatJSONSchema:
     }
 
 
+def validation_problems(exc: ValidationError) -> str:
+    """The first few problems of a pydantic error, one line: ``where: what; …``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:3])
+
+
 def check_teacher(settings: Settings) -> None:
     """Raise ``ConfigError`` unless a teacher is configured (the flywheel needs one)."""
     if settings.teacher_base_url is None or not settings.teacher_model:
@@ -166,10 +171,9 @@ class LLMClient:
         try:
             value = answer_type.model_validate_json(raw.value)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
             raise LLMBadAnswer(
                 f"{self._where()}: the answer of {model} does not match {answer_type.__name__} "
-                f"({problems}): {raw.value[:200]!r}"
+                f"({validation_problems(exc)}): {raw.value[:200]!r}"
             ) from None
         return Answer(value, model, raw.prompt_tokens, raw.completion_tokens, raw.seconds)
 

@@ -145,6 +145,7 @@ class Flywheel:
         self.spec: TaskSpec = spec_for(plan.task)
         self.report = Reporter(console)
         self.teacher_tokens = 0
+        self.baseline_model = ""  # the model in use when the run began: set by round 0
         self.teacher_model = settings.teacher_model or ""
         self.base_weights = settings.student_weights or settings.student_model
         self.adapters_dir = settings.flywheel_dir / "adapters"
@@ -177,6 +178,7 @@ class Flywheel:
             heldout = self._prepare_data()
             await load_missing_adapters(self.engine, student)
             baseline_model = served_models(self.settings, self.engine)[self.plan.task]
+            self.baseline_model = baseline_model
             baseline = await self._heldout_score(student, teacher, baseline_model, heldout)
             self._record(
                 {"round": 0, "model": baseline_model, "heldout": baseline.value, "detail": baseline.summary()}
@@ -315,7 +317,7 @@ class Flywheel:
             "heldout": held.value,
             "heldout_size": len(heldout),
             "baseline": baseline.value,
-            "baseline_model": self._baseline_model(),
+            "baseline_model": self.baseline_model,
             "run_id": self.run_id,
             "round": number,
             "train_loss": trained.losses[-1][1] if trained.losses else None,
@@ -450,11 +452,6 @@ class Flywheel:
                     f"the {self.plan.max_minutes:g}-minute budget"
                 )
         return None
-
-    def _baseline_model(self) -> str:
-        with Session(self.engine) as session:
-            run = session.get(FlywheelRun, self.run_id)
-            return str(run.rounds[0]["model"]) if run and run.rounds else ""
 
     def _record(self, entry: dict[str, Any]) -> None:
         with Session(self.engine) as session:

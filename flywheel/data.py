@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from bot.feedback import LabelState, labelled_findings, severity_examples
+from bot.llm import validation_problems
 from bot.models import ExampleSource, ExampleSplit, Task, TrainingExample
 from flywheel.spec import TaskSpec
 
@@ -56,10 +57,6 @@ class Example:
         return out
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:3])
-
-
 def parse_example(spec: TaskSpec, value: Any, where: str) -> Example:
     """Check one example against its task's question and answer types."""
     if not isinstance(value, dict):
@@ -71,7 +68,9 @@ def parse_example(spec: TaskSpec, value: Any, where: str) -> Example:
         try:
             parts[part] = model.model_validate(value.get(part)).model_dump()
         except ValidationError as exc:
-            raise DataError(f"{where}: {part} is not a {spec.task} {part}: {_problems(exc)}") from None
+            raise DataError(
+                f"{where}: {part} is not a {spec.task} {part}: {validation_problems(exc)}"
+            ) from None
     difficulty = value.get("difficulty")
     if difficulty is not None and (not isinstance(difficulty, int) or not 1 <= difficulty <= 5):
         raise DataError(f"{where}: difficulty must be an integer from 1 to 5, got {difficulty!r}")

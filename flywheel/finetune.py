@@ -190,8 +190,9 @@ def finetune(
     show_progress: bool = True,
 ) -> FinetuneResult:
     """LoRA on ``base_model`` with the chat examples, loss on the answer tokens only; saves the adapter
-    (adapter_config.json + adapter_model.safetensors, vLLM-loadable) in ``out_dir`` and checks it with
-    check_vllm_compatible. Under ``accelerate launch`` every process calls it; the main one saves."""
+    (adapter_config.json + adapter_model.safetensors, vLLM-loadable) in ``out_dir``; the registry checks
+    it against the server before loading. Under ``accelerate launch`` every process calls it; the main
+    one saves."""
     import torch
     from accelerate import PartialState  # type: ignore[import-untyped]
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -369,7 +370,6 @@ def save_adapter(
         out_dir.mkdir(parents=True, exist_ok=True)
         # save_embedding_layers=False: vLLM loads LoRA matrices only, never full embeddings
         accelerator.unwrap_model(trainer.model).save_pretrained(out_dir, save_embedding_layers=False)
-        check_vllm_compatible(out_dir, max_rank=config.rank)
         if plot:
             _plot_losses(losses, plot)
     accelerator.wait_for_everyone()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any
 
@@ -12,7 +10,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlmodel import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -34,18 +31,6 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
-@contextmanager
-def session_scope(engine: sa.Engine) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-
-
 def _alembic_config(connection: sa.Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("bot") / "migrations"))
@@ -61,6 +46,18 @@ def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
         after = MigrationContext.configure(connection).get_current_revision()
     assert after is not None
     return before, after
+
+
+def reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The database's own reason for a failure, in one line."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def schema_revisions(engine: sa.Engine) -> tuple[str | None, str]:
+    """(the database's migration revision, None when it has none; the newest this code knows)."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current, head_revision()
 
 
 def head_revision() -> str:

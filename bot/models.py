@@ -30,7 +30,7 @@ def _when(**kwargs: Any) -> Any:
     return Field(sa_type=sa.DateTime(timezone=True), **kwargs)
 
 
-class Forge(StrEnum):
+class ForgeKind(StrEnum):
     GITLAB = "gitlab"
     GITHUB = "github"
 
@@ -101,7 +101,6 @@ class Project(SQLModel, table=True):
     forge: str = Field(max_length=16)
     forge_url: str = Field(max_length=512)
     path: str = Field(max_length=512, description="namespace/project on GitLab, owner/repo on GitHub")
-    forge_project_id: str | None = Field(default=None, max_length=64)
     webhook_secret: str = Field(max_length=256)
     token_env: str | None = Field(default=None, max_length=128, description="variable holding the API token")
     bot_username: str | None = Field(
@@ -120,7 +119,6 @@ class Review(SQLModel, table=True):
     project_id: int = Field(foreign_key="project.id")
     mr_number: int
     head_sha: str = Field(max_length=64)
-    base_sha: str | None = Field(default=None, max_length=64)
     status: str = Field(default=ReviewStatus.QUEUED, max_length=16)
     error: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -138,6 +136,8 @@ class Review(SQLModel, table=True):
 
 
 class Finding(SQLModel, table=True):
+    """A finding as posted (or kept below the threshold) on a merge request, with the model that rated it."""
+
     id: int | None = Field(default=None, primary_key=True)
     review_id: int = Field(foreign_key="review.id", index=True)
     path: str = Field(max_length=1024)

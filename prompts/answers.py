@@ -6,12 +6,22 @@ run a string or a list past them and get cut off by ``max_tokens``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from bot.models import Severity as SeverityLevel
+from bot.models import Task
 
 MAX_ISSUES_PER_CHUNK = 5
-Severity = Literal["critical", "major", "minor", "trivial"]
+# The longest answer of each task, in tokens: the review pipeline and the flywheel ask with these.
+MAX_ANSWER_TOKENS = {Task.FIND: 1536, Task.SEVERITY: 32, Task.EXPLANATION: 384}
+
+# The severity enum of ``bot.models``, as an inline JSON-schema enum (no ``$ref``, which some
+# OpenAI-compatible servers refuse in strict schemas).
+Severity = Annotated[
+    SeverityLevel, WithJsonSchema({"type": "string", "enum": [level.value for level in SeverityLevel]})
+]
 
 
 class Strict(BaseModel):

@@ -1,14 +1,46 @@
-"""Forge adapters: one module per forge behind the protocol in ``base``."""
+"""Forge adapters: everything that knows GitLab or GitHub lives in this package.
+
+``base`` is the protocol the rest of the bot uses; ``gitlab`` and ``github`` implement it with
+python-gitlab and PyGithub (imported only when an adapter is made); ``gitlab_events`` and
+``github_events`` turn each forge's webhook payloads into forge-neutral ``WebhookEvent``s.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from bot.events import WebhookEvent
+from bot.forges import github_events, gitlab_events
 from bot.forges.base import Forge, ForgeError
-from bot.models import Forge as ForgeKind
-from bot.models import Project
+from bot.models import ForgeKind, Project
+
+ForgeFactory = Callable[[Project], Forge]
+"""Makes the adapter of a project: ``forge_for`` in production, a test's fake in tests."""
 
 DEFAULT_TOKEN_ENV = {ForgeKind.GITLAB: "GITLAB_TOKEN", ForgeKind.GITHUB: "GITHUB_TOKEN"}
+
+
+@dataclass(frozen=True)
+class WebhookFormat:
+    """How one forge signs, names and shapes its webhook deliveries."""
+
+    kind: ForgeKind
+    secret_matches: Callable[[Mapping[str, str], bytes, str], bool]  # (headers, raw body, secret)
+    delivery_id: Callable[[Mapping[str, str], bytes], str]  # the same across the forge's redeliveries
+    parse: Callable[[Mapping[str, str], dict[str, Any]], WebhookEvent]
+
+
+WEBHOOK_FORMATS = {
+    ForgeKind.GITLAB: WebhookFormat(
+        ForgeKind.GITLAB, gitlab_events.secret_matches, gitlab_events.delivery_id, gitlab_events.parse
+    ),
+    ForgeKind.GITHUB: WebhookFormat(
+        ForgeKind.GITHUB, github_events.secret_matches, github_events.delivery_id, github_events.parse
+    ),
+}
 
 
 def github_api_url(forge_url: str) -> str:

@@ -7,7 +7,7 @@ The review pipeline and the jobs use only this module: python-gitlab and PyGithu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -91,6 +91,14 @@ class BotComment:
     resolved: bool
 
 
+@dataclass(frozen=True)
+class PolledFeedback:
+    """One poll of an MR/PR's bot comments."""
+
+    reactions: dict[str, tuple[int, int]] = field(default_factory=dict)  # comment id -> (👍, 👎)
+    resolved: dict[str, bool] = field(default_factory=dict)  # thread id -> resolved
+
+
 class Forge(Protocol):
     """One project on one forge, authenticated as the bot."""
 
@@ -126,13 +134,11 @@ class Forge(Protocol):
         """Mark one of the bot's finding comments resolved/outdated (its line no longer exists)."""
         ...
 
-    def reaction_counts(
-        self, number: int, etag: str | None = None
-    ) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
-        """(👍, 👎) on each of the bot's review comments, by comment id, and the ETag to send next
-        time; None for the counts when nothing changed since ``etag`` (a conditional request, which
-        GitHub does not count against the rate limit). GitHub sends no webhook for reactions, so
-        they are polled; GitLab sends award webhooks and answers ({}, None)."""
+    def poll_feedback(self, number: int, etag: str | None = None) -> tuple[PolledFeedback | None, str | None]:
+        """The reviewers' signals this forge sends no webhook for, on the MR/PR's bot comments, and the
+        ETag to send next time; None when nothing changed since ``etag`` (a conditional request,
+        which GitHub does not count against the rate limit). GitHub: 👍/👎 counts (reactions fire no
+        webhook); GitLab: whether each bot discussion is resolved (awards arrive as webhooks)."""
         ...
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:

@@ -53,6 +53,7 @@ from bot.forges.base import (
     InlineComment,
     MergeRequest,
     Placement,
+    PolledFeedback,
     PostedComment,
     parse_marker,
 )
@@ -149,7 +150,9 @@ class GitHubForge:
             app_auth = Auth.AppAuth(app_id, private_key)
             auth = app_auth.get_installation_auth(installation_id)
         else:
-            raise ValueError("GitHubForge needs a token, or app_id, private_key and installation_id")
+            raise ForgeError(
+                "GitHubForge needs a token, or app_id, private_key and installation_id", retryable=False
+            )
         self._github = Github(auth=auth, lazy=True, **options)  # lazy: no GET before each write
         self._repo = self._github.get_repo(repo)
         with self._calling("read the bot's identity"):
@@ -266,9 +269,7 @@ class GitHubForge:
             if not resolved:
                 self._requester.graphql_query(_RESOLVE_MUTATION, {"threadId": thread_id})
 
-    def reaction_counts(
-        self, number: int, etag: str | None = None
-    ) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
+    def poll_feedback(self, number: int, etag: str | None = None) -> tuple[PolledFeedback | None, str | None]:
         with self._calling(f"read the reactions on pull request #{number}"):
             # A conditional request on the first page says whether anything changed; a 304 is free.
             status, headers, _ = self._requester.requestJson(
@@ -285,7 +286,7 @@ class GitHubForge:
                 for c in self._pr(number).get_review_comments()
                 if c.user.login == self.bot_username
             }
-            return counts, new_etag
+            return PolledFeedback(reactions=counts), new_etag
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         with self._calling(f"acknowledge comment {reply_to} on pull request #{number}"):

@@ -25,6 +25,7 @@ from bot.forges.base import (
     InlineComment,
     MergeRequest,
     Placement,
+    PolledFeedback,
     PostedComment,
     parse_marker,
 )
@@ -174,18 +175,25 @@ class GitLabForge:
 
     def resolve_comment(self, number: int, comment: BotComment) -> None:
         if comment.thread_id is None:
-            raise ValueError(f"note {comment.comment_id} has no discussion id; GitLab resolves discussions")
+            raise ForgeError(
+                f"note {comment.comment_id} has no discussion id; GitLab resolves discussions",
+                retryable=False,
+            )
         with self._call(f"resolve discussion {comment.thread_id} of merge request !{number}"):
             self._mr(number).discussions.update(comment.thread_id, {"resolved": True})
 
-    def reaction_counts(
-        self, number: int, etag: str | None = None
-    ) -> tuple[dict[str, tuple[int, int]] | None, str | None]:
-        return {}, None  # awards arrive as Emoji Hook webhooks
+    def poll_feedback(self, number: int, etag: str | None = None) -> tuple[PolledFeedback | None, str | None]:
+        # Awards arrive as Emoji Hook webhooks; a discussion's resolution does not. GitLab's notes API
+        # has no conditional requests, so there is no ETag to use.
+        del etag
+        threads = {c.thread_id: c.resolved for c in self.bot_comments(number) if c.thread_id}
+        return PolledFeedback(resolved=threads), None
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         if thread_id is None:
-            raise ValueError(f"note {reply_to} has no discussion id; GitLab replies go to discussions")
+            raise ForgeError(
+                f"note {reply_to} has no discussion id; GitLab replies go to discussions", retryable=False
+            )
         mr = self._mr(number)
         with self._call(f"react to note {reply_to} of merge request !{number}"):
             try:

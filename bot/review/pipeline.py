@@ -1,5 +1,8 @@
 """The review pipeline: diff → chunks → find → anchor check → rate → threshold → explain → result.
 
+It knows nothing of forges or the database: ``review.job`` feeds it a forge's diff and posts what it
+returns, ``reviewbot review`` feeds it a local git range.
+
 All model calls of one review go out at once (bounded by the LLM client's concurrency), chunk by
 chunk, so vLLM batches them and a slow chunk does not hold the others back. A call that fails after
 its retries costs only its own chunk or finding, which the result reports under ``failed``.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,14 +22,11 @@ from bot.diff import Diff, DiffLine, FileDiff, Hunk, LineKind
 from bot.llm import Answer, LLMClient, LLMError
 from bot.models import Severity, Side, Task
 from prompts import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer, conversation
-from prompts.answers import CandidateIssue
+from prompts.answers import MAX_ANSWER_TOKENS, CandidateIssue
 
 CHARS_PER_TOKEN = 3  # a safe under-estimate for code with Llama 3's tokenizer (about 3.5-4)
 SNIPPET_RADIUS = 6  # lines of the hunk shown around a finding to the rate and explain prompts
 SPLIT_OVERLAP = 2  # context lines repeated at the edges of the pieces of a split hunk
-FIND_MAX_TOKENS = 1536
-RATE_MAX_TOKENS = 32
-EXPLAIN_MAX_TOKENS = 384
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Chunk:
 
 
 @dataclass
-class Finding:
+class ReviewFinding:
+    """A finding of this review, before it is posted (the ``Finding`` table records it after)."""
+
     path: str
     line: int | None  # None: a file-level finding
     side: Side
@@ -84,11 +87,35 @@ class StageStats:
 
 
 @dataclass
+class ReviewStats:
+    """What a review did: sizes, where candidates went, the model calls per task, the wall time."""
+
+    files: int
+    chunks: int
+    changed_lines: int
+    changed_lines_reviewed: int
+    candidates: int  # issues the find step proposed
+    below_threshold: int  # rated below the threshold: dropped
+    anchors_moved: int  # pointed at a line not in the diff: moved to the nearest changed line
+    file_level: int  # pointed at a line not in the diff, with no changed line to move to
+    merged: int  # identical findings (same fingerprint) merged into one
+    findings: int
+    threshold: str
+    models: dict[str, str]  # task -> served model
+    stages: dict[str, StageStats]  # task -> its calls
+    wall_seconds: float
+
+
+@dataclass
 class ReviewResult:
-    findings: list[Finding]
+    findings: list[ReviewFinding]
     skipped: list[tuple[str, str]]
     failed: list[Failure]
-    stats: dict[str, Any]
+    stats: ReviewStats
+
+    def severity_counts(self) -> dict[Severity, int]:
+        """Findings per severity, most severe first, zeros included."""
+        return {s: sum(f.severity == s for f in self.findings) for s in Severity}
 
     def to_json(self) -> dict[str, Any]:
         keys = ("path", "line", "side", "severity", "title", "review", "explanation")
@@ -96,7 +123,7 @@ class ReviewResult:
             "findings": [{k: asdict(f)[k] for k in keys} for f in self.findings],
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
             "failed": [{"path": f.path, "error": f.error} for f in self.failed],
-            "stats": self.stats,
+            "stats": asdict(self.stats),
         }
 
 
@@ -215,29 +242,18 @@ class _Run:
     llm: LLMClient
     models: dict[Task, str]
     threshold: Severity
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[ReviewFinding] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     stages: dict[str, StageStats] = field(default_factory=lambda: {t.value: StageStats() for t in Task})
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            [
-                "changed_lines",
-                "changed_lines_reviewed",
-                "candidates",
-                "below_threshold",
-                "anchors_moved",
-                "file_level",
-            ],
-            0,
-        )
-    )
+    counts: Counter[str] = field(default_factory=Counter)  # the counters of ``ReviewStats``
 
-    async def call(
-        self, task: Task, answer_type: type[Any], max_tokens: int, template: str, **values: Any
-    ) -> Any:
+    async def call(self, task: Task, answer_type: type[Any], template: str, **values: Any) -> Any:
         try:
             answer = await self.llm.ask(
-                conversation(template, **values), answer_type, self.models[task], max_tokens=max_tokens
+                conversation(template, **values),
+                answer_type,
+                self.models[task],
+                max_tokens=MAX_ANSWER_TOKENS[task],
             )
         except LLMError as exc:
             self.stages[task.value].add(exc)
@@ -251,7 +267,7 @@ class _Run:
         self.counts["changed_lines"] += changed
         try:
             found: FindAnswer = await self.call(
-                Task.FIND, FindAnswer, FIND_MAX_TOKENS, "find",
+                Task.FIND, FindAnswer, "find",
                 path=path, code=chunk.text(), max_issues=MAX_ISSUES_PER_CHUNK,
             )  # fmt: skip
         except LLMError as exc:
@@ -271,7 +287,7 @@ class _Run:
         code = snippet(chunk, target)
         try:
             rated: RateAnswer = await self.call(
-                Task.SEVERITY, RateAnswer, RATE_MAX_TOKENS, "rate", code=code, review=issue.review
+                Task.SEVERITY, RateAnswer, "rate", code=code, review=issue.review
             )
         except LLMError as exc:
             self.failed.append(Failure(path, f"finding {issue.title!r} not rated: {exc}"))
@@ -282,7 +298,7 @@ class _Run:
             return
         try:
             explained: ExplainAnswer = await self.call(
-                Task.EXPLANATION, ExplainAnswer, EXPLAIN_MAX_TOKENS, "explain",
+                Task.EXPLANATION, ExplainAnswer, "explain",
                 code=code, review=issue.review, issue_type=severity.value,
             )  # fmt: skip
             explanation = explained.explanation
@@ -290,7 +306,7 @@ class _Run:
             self.failed.append(Failure(path, f"finding {issue.title!r} not explained: {exc}"))
             explanation = ""
         self.findings.append(
-            Finding(
+            ReviewFinding(
                 path=path,
                 line=target.number if target else None,
                 side=target.side if target else Side.NEW,
@@ -306,9 +322,9 @@ class _Run:
         )
 
 
-def merge_identical(findings: list[Finding]) -> list[Finding]:
+def merge_identical(findings: list[ReviewFinding]) -> list[ReviewFinding]:
     """One finding per fingerprint, keeping the most severe; ordered by file, then line."""
-    best: dict[str, Finding] = {}
+    best: dict[str, ReviewFinding] = {}
     for finding in findings:
         kept = best.get(finding.fingerprint)
         if kept is None or finding.severity.rank > kept.severity.rank:
@@ -342,16 +358,22 @@ async def review_diff(
 
     await asyncio.gather(*(one(chunk) for chunk in chunks))
     findings = merge_identical(run.findings)
-    stats: dict[str, Any] = {
-        "files": len(diff.files),
-        "chunks": len(chunks),
-        **run.counts,
-        "merged": len(run.findings) - len(findings),
-        "findings": len(findings),
-        "threshold": threshold.value,
-        "models": {task.value: name for task, name in models.items()},
-        "stages": {name: asdict(stage) for name, stage in run.stages.items()},
-        "wall_seconds": round(time.perf_counter() - started, 3),
-    }
+    counts = run.counts
+    stats = ReviewStats(
+        files=len(diff.files),
+        chunks=len(chunks),
+        changed_lines=counts["changed_lines"],
+        changed_lines_reviewed=counts["changed_lines_reviewed"],
+        candidates=counts["candidates"],
+        below_threshold=counts["below_threshold"],
+        anchors_moved=counts["anchors_moved"],
+        file_level=counts["file_level"],
+        merged=len(run.findings) - len(findings),
+        findings=len(findings),
+        threshold=threshold.value,
+        models={task.value: name for task, name in models.items()},
+        stages=run.stages,
+        wall_seconds=round(time.perf_counter() - started, 3),
+    )
     skipped = [(s.path, s.reason) for s in diff.skipped]
     return ReviewResult(findings, skipped, sorted(run.failed, key=lambda f: f.path), stats)

@@ -1,4 +1,5 @@
-"""A review result for people: a rich table (terminal) or Markdown."""
+"""A review result for people: the bodies of the bot's comments on a merge request (a finding, the
+summary), and ``reviewbot review``'s output (a rich table in a terminal, or Markdown)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from bot.forges.base import SUMMARY_MARKER, MergeRequest, finding_marker
 from bot.models import Severity
-from bot.review import Finding, ReviewResult
+from bot.review.pipeline import ReviewFinding, ReviewResult
 
 SEVERITY_STYLE = {
     Severity.CRITICAL: "bold white on red",
@@ -19,24 +21,53 @@ SEVERITY_STYLE = {
 }
 
 
-def _where(finding: Finding) -> str:
+def _where(finding: ReviewFinding) -> str:
     if finding.line is None:
         return "file"
     return f"{finding.line}" if finding.side == "new" else f"{finding.line} (old)"
 
 
-def _by_file(result: ReviewResult) -> list[tuple[str, list[Finding]]]:
+def _by_file(result: ReviewResult) -> list[tuple[str, list[ReviewFinding]]]:
     return [(path, list(group)) for path, group in groupby(result.findings, key=lambda f: f.path)]
 
 
+def _found(result: ReviewResult) -> str:
+    """ "2 critical, 1 minor", or "no findings"."""
+    return ", ".join(f"{n} {s.value}" for s, n in result.severity_counts().items() if n) or "no findings"
+
+
 def _summary(result: ReviewResult) -> str:
-    counts = {s: sum(f.severity == s for f in result.findings) for s in Severity}
-    found = ", ".join(f"{n} {s.value}" for s, n in counts.items() if n) or "no findings"
+    stats = result.stats
     return (
-        f"{found} at or above {result.stats['threshold']} in {result.stats['files']} files "
-        f"({result.stats['chunks']} chunks, {result.stats['wall_seconds']:.1f} s); "
+        f"{_found(result)} at or above {stats.threshold} in {stats.files} files "
+        f"({stats.chunks} chunks, {stats.wall_seconds:.1f} s); "
         f"{len(result.skipped)} skipped, {len(result.failed)} failed"
     )
+
+
+def comment_body(finding: ReviewFinding) -> str:
+    """A finding's comment on the merge request, with its hidden fingerprint."""
+    lines = [f"**{finding.severity.value}** · {finding.title}", "", finding.review]
+    if finding.explanation:
+        lines += ["", f"_Why {finding.severity.value}:_ {finding.explanation}"]
+    if finding.anchor_note:
+        lines += ["", f"<sub>{finding.anchor_note}</sub>"]
+    lines += ["", finding_marker(finding.fingerprint)]
+    return "\n".join(lines)
+
+
+def summary_body(result: ReviewResult, mr: MergeRequest, posted: int, resolved: int) -> str:
+    """The summary comment on the merge request, edited in place at each review."""
+    lines = [
+        f"**reviewbot** reviewed `{mr.head_sha[:12]}`: "
+        f"{_found(result)} at or above {result.stats.threshold}.",
+        f"{posted} new comment(s), {resolved} earlier comment(s) resolved as outdated.",
+    ]
+    if result.skipped:
+        lines.append("Not reviewed: " + "; ".join(f"`{path}` ({reason})" for path, reason in result.skipped))
+    if result.failed:
+        lines.append("Could not review: " + "; ".join(f"`{f.path}`: {f.error}" for f in result.failed))
+    return "\n\n".join([*lines, SUMMARY_MARKER])
 
 
 def print_text(result: ReviewResult, console: Console) -> None:

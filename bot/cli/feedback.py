@@ -12,21 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bot import db
-from bot.config import Settings
-from bot.feedback import RATES, LabelledFinding, feedback_stats, labelled_findings, severity_examples
+from bot.cli.common import Format, command_group, open_engine
+from bot.feedback.labels import LabelledFinding, labelled_findings, severity_examples
+from bot.feedback.stats import RATES, feedback_stats
 
-feedback_app = typer.Typer(
-    name="feedback",
-    help="Reviewers' reactions: list them, export them as training data, see acceptance rates.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+feedback_app = command_group(
+    "feedback",
+    "Reviewers' reactions: list them, export them as training data, see acceptance rates.",
+    "reviewbot feedback stats --plot acceptance.png",
 )
-
-
-class Format(StrEnum):
-    TABLE = "table"
-    JSON = "json"
 
 
 class ExportTask(StrEnum):
@@ -34,18 +28,22 @@ class ExportTask(StrEnum):
 
 
 def _findings(ctx: typer.Context, project: str | None, since: datetime | None) -> list[LabelledFinding]:
-    settings: Settings = ctx.obj
-    engine = db.make_engine(settings.database_url)
-    db.upgrade(engine)
+    _, engine = open_engine(ctx)
     return list(labelled_findings(engine, project, since))
 
 
 @feedback_app.command("list")
 def list_feedback(
     ctx: typer.Context,
-    project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
-    since: Annotated[datetime | None, typer.Option(help="Only findings created since this date.")] = None,
-    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    project: Annotated[
+        str | None, typer.Option(metavar="PROJECT", help="Only this project (its path).")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(metavar="DATE", help="Only findings created since this date.")
+    ] = None,
+    output: Annotated[
+        Format, typer.Option("--format", metavar="table|json", help="Output format.")
+    ] = Format.TABLE,
 ) -> None:
     """Findings with their signals and label state."""
     items = _findings(ctx, project, since)
@@ -83,9 +81,13 @@ def list_feedback(
 @feedback_app.command("export")
 def export(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="The JSONL file to write.", dir_okay=False)],
-    task: Annotated[ExportTask, typer.Option(help="Which task's examples.")] = ExportTask.SEVERITY,
-    project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
+    out: Annotated[Path, typer.Option(metavar="FILE.jsonl", help="The JSONL file to write.", dir_okay=False)],
+    task: Annotated[
+        ExportTask, typer.Option(metavar="TASK", help="Which task's examples.")
+    ] = ExportTask.SEVERITY,
+    project: Annotated[
+        str | None, typer.Option(metavar="PROJECT", help="Only this project (its path).")
+    ] = None,
 ) -> None:
     """Write the labelled examples (confirmed and corrected findings) in the flywheel's JSONL format."""
     examples = list(severity_examples(_findings(ctx, project, None)))
@@ -98,17 +100,24 @@ def export(
 @feedback_app.command("stats")
 def stats(
     ctx: typer.Context,
-    project: Annotated[str | None, typer.Option(help="Only this project (its path).")] = None,
-    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    project: Annotated[
+        str | None, typer.Option(metavar="PROJECT", help="Only this project (its path).")
+    ] = None,
+    output: Annotated[
+        Format, typer.Option("--format", metavar="table|json", help="Output format.")
+    ] = Format.TABLE,
     plot: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="Also write a PNG of the rates per model version.")
+        Path | None,
+        typer.Option(
+            metavar="FILE.png", dir_okay=False, help="Also write a PNG of the rates per model version."
+        ),
     ] = None,
 ) -> None:
     """Per project, model version and severity: share of findings with feedback, 👍, corrected,
     dismissed, addressed."""
     rows = feedback_stats(_findings(ctx, project, None))
     if plot is not None:
-        from bot.acceptance_plot import plot_acceptance
+        from bot.feedback.plot import plot_acceptance
 
         if rows:
             typer.echo(f"plot written to {plot_acceptance(rows, plot)}", err=True)

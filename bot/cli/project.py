@@ -1,0 +1,227 @@
+"""``reviewbot project …``: register projects on GitLab or GitHub, configure them, look at their reviews."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session, select
+
+from bot.cli.common import command_group, err, fail, open_engine
+from bot.config import Settings
+from bot.forges import DEFAULT_TOKEN_ENV, forge_for
+from bot.forges.base import ForgeError
+from bot.models import ForgeKind, Project, Review, Severity
+
+project_app = command_group(
+    "project",
+    "Projects on GitLab or GitHub: add, list, configure.",
+    "reviewbot project add --forge gitlab --url https://gitlab.example.com --project group/app",
+)
+FORGE_CHOICES = "gitlab|github"
+
+
+def _find(session: Session, path: str, forge: ForgeKind | None) -> Project:
+    query = select(Project).where(Project.path == path)
+    if forge is not None:
+        query = query.where(Project.forge == forge)
+    found = session.exec(query).all()
+    if not found:
+        fail(f"no project {path!r}; see `reviewbot project list`")
+    if len(found) > 1:
+        fail(f"{path!r} exists on several forges; add --forge")
+    return found[0]
+
+
+@project_app.command("add")
+def add(
+    ctx: typer.Context,
+    forge: Annotated[ForgeKind, typer.Option(metavar=FORGE_CHOICES, help="The forge.")],
+    url: Annotated[
+        str,
+        typer.Option(
+            metavar="URL", help="Forge URL: https://gitlab.example.com, https://github.com or a GHE API URL."
+        ),
+    ],
+    project: Annotated[str, typer.Option(metavar="PATH", help="group/name on GitLab, owner/repo on GitHub.")],
+    token_env: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VARIABLE",
+            help="Variable holding the bot's API token. Default: GITLAB_TOKEN / GITHUB_TOKEN.",
+        ),
+    ] = None,
+    secret_env: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VARIABLE",
+            help="Variable holding the webhook secret to use. Default: a new random secret.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        Severity, typer.Option(metavar="SEVERITY", help="Findings below this severity are not posted.")
+    ] = Severity.MINOR,
+    bot_username: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME", help="The bot's account name; default: asked from the forge with the token."
+        ),
+    ] = None,
+) -> None:
+    """Register a project; prints the webhook URL and secret to configure on the forge."""
+    settings, engine = open_engine(ctx)
+    secret = _webhook_secret(secret_env)
+    row = Project(
+        forge=forge,
+        forge_url=url.rstrip("/"),
+        path=project,
+        webhook_secret=secret,
+        token_env=token_env,
+        severity_threshold=threshold,
+        bot_username=bot_username or _ask_bot_username(forge, url.rstrip("/"), project, token_env),
+    )
+    _insert_unique(engine, row)
+    _print_connection(settings, row, secret_env)
+
+
+def _webhook_secret(secret_env: str | None) -> str:
+    if secret_env is None:
+        return secrets.token_urlsafe(32)
+    secret = os.environ.get(secret_env)
+    if not secret:
+        fail(f"--secret-env {secret_env}: that variable is not set")
+    return secret
+
+
+def _ask_bot_username(forge: ForgeKind, url: str, path: str, token_env: str | None) -> str | None:
+    """The bot's account, from the forge with its token; None (and a warning) when it cannot answer."""
+    probe = Project(forge=forge, forge_url=url, path=path, webhook_secret="", token_env=token_env)
+    try:
+        return forge_for(probe).bot_username
+    except ForgeError as exc:
+        err.print(
+            f"warning: could not ask {url} who the bot is ({exc}); its own events will not be recognized "
+            "until `reviewbot project set --bot-username`",
+            markup=False,
+            soft_wrap=True,
+        )
+        return None
+
+
+def _insert_unique(engine: sa.Engine, row: Project) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        same = select(Project).where(
+            Project.forge == row.forge, Project.forge_url == row.forge_url, Project.path == row.path
+        )
+        if session.exec(same).first():
+            fail(f"{row.forge} project {row.path} at {row.forge_url} is already registered")
+        session.add(row)
+        session.commit()
+
+
+def _print_connection(settings: Settings, row: Project, secret_env: str | None) -> None:
+    """What to configure on the forge: the webhook's URL, secret and events, and the token variable."""
+    forge = ForgeKind(row.forge)
+    hook_url = f"{str(settings.public_url).rstrip('/')}/webhooks/{forge.value}"
+    events = (
+        "Merge request events"
+        if forge is ForgeKind.GITLAB
+        else "Pull requests (content type application/json)"
+    )
+    typer.echo(f"added {forge.value} project {row.path} (bot: {row.bot_username or 'unknown'})")
+    typer.echo(f"webhook URL:    {hook_url}")
+    typer.echo(f"webhook secret: {row.webhook_secret}" + (f" (from {secret_env})" if secret_env else ""))
+    typer.echo(f"events:         {events}")
+    typer.echo(f"API token from: ${row.token_env or DEFAULT_TOKEN_ENV[forge]}")
+
+
+@project_app.command("list")
+def list_projects(ctx: typer.Context) -> None:
+    """The registered projects and their settings."""
+    _, engine = open_engine(ctx)
+    table = Table("forge", "project", "url", "threshold", "ignore", "enabled", "bot")
+    with Session(engine, expire_on_commit=False) as session:
+        for p in session.exec(select(Project).order_by(Project.forge, Project.path)).all():
+            table.add_row(
+                p.forge, p.path, p.forge_url, p.severity_threshold, ", ".join(p.ignore_globs) or "(defaults)",
+                "yes" if p.enabled else "no", p.bot_username or "?",
+            )  # fmt: skip
+    Console().print(table)
+
+
+@project_app.command("set")
+def set_project(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(metavar="PROJECT", help="The project, as registered.")],
+    forge: Annotated[
+        ForgeKind | None,
+        typer.Option(metavar=FORGE_CHOICES, help="Needed when the path exists on several forges."),
+    ] = None,
+    threshold: Annotated[
+        Severity | None,
+        typer.Option(metavar="SEVERITY", help="Findings below this severity are not posted."),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Glob of paths not to review; repeat it; replaces the defaults."),
+    ] = None,
+    enabled: Annotated[
+        bool | None, typer.Option("--enabled/--disabled", help="Review this project or not.")
+    ] = None,
+    bot_username: Annotated[
+        str | None, typer.Option(metavar="NAME", help="The bot's account on the forge.")
+    ] = None,
+) -> None:
+    """Change a project's settings."""
+    _, engine = open_engine(ctx)
+    with Session(engine, expire_on_commit=False) as session:
+        row = _find(session, path, forge)
+        if threshold is not None:
+            row.severity_threshold = threshold
+        if ignore is not None:
+            row.ignore_globs = list(ignore)
+        if enabled is not None:
+            row.enabled = enabled
+        if bot_username is not None:
+            row.bot_username = bot_username
+        session.add(row)
+        session.commit()
+        globs = ", ".join(row.ignore_globs) or "(defaults)"
+        state = "enabled" if row.enabled else "disabled"
+        typer.echo(f"{row.forge} {row.path}: threshold {row.severity_threshold}, ignore {globs}, {state}")
+
+
+@project_app.command("reviews")
+def reviews(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument(metavar="PROJECT", help="The project, as registered.")],
+    forge: Annotated[
+        ForgeKind | None,
+        typer.Option(metavar=FORGE_CHOICES, help="Needed when the path exists on several forges."),
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 30,
+) -> None:
+    """The project's recent reviews: status, timings, and the error of failed ones."""
+    _, engine = open_engine(ctx)
+    table = Table("id", "MR", "head", "status", "queued", "took", "error")
+    with Session(engine, expire_on_commit=False) as session:
+        row = _find(session, path, forge)
+        query = (
+            select(Review).where(Review.project_id == row.id).order_by(sa.desc(sa.column("id"))).limit(limit)
+        )
+        for r in session.exec(query).all():
+            took = (
+                f"{(r.finished_at - r.started_at).total_seconds():.1f} s"
+                if r.finished_at and r.started_at
+                else ""
+            )
+            style = {"failed": "red", "done": "green"}.get(r.status, "default")
+            status = f"[{style}]{r.status}[/]"
+            queued = r.created_at.strftime("%Y-%m-%d %H:%M")
+            table.add_row(str(r.id), f"!{r.mr_number}", r.head_sha[:12], status, queued, took, r.error or "")
+    Console().print(table)

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.suppor
 
 from bot.diff import parse_diff
 from bot.llm import LLMClient
-from bot.localgit import diff_range
 from bot.models import Severity, Task
-from bot.review import ReviewResult, review_diff
+from bot.review.localgit import diff_range
+from bot.review.pipeline import ReviewResult, review_diff
 from tests.support.gitrepo import commit, git, init_repo
 from tests.support.synthetic import review_examples
 from tests.support.tiny_model import build_tiny_student, pretrain

@@ -15,17 +15,18 @@ import statistics
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from bot import db
-from bot.app import create_app
+from bot.api import create_app
 from bot.config import load_settings
 from bot.models import Project
-from bot.tasks import Queue
+from bot.queue import Queue
+from tests.support import fixtures
+from tests.support.db import session_scope
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "github" / "webhooks"
+FIXTURES = fixtures.FIXTURES / "github" / "webhooks"
 SECRET = "bench-secret"
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(args.database_url or f"sqlite:///{tmp}/bench.db")
         db.upgrade(engine)
-        with db.session_scope(engine) as session:
+        with session_scope(engine) as session:
             session.add(
                 Project(forge="github", forge_url="x", path="Codertocat/Hello-World", webhook_secret=SECRET)
             )

@@ -9,53 +9,33 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, col, select
 
-from bot import db
-from bot.config import ConfigError, Settings
+from bot.cli.common import Format, command_group, fail, open_engine
+from bot.config import ConfigError
 from bot.llm import LLMError
 from bot.models import FlywheelRun, Task
 
-flywheel_app = typer.Typer(
-    name="flywheel",
-    help="The training flywheel: teacher exams, graded curriculum, LoRA fine-tuning, gated promotion.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+flywheel_app = command_group(
+    "flywheel",
+    "The training flywheel: teacher exams, graded curriculum, LoRA fine-tuning, gated promotion.",
+    "reviewbot flywheel run --task severity --rounds 3 --seed seed.jsonl",
 )
-models_app = typer.Typer(
-    name="models",
-    help="Adapter versions per task: list them, promote one, roll back.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+models_app = command_group(
+    "models",
+    "Adapter versions per task: list them, promote one, roll back.",
+    "reviewbot models promote severity-v7",
 )
 out = Console()
-err = Console(stderr=True)
-
-
-class Format(StrEnum):
-    TABLE = "table"
-    JSON = "json"
+FAILED = 1  # a run that failed, a promotion refused, nothing to act on; bad configuration is 2
 
 
 class TrainedTask(StrEnum):
     SEVERITY = Task.SEVERITY.value
     EXPLANATION = Task.EXPLANATION.value
-
-
-def _context(ctx: typer.Context) -> tuple[Settings, sa.Engine]:
-    settings: Settings = ctx.obj
-    engine = db.make_engine(settings.database_url)
-    db.upgrade(engine)
-    return settings, engine
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"reviewbot: {message}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _when(value: datetime | None) -> str:
@@ -65,15 +45,29 @@ def _when(value: datetime | None) -> str:
 @flywheel_app.command("run")
 def run(
     ctx: typer.Context,
-    task: Annotated[TrainedTask, typer.Option(help="The task to train.")] = TrainedTask.SEVERITY,
-    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds at most (default: the setting).")] = None,
+    task: Annotated[
+        TrainedTask, typer.Option(metavar="TASK", help="The task to train: severity or explanation.")
+    ] = TrainedTask.SEVERITY,
+    rounds: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="Rounds at most (default: the setting).")
+    ] = None,
     seed: Annotated[
         list[Path] | None,
-        typer.Option(exists=True, dir_okay=False, help="JSONL of labelled examples; a share is held out."),
+        typer.Option(
+            metavar="FILE.jsonl",
+            exists=True,
+            dir_okay=False,
+            help="JSONL of labelled examples; a share is held out. Repeatable.",
+        ),
     ] = None,
     heldout: Annotated[
         list[Path] | None,
-        typer.Option(exists=True, dir_okay=False, help="JSONL of examples to hold out, all of them."),
+        typer.Option(
+            metavar="FILE.jsonl",
+            exists=True,
+            dir_okay=False,
+            help="JSONL of examples to hold out, all of them. Repeatable.",
+        ),
     ] = None,
 ) -> None:
     """Run the flywheel now and promote its best adapter if it beats the one in use.
@@ -85,16 +79,16 @@ def run(
     from flywheel.data import DataError
     from flywheel.finetune import AdapterIncompatible
 
-    settings, engine = _context(ctx)
+    settings, engine = open_engine(ctx)
     try:
         plan = Plan.from_settings(
             settings, Task(task), rounds=rounds, seed_files=seed or (), heldout_files=heldout or ()
         )
         result = run_flywheel(settings, engine, plan, console=out)
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        fail(str(exc))
     except (LLMError, DataError, AdapterIncompatible, OSError, RuntimeError) as exc:
-        raise _fail(f"flywheel run failed: {exc}") from None
+        fail(f"flywheel run failed: {exc}", FAILED)
     out.print(f"run {result.id} done: {result.outcome}", highlight=False)
 
 
@@ -106,11 +100,13 @@ def _best(run: FlywheelRun) -> str:
 @flywheel_app.command("status")
 def status(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, help="Most recent runs shown.")] = 10,
-    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, help="Most recent runs shown.")] = 10,
+    output: Annotated[
+        Format, typer.Option("--format", metavar="table|json", help="Output format.")
+    ] = Format.TABLE,
 ) -> None:
     """The latest flywheel runs: state, rounds, held-out scores, what they changed."""
-    _, engine = _context(ctx)
+    _, engine = open_engine(ctx)
     with Session(engine) as session:
         runs = session.exec(select(FlywheelRun).order_by(col(FlywheelRun.id).desc()).limit(limit)).all()
     if output is Format.JSON:
@@ -130,16 +126,21 @@ def status(
 def report(
     ctx: typer.Context,
     run_id: Annotated[int, typer.Argument(metavar="RUN", help="The run's number (see status).")],
-    output: Annotated[Path | None, typer.Option("--out", dir_okay=False, help="PNG to write.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", metavar="FILE.png", dir_okay=False, help="PNG to write (default: flywheel-run-RUN.png)."
+        ),
+    ] = None,
 ) -> None:
     """Plot a run's scores per round to a PNG and list its rounds."""
-    from flywheel.report import plot_run
+    from flywheel.plot import plot_run
 
-    _, engine = _context(ctx)
+    _, engine = open_engine(ctx)
     with Session(engine) as session:
         flywheel_run = session.get(FlywheelRun, run_id)
     if flywheel_run is None:
-        raise _fail(f"no flywheel run {run_id}; see `reviewbot flywheel status`")
+        fail(f"no flywheel run {run_id}; see `reviewbot flywheel status`", FAILED)
     path = plot_run(flywheel_run, output or Path(f"flywheel-run-{run_id}.png"))
     table = Table("round", "model", "held-out", "exam", "grade", "new", "curriculum", "loss", "seconds")
     for r in flywheel_run.rounds:
@@ -164,20 +165,24 @@ def worker(ctx: typer.Context) -> None:
     """
     from flywheel.jobs import TrainerQueue
 
-    settings, engine = _context(ctx)
+    settings, engine = open_engine(ctx)
     TrainerQueue(settings, engine).huey.create_consumer(workers=1, worker_type="thread").run()
 
 
 @models_app.command("list")
 def list_models(
     ctx: typer.Context,
-    task: Annotated[TrainedTask | None, typer.Option(help="Only this task.")] = None,
-    output: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    task: Annotated[
+        TrainedTask | None, typer.Option(metavar="TASK", help="Only this task: severity or explanation.")
+    ] = None,
+    output: Annotated[
+        Format, typer.Option("--format", metavar="table|json", help="Output format.")
+    ] = Format.TABLE,
 ) -> None:
     """Every adapter version: task, status, held-out score, when it was made and promoted."""
     from flywheel.registry import heldout_of, versions
 
-    _, engine = _context(ctx)
+    _, engine = open_engine(ctx)
     with Session(engine) as session:
         rows = versions(session, Task(task) if task else None)
     if output is Format.JSON:
@@ -197,35 +202,38 @@ def list_models(
 @models_app.command("promote")
 def promote(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The adapter version, e.g. severity-v7.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter version, e.g. severity-v7.")],
     force: Annotated[bool, typer.Option(help="Skip the held-out gate (REVIEWBOT_PROMOTION_MARGIN).")] = False,
 ) -> None:
     """Make NAME the version reviews use, if it beats the active one by the margin."""
     from flywheel.registry import PromotionRefused
     from flywheel.registry import promote as promote_version
 
-    settings, engine = _context(ctx)
+    settings, engine = open_engine(ctx)
     with Session(engine) as session:
         try:
             version = promote_version(session, name, settings.promotion_margin, force=force)
         except (LookupError, PromotionRefused) as exc:
-            raise _fail(str(exc)) from None
+            fail(str(exc), FAILED)
     out.print(f"{version.adapter_name} is now the {version.task} model", highlight=False)
 
 
 @models_app.command("rollback")
 def rollback(
     ctx: typer.Context,
-    task: Annotated[TrainedTask, typer.Argument(help="The task whose version to roll back.")],
+    task: Annotated[
+        TrainedTask,
+        typer.Argument(metavar="TASK", help="The task whose version to roll back: severity or explanation."),
+    ],
 ) -> None:
     """Take back the task's active version; the one before it (or the base model) returns."""
     from flywheel.registry import rollback as rollback_task
 
-    settings, engine = _context(ctx)
+    settings, engine = open_engine(ctx)
     with Session(engine) as session:
         try:
             restored = rollback_task(session, Task(task))
         except LookupError as exc:
-            raise _fail(str(exc)) from None
+            fail(str(exc), FAILED)
     now = restored.adapter_name if restored else f"the base model {settings.student_model}"
     out.print(f"{task.value} rolled back: {now} is in use", highlight=False)

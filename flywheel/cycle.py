@@ -14,7 +14,8 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +33,8 @@ from bot.serving import load_missing_adapters, served_models
 from flywheel import data, registry
 from flywheel.curriculum import build_curriculum
 from flywheel.data import Example
-from flywheel.evaluate import Score, grade_exam, score
-from flywheel.exam import write_exam
+from flywheel.evaluate import Grade, Score, grade_exam, score
+from flywheel.exam import Exam, write_exam
 from flywheel.finetune import Chat, FinetuneConfig, FinetuneResult, finetune, read_result, write_job
 from flywheel.spec import TaskSpec, spec_for
 from flywheel.take import Attempt, take_exam
@@ -135,6 +136,85 @@ class Reporter:
         return progress, lambda: progress.advance(task_id)
 
 
+@contextmanager
+def timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the block's wall time, in seconds, as ``timings[step]``."""
+    clock = time.monotonic()
+    yield
+    timings[step] = time.monotonic() - clock
+
+
+def round_zero(model: str, score: Score) -> dict[str, Any]:
+    """The run's first entry: the model in use when it began, on the held-out set."""
+    return {"round": 0, "model": model, "heldout": score.value, "detail": score.summary()}
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    tokens: int  # processed over all epochs, padding excluded
+    tokens_per_s: float
+    peak_memory_mb: float
+    loss: float | None  # the last one logged
+
+    @classmethod
+    def of(cls, result: FinetuneResult) -> TrainStats:
+        loss = result.losses[-1][1] if result.losses else None
+        return cls(result.train_tokens, result.tokens_per_s, result.peak_memory_mb, loss)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
+            "loss": self.loss,
+        }
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round did and measured; ``to_json()`` is its entry in ``FlywheelRun.rounds``, which
+    ``reviewbot flywheel report`` and its plot read."""
+
+    number: int
+    model: str  # the adapter the round trained
+    exam_size: int
+    exam_malformed: int
+    exam_duplicates: int
+    exam_score: float
+    teacher_score: int  # the teacher's grade of the exam, 1-10
+    feedback: str  # the teacher's, on the student's weaknesses
+    new_examples: int  # the teacher's, stored for training
+    new_dropped: int  # the teacher's new examples dropped: malformed or already known
+    curriculum: int  # examples trained on
+    heldout: float
+    detail: dict[str, Any]  # Score.summary() of the held-out score
+    train: TrainStats
+    teacher_tokens: int  # spent by the run so far
+    timings: dict[str, float]  # seconds per step
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.number,
+            "model": self.model,
+            "exam": {
+                "size": self.exam_size,
+                "malformed": self.exam_malformed,
+                "duplicates": self.exam_duplicates,
+            },
+            "exam_score": self.exam_score,
+            "teacher_score": self.teacher_score,
+            "feedback": self.feedback,
+            "new_examples": self.new_examples,
+            "new_dropped": self.new_dropped,
+            "curriculum": self.curriculum,
+            "heldout": self.heldout,
+            "detail": self.detail,
+            "train": self.train.to_json(),
+            "teacher_tokens": self.teacher_tokens,
+            "timings": {step: round(seconds, 2) for step, seconds in self.timings.items()},
+        }
+
+
 class Flywheel:
     """One run of one task; ``run()`` drives it and records everything on its ``FlywheelRun`` row."""
 
@@ -177,81 +257,106 @@ class Flywheel:
         async with teacher, LLMClient.student(self.settings) as student:
             heldout = self._prepare_data()
             await load_missing_adapters(self.engine, student)
-            baseline_model = served_models(self.settings, self.engine)[self.plan.task]
-            self.baseline_model = baseline_model
-            baseline = await self._heldout_score(student, teacher, baseline_model, heldout)
-            self._record(
-                {"round": 0, "model": baseline_model, "heldout": baseline.value, "detail": baseline.summary()}
-            )
+            self.baseline_model = served_models(self.settings, self.engine)[self.plan.task]
+            baseline = await self._heldout_score(student, teacher, self.baseline_model, heldout)
+            self._record(round_zero(self.baseline_model, baseline))
             self.report.say(
-                f"round 0: {baseline_model} scores {baseline.value:.3f} on {len(heldout)} held-out examples"
+                f"round 0: {self.baseline_model} scores {baseline.value:.3f} "
+                f"on {len(heldout)} held-out examples"
             )
-            model, feedback, proficiency = (
-                baseline_model,
-                None,
-                f"{baseline.value:.0%} on the held-out examples",
-            )
-            scores, best = [baseline.value], None
+            scores, last, best = [baseline.value], None, None
             for number in range(1, self.plan.max_rounds + 1):
                 stop = self._budget_spent(started, number)
                 if stop:
                     self.report.say(f"stopping before round {number}: {stop}")
                     break
-                entry = await self._round(
-                    number, student, teacher, model, proficiency, feedback, heldout, baseline
-                )
-                model, feedback = entry["model"], entry["feedback"]
-                grade, exam = entry["teacher_score"], entry["exam_score"]
-                proficiency = f"{grade}/10 by your last grade, {exam:.0%} on its last exam"
-                if best is None or entry["heldout"] > best[0]:
-                    best = (entry["heldout"], entry["model"])
-                scores.append(entry["heldout"])
+                last = await self._round(number, student, teacher, last, baseline, heldout)
+                if best is None or last.heldout > best.heldout:
+                    best = last
+                scores.append(last.heldout)
                 if stalled(scores, self.plan.epsilon, self.plan.patience):
                     self.report.say(
                         f"stopping: no held-out gain above {self.plan.epsilon:g} "
                         f"in {self.plan.patience} rounds"
                     )
                     break
-            return self._promote_best(best, baseline.value, baseline_model)
+            return self._promote_best(best, baseline.value)
 
     async def _round(
         self,
         number: int,
         student: LLMClient,
         teacher: LLMClient,
-        model: str,
-        proficiency: str,
-        feedback: str | None,
-        heldout: list[Example],
+        last: RoundRecord | None,
         baseline: Score,
-    ) -> dict[str, Any]:
+        heldout: list[Example],
+    ) -> RoundRecord:
+        """One round, each step timed; recorded on the run when it ends. ``last`` is the round before
+        (None in the first), whose adapter takes this round's exam."""
         timings: dict[str, float] = {}
         round_dir = self.run_dir / f"round-{number}"
         with Session(self.engine) as session:
             known = data.task_data(session, self.spec)
-        clock = time.monotonic()
+        with timed(timings, "exam"):
+            exam = await self._write_exam(number, teacher, known, last, baseline, round_dir)
+        with timed(timings, "take"):
+            model = last.model if last else self.baseline_model
+            attempts, exam_score = await self._take(number, student, teacher, model, exam)
+        with timed(timings, "evaluate"):
+            grade = await self._grade(number, teacher, known, attempts, exam_score)
+        curriculum = self._curriculum(number, known, grade, heldout, round_dir)
+        with timed(timings, "finetune"):
+            name, trained = await self._train(number, curriculum, round_dir)
+        with timed(timings, "heldout"):
+            held = await self._register(number, student, teacher, trained, heldout, baseline)
+        record = RoundRecord(
+            number=number, model=name,
+            exam_size=len(exam.items.examples), exam_malformed=exam.items.malformed,
+            exam_duplicates=exam.items.duplicates, exam_score=exam_score.value,
+            teacher_score=grade.proficiency, feedback=grade.feedback,
+            new_examples=len(grade.new.examples), new_dropped=grade.new.malformed + grade.new.duplicates,
+            curriculum=len(curriculum), heldout=held.value, detail=held.summary(),
+            train=TrainStats.of(trained), teacher_tokens=self.teacher_tokens, timings=timings,
+        )  # fmt: skip
+        self._record(record.to_json())
+        return record
+
+    # --- a round's steps -------------------------------------------------------------------------
+
+    async def _write_exam(
+        self,
+        number: int,
+        teacher: LLMClient,
+        known: data.TaskData,
+        last: RoundRecord | None,
+        baseline: Score,
+        round_dir: Path,
+    ) -> Exam:
+        """Step 1: the teacher's exam, aimed at the student's level and at its last grade's feedback."""
+        if last is None:
+            proficiency = f"{baseline.value:.0%} on the held-out examples"
+        else:
+            proficiency = (
+                f"{last.teacher_score}/10 by your last grade, {last.exam_score:.0%} on its last exam"
+            )
         exam = await write_exam(
-            teacher,
-            self.teacher_model,
-            self.spec,
-            count=self.plan.exam_size,
-            data=known.train,
-            complaints=data.complaints(self.engine),
-            proficiency=proficiency,
-            feedback=feedback,
-            known=known.keys,
-            rng=self.rng,
+            teacher, self.teacher_model, self.spec, count=self.plan.exam_size, data=known.train,
+            complaints=data.complaints(self.engine), proficiency=proficiency,
+            feedback=last.feedback if last else None, known=known.keys, rng=self.rng,
             max_tokens=self.settings.teacher_max_tokens,
-        )
+        )  # fmt: skip
         self.teacher_tokens += exam.teacher_tokens
         data.write_jsonl(round_dir / "exam.jsonl", exam.items.examples)
-        timings["exam"] = time.monotonic() - clock
         self.report.say(
             f"round {number}: the teacher wrote {len(exam.items.examples)} questions "
             f"({exam.items.malformed} malformed, {exam.items.duplicates} duplicates dropped)"
         )
+        return exam
 
-        clock = time.monotonic()
+    async def _take(
+        self, number: int, student: LLMClient, teacher: LLMClient, model: str, exam: Exam
+    ) -> tuple[list[Attempt], Score]:
+        """Step 2: ``model`` answers the exam, and its answers are scored."""
         attempts = await self._answer(
             student, model, exam.items.examples, f"round {number}: {model} takes the exam"
         )
@@ -259,104 +364,85 @@ class Flywheel:
             self.spec, attempts, teacher, self.teacher_model, self.rng, self.settings.reference_model
         )
         self.teacher_tokens += exam_score.teacher_tokens
-        timings["take"] = time.monotonic() - clock
+        return attempts, exam_score
 
-        clock = time.monotonic()
+    async def _grade(
+        self,
+        number: int,
+        teacher: LLMClient,
+        known: data.TaskData,
+        attempts: list[Attempt],
+        exam_score: Score,
+    ) -> Grade:
+        """Step 3: the teacher's grade, feedback and new examples."""
         grade = await grade_exam(
-            teacher,
-            self.teacher_model,
-            self.spec,
-            attempts,
-            exam_score,
-            data=known.train,
-            count=self.plan.new_examples,
-            known=known.keys,
-            rng=self.rng,
+            teacher, self.teacher_model, self.spec, attempts, exam_score, data=known.train,
+            count=self.plan.new_examples, known=known.keys, rng=self.rng,
             max_tokens=self.settings.teacher_max_tokens,
-        )
+        )  # fmt: skip
         self.teacher_tokens += grade.teacher_tokens
-        timings["evaluate"] = time.monotonic() - clock
         self.report.say(
             f"round {number}: exam score {exam_score.value:.0%}, teacher grade {grade.proficiency}/10, "
             f"{len(grade.new.examples)} new examples ({grade.new.malformed} malformed, "
             f"{grade.new.duplicates} duplicates dropped). Feedback: {grade.feedback}"
         )
+        return grade
 
+    def _curriculum(
+        self, number: int, known: data.TaskData, grade: Grade, heldout: list[Example], round_dir: Path
+    ) -> list[Example]:
+        """Step 4: store the teacher's new examples; the training set grown by them, easy to hard."""
         with Session(self.engine) as session:
             data.store(
-                session,
-                self.spec,
-                grade.new.examples,
-                ExampleSource.TEACHER,
-                run_id=self.run_id,
-                round_number=number,
-            )
+                session, self.spec, grade.new.examples, ExampleSource.TEACHER,
+                run_id=self.run_id, round_number=number,
+            )  # fmt: skip
         curriculum = build_curriculum(known.train, grade.new.examples, {e.key for e in heldout})
         data.write_jsonl(round_dir / "curriculum.jsonl", curriculum)
+        return curriculum
 
-        clock = time.monotonic()
+    async def _train(
+        self, number: int, curriculum: list[Example], round_dir: Path
+    ) -> tuple[str, FinetuneResult]:
+        """Step 5: a new adapter, under a name never used before, fine-tuned on the curriculum."""
         with Session(self.engine) as session:
             name = registry.next_adapter_name(session, self.plan.task, self.adapters_dir)
         self.report.say(f"round {number}: fine-tuning {name} on {len(curriculum)} examples")
         trained = await asyncio.to_thread(self._finetune, curriculum, self.adapters_dir / name, round_dir)
-        timings["finetune"] = time.monotonic() - clock
+        return name, trained
 
-        clock = time.monotonic()
+    async def _register(
+        self,
+        number: int,
+        student: LLMClient,
+        teacher: LLMClient,
+        trained: FinetuneResult,
+        heldout: list[Example],
+        baseline: Score,
+    ) -> Score:
+        """Step 6: load the adapter into vLLM as a candidate version and score it on the held-out
+        set; the version keeps its score for the promotion gate."""
         with Session(self.engine) as session:
             version = await registry.register(
-                session,
-                student,
-                self.plan.task,
-                trained.adapter_dir,
-                self.base_weights,
+                session, student, self.plan.task, trained.adapter_dir, self.base_weights,
                 self.settings.max_lora_rank,
-            )
+            )  # fmt: skip
+        name = version.adapter_name
         held = await self._heldout_score(student, teacher, name, heldout)
-        timings["heldout"] = time.monotonic() - clock
         metrics = {
-            "heldout": held.value,
-            "heldout_size": len(heldout),
-            "baseline": baseline.value,
-            "baseline_model": self.baseline_model,
-            "run_id": self.run_id,
-            "round": number,
-            "train_loss": trained.losses[-1][1] if trained.losses else None,
-        }
+            "heldout": held.value, "heldout_size": len(heldout),
+            "baseline": baseline.value, "baseline_model": self.baseline_model,
+            "run_id": self.run_id, "round": number, "train_loss": TrainStats.of(trained).loss,
+        }  # fmt: skip
         with Session(self.engine) as session:
             row = session.merge(version)
             row.metrics = metrics
             session.add(row)
             session.commit()
         self.report.say(f"round {number}: {name} scores {held.value:.3f} on the held-out examples")
-        entry = {
-            "round": number,
-            "model": name,
-            "exam": {
-                "size": len(exam.items.examples),
-                "malformed": exam.items.malformed,
-                "duplicates": exam.items.duplicates,
-            },
-            "exam_score": exam_score.value,
-            "teacher_score": grade.proficiency,
-            "feedback": grade.feedback,
-            "new_examples": len(grade.new.examples),
-            "new_dropped": grade.new.malformed + grade.new.duplicates,
-            "curriculum": len(curriculum),
-            "heldout": held.value,
-            "detail": held.summary(),
-            "train": {
-                "tokens": trained.train_tokens,
-                "tokens_per_s": round(trained.tokens_per_s, 1),
-                "peak_memory_mb": round(trained.peak_memory_mb, 1),
-                "loss": metrics["train_loss"],
-            },
-            "teacher_tokens": self.teacher_tokens,
-            "timings": {step: round(seconds, 2) for step, seconds in timings.items()},
-        }
-        self._record(entry)
-        return entry
+        return held
 
-    # --- steps -----------------------------------------------------------------------------------
+    # --- helpers ---------------------------------------------------------------------------------
 
     def _prepare_data(self) -> list[Example]:
         """Store reviewers' feedback and the given files as examples; return the held-out set."""
@@ -474,17 +560,19 @@ class Flywheel:
             session.refresh(run)
             return run
 
-    def _promote_best(self, best: tuple[float, str] | None, baseline: float, baseline_model: str) -> str:
+    def _promote_best(self, best: RoundRecord | None, baseline: float) -> str:
         if best is None:
-            outcome = f"no round ran; {baseline_model} stays"
+            outcome = f"no round ran; {self.baseline_model} stays"
         else:
-            score_, name = best
             with Session(self.engine) as session:
                 try:
-                    registry.promote(session, name, self.plan.margin, reference=baseline)
-                    outcome = f"promoted {name}: held-out {score_:.3f}, was {baseline:.3f} ({baseline_model})"
+                    registry.promote(session, best.model, self.plan.margin, reference=baseline)
+                    outcome = (
+                        f"promoted {best.model}: held-out {best.heldout:.3f}, "
+                        f"was {baseline:.3f} ({self.baseline_model})"
+                    )
                 except registry.PromotionRefused as exc:
-                    outcome = f"{baseline_model} stays: {exc}"
+                    outcome = f"{self.baseline_model} stays: {exc}"
         self.report.say(outcome)
         return outcome
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from bot.feedback import LabelState, labelled_findings, severity_examples
+from bot.feedback.labels import LabelState, labelled_findings, severity_examples
 from bot.llm import validation_problems
 from bot.models import ExampleSource, ExampleSplit, Task, TrainingExample
 from flywheel.spec import TaskSpec
@@ -66,7 +66,8 @@ def parse_example(spec: TaskSpec, value: Any, where: str) -> Example:
     parts = {}
     for part, model in (("question", spec.question_type), ("answer", spec.answer_type)):
         try:
-            parts[part] = model.model_validate(value.get(part)).model_dump()
+            # JSON values (a severity as its string, not the enum): examples are stored and sent as JSON
+            parts[part] = model.model_validate(value.get(part)).model_dump(mode="json")
         except ValidationError as exc:
             raise DataError(
                 f"{where}: {part} is not a {spec.task} {part}: {validation_problems(exc)}"

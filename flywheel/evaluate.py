@@ -56,7 +56,7 @@ def accuracy(attempts: Sequence[Attempt]) -> Score:
 
 
 async def preference(
-    teacher: LLMClient, model: str, spec: TaskSpec, attempts: Sequence[Attempt], rng: random.Random
+    teacher: LLMClient, model: str, attempts: Sequence[Attempt], rng: random.Random
 ) -> Score:
     """Per attempt, the teacher's choice between the student's answer and the example's reference
     answer; the two are shown in random order, so a judge's bias for "A" cannot favour either."""
@@ -99,7 +99,7 @@ async def against_reference(
     return [
         a
         if isinstance(answer, LLMError)
-        else replace(a, example=replace(a.example, answer=answer.value.model_dump()))
+        else replace(a, example=replace(a.example, answer=answer.value.model_dump(mode="json")))
         for a, answer in zip(attempts, answers, strict=True)
     ]
 
@@ -120,7 +120,7 @@ async def score(
         raise LLMError(f"the {spec.task} task is judged by the teacher, and none is configured")
     if reference_model:
         attempts = await against_reference(teacher, reference_model, spec, attempts)
-    return await preference(teacher, teacher_model, spec, attempts, rng)
+    return await preference(teacher, teacher_model, attempts, rng)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Each example is a prompt (system + user messages) and the answer text. The trainer gets them as a
 conversational prompt-completion dataset, so the tokenizer's own chat template renders them and the
-loss covers the answer and its end-of-turn token only. The saved adapter is what vLLM loads at run
-time, so it is checked against vLLM's rules before it is handed back.
+loss covers the answer and its end-of-turn token only. The saved adapter holds the LoRA matrices only,
+as vLLM loads them at run time; ``check_vllm_compatible`` states vLLM's rules, and the registry
+applies it before loading an adapter into the server.
 
 One process or many: ``accelerate launch -m flywheel.finetune JOB.json`` runs the same code on
 several GPUs (see ``write_job`` and ``read_result``). The ML stack is imported lazily, so importing
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 if TYPE_CHECKING:
     from datasets import Dataset  # type: ignore[import-untyped]
@@ -58,9 +60,14 @@ class AdapterIncompatible(ValueError):
     """The adapter cannot be loaded by vLLM."""
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """LoRA and training settings. Defaults suit an 8B student on one GPU; tests pass their own."""
+class FinetuneConfig(BaseModel):
+    """LoRA and training settings. Defaults suit an 8B student on one GPU; tests pass their own.
+
+    Strict, because the values come from JSON (the settings, a job file): a setting of the wrong type
+    is refused rather than converted, so ``"16"`` is not a rank and ``true`` not a batch size (an
+    int is a valid float)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     rank: int = 16
     alpha: int = 32
@@ -83,39 +90,31 @@ class FinetuneConfig:
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> FinetuneConfig:
-        """The defaults with ``overrides`` applied (e.g. from a JSON job or the settings file)."""
-        hints = typing.get_type_hints(cls)
-        valid = [field.name for field in dataclasses.fields(cls)]
-        values: dict[str, Any] = {}
-        for key, value in overrides.items():
-            if key not in hints:
-                raise ValueError(f"unknown fine-tuning setting {key!r}; valid settings: {', '.join(valid)}")
-            values[key] = _coerce(key, value, hints[key])
-        return cls(**values)
+        """The defaults with ``overrides`` applied (e.g. from a JSON job or the settings file); a
+        ValueError names the first bad setting, in the overrides' order, and what it expected."""
+        try:
+            return cls.model_validate(dict(overrides))
+        except ValidationError as exc:
+            order = list(overrides)
+            key = min((str(error["loc"][0]) for error in exc.errors()), key=order.index)
+        if key not in cls.model_fields:
+            raise ValueError(
+                f"unknown fine-tuning setting {key!r}; valid settings: {', '.join(cls.model_fields)}"
+            )
+        expected = _type_name(cls.model_fields[key].annotation)
+        raise ValueError(f"fine-tuning setting {key!r} must be {expected}, not {overrides[key]!r}")
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """``value`` as the field's type (an int is a valid float), or ValueError saying what was expected."""
+DEFAULTS = FinetuneConfig()
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``bool or None``, ``str or list[str]``: a setting's type as its message shows it."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        if option is type(None) and value is None:
-            return None
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
-        if (
-            typing.get_origin(option) is list
-            and isinstance(value, list | tuple)
-            and all(isinstance(item, str) for item in value)
-        ):
-            return list(value)
-    expected = " or ".join(getattr(option, "__name__", str(option)) for option in options)
-    raise ValueError(f"fine-tuning setting {key!r} must be {expected}, not {value!r}")
+    return " or ".join(
+        "None" if option is type(None) else option.__name__ if isinstance(option, type) else str(option)
+        for option in options
+    )
 
 
 @dataclass(frozen=True)
@@ -185,7 +184,7 @@ def finetune(
     base_model: str | Path,
     examples: Sequence[Chat],
     out_dir: Path,
-    config: FinetuneConfig = FinetuneConfig(),
+    config: FinetuneConfig = DEFAULTS,
     *,
     show_progress: bool = True,
 ) -> FinetuneResult:
@@ -220,7 +219,7 @@ def finetune(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     output = trainer.train()
-    return save_adapter(trainer, Path(out_dir), config, started, float(output.metrics["train_runtime"]))
+    return save_adapter(trainer, Path(out_dir), started, float(output.metrics["train_runtime"]))
 
 
 def _use_bf16(config: FinetuneConfig) -> bool:
@@ -350,10 +349,8 @@ def _checkpointing(config_class: type, enabled: bool) -> dict[str, Any]:
     }
 
 
-def save_adapter(
-    trainer: SFTTrainer, out_dir: Path, config: FinetuneConfig, started: float, train_seconds: float
-) -> FinetuneResult:
-    """Save the trained adapter (main process only), check it, plot the losses, and sum up the run."""
+def save_adapter(trainer: SFTTrainer, out_dir: Path, started: float, train_seconds: float) -> FinetuneResult:
+    """Save the trained adapter (main process only), plot the losses, and sum up the run."""
     import torch
 
     state = trainer.state
@@ -394,9 +391,11 @@ def _rich_progress() -> TrainerCallback:
             self.progress: Progress | None = None
             self.task: Any = None
 
+        # The hooks keep TrainerCallback's signatures; each reads only what it needs.
         def on_train_begin(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
         ) -> None:
+            del args, control, kwargs
             if state.is_world_process_zero:
                 self.progress = Progress(
                     TextColumn("fine-tuning"),
@@ -411,6 +410,7 @@ def _rich_progress() -> TrainerCallback:
         def on_step_end(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
         ) -> None:
+            del args, control, kwargs
             if self.progress:
                 self.progress.update(self.task, completed=state.global_step)
 
@@ -422,12 +422,14 @@ def _rich_progress() -> TrainerCallback:
             logs: dict[str, float] | None = None,
             **kwargs: Any,
         ) -> None:
+            del args, state, control, kwargs
             if self.progress and logs and "loss" in logs:
                 self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
 
         def on_train_end(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
         ) -> None:
+            del args, state, control, kwargs
             if self.progress:
                 self.progress.stop()
                 self.progress = None
@@ -461,7 +463,7 @@ def write_job(
     base_model: str | Path,
     examples: Sequence[Chat],
     out_dir: Path,
-    config: FinetuneConfig = FinetuneConfig(),
+    config: FinetuneConfig = DEFAULTS,
 ) -> Path:
     """Write JOB.json (and the examples as JSONL beside it) for ``python -m flywheel.finetune JOB.json``."""
     path = Path(path)
@@ -474,7 +476,7 @@ def write_job(
         "base_model": str(base_model),
         "examples": str(examples_path.resolve()),
         "out_dir": str(Path(out_dir).resolve()),
-        "config": dataclasses.asdict(config),
+        "config": config.model_dump(),
     }
     path.write_text(json.dumps(job, indent=2))
     return path
@@ -513,13 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     usage = "usage: python -m flywheel.finetune JOB.json  (on several GPUs: accelerate launch -m ...)"
     if args in (["-h"], ["--help"]):
-        print(usage)
+        sys.stdout.write(usage + "\n")
         return 0
     if len(args) != 1:
-        print(usage, file=sys.stderr)
+        sys.stderr.write(usage + "\n")
         return 2
     result = run_job(Path(args[0]), show_progress=sys.stderr.isatty())
-    print(f"adapter saved in {result.adapter_dir}: {result.train_tokens} tokens in {result.seconds:.1f} s")
+    sys.stdout.write(
+        f"adapter saved in {result.adapter_dir}: {result.train_tokens} tokens in {result.seconds:.1f} s\n"
+    )
     return 0
 
 

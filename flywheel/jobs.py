@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from bot.config import Settings
 from bot.models import ExampleSource, FlywheelRun, RunStatus, Task, TrainingExample
-from bot.tasks import make_huey
+from bot.queue import make_huey
 from flywheel.cycle import Plan, run_flywheel
 from flywheel.data import feedback_examples
 from flywheel.spec import spec_for
@@ -66,31 +66,32 @@ def running(engine: sa.Engine) -> bool:
 
 
 class TrainerQueue:
+    """The trainer's Huey queue with its two tasks registered on it: a run of one task, and the
+    hourly check that queues a run where reviewers labelled enough new examples."""
+
     def __init__(self, settings: Settings, engine: sa.Engine) -> None:
+        self.settings, self.engine = settings, engine
         self.huey: Huey = make_huey(settings.queue_url, name=TRAINER_QUEUE)
+        self._enqueue_run = self.huey.task(name="flywheel_run")(self.flywheel_run)
+        self.huey.periodic_task(crontab(minute="0"), name="flywheel_when_due")(self.flywheel_when_due)
 
-        @self.huey.task(name="flywheel_run")
-        def flywheel_run(task: str) -> str:
-            run = run_flywheel(settings, engine, Plan.from_settings(settings, Task(task)))
-            return run.outcome or run.status
+    def flywheel_run(self, task: str) -> str:
+        """One flywheel run of ``task`` with the configured plan; returns its outcome."""
+        run = run_flywheel(self.settings, self.engine, Plan.from_settings(self.settings, Task(task)))
+        return run.outcome or run.status
 
-        @self.huey.periodic_task(crontab(minute="0"), name="flywheel_when_due")
-        def flywheel_when_due() -> list[str]:
-            return self.start_due_runs(settings, engine)
-
-        self._run = flywheel_run
-
-    def start_due_runs(self, settings: Settings, engine: sa.Engine) -> list[str]:
-        """Queue a run for each task with enough new feedback; returns the tasks queued."""
-        budget = timedelta(minutes=settings.flywheel_max_minutes) if settings.flywheel_max_minutes else None
-        abandon_stale_runs(engine, 2 * budget if budget else STALE_RUN)
-        if settings.teacher_base_url is None or running(engine):
+    def flywheel_when_due(self) -> list[str]:
+        """Every hour: queue a run for each task with enough new feedback (none while one runs);
+        returns the tasks queued."""
+        max_minutes = self.settings.flywheel_max_minutes
+        abandon_stale_runs(self.engine, 2 * timedelta(minutes=max_minutes) if max_minutes else STALE_RUN)
+        if self.settings.teacher_base_url is None or running(self.engine):
             return []
         due = []
         for task in TRAINED_TASKS:
-            fresh = new_feedback_examples(engine, task)
-            if fresh >= settings.flywheel_min_new_feedback:
+            fresh = new_feedback_examples(self.engine, task)
+            if fresh >= self.settings.flywheel_min_new_feedback:
                 log.info("%s new %s examples from reviewers: starting a flywheel run", fresh, task.value)
-                self._run(task.value)
+                self._enqueue_run(task.value)
                 due.append(task.value)
         return due

@@ -91,25 +91,40 @@ def promote(
         raise LookupError(f"no model version named {name!r}; see `reviewbot models list`")
     if version.status == ModelStatus.ACTIVE:
         return version
-    task = Task(version.task)
-    current = active_version(session, task)
+    current = active_version(session, Task(version.task))
     if not force:
-        score = heldout_of(version)
-        if reference is not None:
-            against = f"the model in use ({current.adapter_name if current else 'base'})"
-        elif current is not None:
-            reference, against = heldout_of(current), f"the active {current.adapter_name}"
-        else:
-            baseline = version.metrics.get("baseline")
-            reference = float(baseline) if isinstance(baseline, int | float) else None
-            against = f"the base model {version.metrics.get('baseline_model', '')}".rstrip()
-        if score is None:
-            raise PromotionRefused(f"{name} has no held-out score; evaluate it first or use --force")
-        if reference is not None and score < reference + margin:
-            raise PromotionRefused(
-                f"{name} scores {score:.3f} on the held-out set; {against} scores {reference:.3f}, "
-                f"and promotion needs {reference + margin:.3f} (margin {margin:g})"
-            )
+        _check_gate(version, margin, *_reference(version, current, reference))
+    return _activate(session, version, current)
+
+
+def _reference(
+    candidate: ModelVersion, current: ModelVersion | None, given: float | None
+) -> tuple[float | None, str]:
+    """The score the candidate must beat and whose it is: ``given`` (the model in use, measured by
+    the run), else the active version's, else the base model's as measured beside the candidate."""
+    if given is not None:
+        return given, f"the model in use ({current.adapter_name if current else 'base'})"
+    if current is not None:
+        return heldout_of(current), f"the active {current.adapter_name}"
+    baseline = candidate.metrics.get("baseline")
+    score = float(baseline) if isinstance(baseline, int | float) else None
+    return score, f"the base model {candidate.metrics.get('baseline_model', '')}".rstrip()
+
+
+def _check_gate(candidate: ModelVersion, margin: float, reference: float | None, against: str) -> None:
+    """Raise PromotionRefused unless the candidate's held-out score beats ``reference`` by ``margin``
+    (with no reference to beat, any score passes)."""
+    name, score = candidate.adapter_name, heldout_of(candidate)
+    if score is None:
+        raise PromotionRefused(f"{name} has no held-out score; evaluate it first or use --force")
+    if reference is not None and score < reference + margin:
+        raise PromotionRefused(
+            f"{name} scores {score:.3f} on the held-out set; {against} scores {reference:.3f}, "
+            f"and promotion needs {reference + margin:.3f} (margin {margin:g})"
+        )
+
+
+def _activate(session: Session, version: ModelVersion, current: ModelVersion | None) -> ModelVersion:
     if current is not None:
         current.status = ModelStatus.RETIRED
         session.add(current)

@@ -14,15 +14,14 @@ from pydantic import BaseModel
 from bot.models import Task
 from prompts import conversation, render
 from prompts.answers import (
+    MAX_ANSWER_TOKENS,
     ExplainAnswer,
     ExplanationExam,
     ExplanationGrade,
-    ExplanationItem,
     ExplanationQuestion,
     RateAnswer,
     SeverityExam,
     SeverityGrade,
-    SeverityItem,
     SeverityQuestion,
 )
 
@@ -33,12 +32,15 @@ class TaskSpec:
     template: str  # the student's prompt: prompts/<template>.j2
     question_type: type[BaseModel]
     answer_type: type[BaseModel]
-    item_type: type[BaseModel]  # question + answer + difficulty, as the teacher writes them
     exam_type: type[BaseModel]
     grade_type: type[BaseModel]
     answer_example: str
-    max_tokens: int  # of the student's answer
     classification: bool  # graded by exact match (else by the teacher's pairwise preference)
+
+    @property
+    def max_tokens(self) -> int:
+        """Of the student's answer: the review pipeline's limit, so the student is tested as it serves."""
+        return MAX_ANSWER_TOKENS[self.task]
 
     @property
     def question_fields(self) -> list[str]:
@@ -59,27 +61,23 @@ class TaskSpec:
 
 SPECS = {
     Task.SEVERITY: TaskSpec(
-        Task.SEVERITY,
-        "rate",
-        SeverityQuestion,
-        RateAnswer,
-        SeverityItem,
-        SeverityExam,
-        SeverityGrade,
-        '{"issue_type": "major"}',
-        max_tokens=32,
+        task=Task.SEVERITY,
+        template="rate",
+        question_type=SeverityQuestion,
+        answer_type=RateAnswer,
+        exam_type=SeverityExam,
+        grade_type=SeverityGrade,
+        answer_example='{"issue_type": "major"}',
         classification=True,
     ),
     Task.EXPLANATION: TaskSpec(
-        Task.EXPLANATION,
-        "explain",
-        ExplanationQuestion,
-        ExplainAnswer,
-        ExplanationItem,
-        ExplanationExam,
-        ExplanationGrade,
-        '{"explanation": "..."}',
-        max_tokens=300,
+        task=Task.EXPLANATION,
+        template="explain",
+        question_type=ExplanationQuestion,
+        answer_type=ExplainAnswer,
+        exam_type=ExplanationExam,
+        grade_type=ExplanationGrade,
+        answer_example='{"explanation": "..."}',
         classification=False,
     ),
 }

@@ -51,7 +51,7 @@ async def take_exam(
         if isinstance(answer, LLMError):
             attempts.append(Attempt(question, None, str(answer)))
         else:
-            attempts.append(Attempt(question, answer.value.model_dump()))
+            attempts.append(Attempt(question, answer.value.model_dump(mode="json")))
             tokens += answer.prompt_tokens + answer.completion_tokens
     failures = [a for a in answers if isinstance(a, LLMError)]
     if failures and len(failures) == len(answers) and all(isinstance(f, LLMUnavailable) for f in failures):

@@ -69,7 +69,3 @@ def main_callback(
 
 def main() -> None:
     app(prog_name="reviewbot")
-
-
-if __name__ == "__main__":
-    main()

@@ -64,7 +64,11 @@ def add(
         ),
     ] = None,
     threshold: Annotated[
-        Severity, typer.Option(metavar="SEVERITY", help="Findings below this severity are not posted.")
+        Severity,
+        typer.Option(
+            metavar="SEVERITY",
+            help="Findings below this severity (critical, major, minor, trivial) are not posted.",
+        ),
     ] = Severity.MINOR,
     bot_username: Annotated[
         str | None,
@@ -164,7 +168,10 @@ def set_project(
     ] = None,
     threshold: Annotated[
         Severity | None,
-        typer.Option(metavar="SEVERITY", help="Findings below this severity are not posted."),
+        typer.Option(
+            metavar="SEVERITY",
+            help="Findings below this severity (critical, major, minor, trivial) are not posted.",
+        ),
     ] = None,
     ignore: Annotated[
         list[str] | None,

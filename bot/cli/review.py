@@ -43,7 +43,10 @@ def review_command(
     ] = None,
     head: Annotated[str, typer.Option(metavar="REF", help="The ref to review.")] = "HEAD",
     threshold: Annotated[
-        Severity, typer.Option(metavar="SEVERITY", help="Drop findings below this severity.")
+        Severity,
+        typer.Option(
+            metavar="SEVERITY", help="Drop findings below this severity (critical, major, minor, trivial)."
+        ),
     ] = Severity.MINOR,
     output: Annotated[
         OutputFormat, typer.Option("--format", metavar="text|json|markdown", help="Output format.")

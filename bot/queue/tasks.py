@@ -148,10 +148,11 @@ class Queue:
             if applied is None:
                 raise FindingNotYet(f"no finding for {signal.describe()} yet")
             finding, changed = applied
+            finding_id = finding.id
             session.commit()
         _set_outcome(self.engine, delivery_id, f"recorded {signal.kind}")
-        if changed and signal.is_command and finding.id is not None:
-            self.enqueue_acknowledgement(finding.id, signal)
+        if changed and signal.is_command and finding_id is not None:
+            self.enqueue_acknowledgement(finding_id, signal)
         return "recorded"
 
     def acknowledge(self, finding_id: int, signal: Signal, task: HueyTask | None = None) -> str:

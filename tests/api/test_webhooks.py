@@ -15,13 +15,14 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
-from bot import db
-from bot.app import create_app
-from bot.feedback import Signal
+from bot.api import create_app
+from bot.api.webhooks import MAX_BODY_BYTES
+from bot.events import Signal
+from bot.forges import github_events, gitlab_events
 from bot.models import Delivery, Project, Review
-from bot.webhooks import MAX_BODY_BYTES, route_github, route_gitlab
+from tests.support.db import session_scope
+from tests.support.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 assert FIXTURES.is_dir(), f"the forges' payload examples are missing: expected them in {FIXTURES}"
 GITHUB = sorted((FIXTURES / "github" / "webhooks").glob("*.json"))
 GITLAB = sorted((FIXTURES / "gitlab" / "webhooks").glob("*.json"))
@@ -44,6 +45,7 @@ class Recorder(list[int]):
         self.feedback.append((project_id, delivery_id, signal))
 
     def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
+        del finding_id, signal
         raise AssertionError("no finding exists in these tests, so nothing is acknowledged")
 
 
@@ -55,7 +57,7 @@ def app(engine: sa.Engine) -> Iterator[tuple[TestClient, Recorder]]:
 
 
 def add_project(engine: sa.Engine, forge: str, path: str, **extra: Any) -> None:
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         session.add(
             Project(forge=forge, forge_url="http://forge.test", path=path, webhook_secret=SECRET, **extra)
         )
@@ -120,7 +122,8 @@ def test_github_fixture_through_the_app(
     assert first.status_code == expected, first.json()
     assert len(queued) + len(queued.feedback) == (1 if expected == 202 else 0)
     again = client.post("/webhooks/github", content=body, headers=headers)
-    assert again.status_code == 200 and "duplicate" in again.json()["detail"]
+    assert again.status_code == 200
+    assert "duplicate" in again.json()["detail"]
     assert len(queued) + len(queued.feedback) == (1 if expected == 202 else 0)
     assert count(engine, Delivery) == 1
     assert count(engine, Review) == len(queued)
@@ -146,7 +149,8 @@ def test_gitlab_fixture_through_the_app(
     headers = gitlab_headers(event)
     assert client.post("/webhooks/gitlab", content=body, headers=headers).status_code == expected
     again = client.post("/webhooks/gitlab", content=body, headers=headers)
-    assert again.status_code == 200 and "duplicate" in again.json()["detail"]
+    assert again.status_code == 200
+    assert "duplicate" in again.json()["detail"]
     assert len(queued) == (1 if expected == 202 else 0) == count(engine, Review)
 
 
@@ -161,7 +165,8 @@ def test_queued_review_row_holds_the_merge_request(
     with Session(engine) as session:
         review = session.get(Review, queued[0])
     payload = json.loads(body)
-    assert review is not None and review.status == "queued"
+    assert review is not None
+    assert review.status == "queued"
     assert (review.mr_number, review.head_sha) == (payload["number"], payload["pull_request"]["head"]["sha"])
 
 
@@ -196,7 +201,8 @@ def test_unknown_project_is_404(app: tuple[TestClient, Recorder], engine: sa.Eng
     )
     add_project(engine, "github", "other/repo")  # same secret, different repository
     response = client.post("/webhooks/github", content=body, headers=github_headers(body, event))
-    assert response.status_code == 404 and "Codertocat/Hello-World" in response.json()["detail"]
+    assert response.status_code == 404
+    assert "Codertocat/Hello-World" in response.json()["detail"]
     assert count(engine, Delivery) == 0
 
 
@@ -207,19 +213,21 @@ def test_events_of_the_bot_itself_and_disabled_projects_are_ignored(
     body, event, repo, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json")
     add_project(engine, "github", repo, bot_username="Codertocat")
     response = client.post("/webhooks/github", content=body, headers=github_headers(body, event))
-    assert response.status_code == 200 and "bot itself" in response.json()["detail"]
-    with db.session_scope(engine) as session:
+    assert response.status_code == 200
+    assert "bot itself" in response.json()["detail"]
+    with session_scope(engine) as session:
         project = session.exec(select(Project)).one()
         project.bot_username, project.enabled = "reviewbot", False
     response = client.post("/webhooks/github", content=body, headers=github_headers(body, event))
-    assert response.status_code == 200 and "disabled" in response.json()["detail"]
+    assert response.status_code == 200
+    assert "disabled" in response.json()["detail"]
     assert queued == []
 
 
 def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
     client, queued = app
     add_project(engine, "github", "a/one")
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         session.add(
             Project(forge="github", forge_url="http://forge.test", path="b/two", webhook_secret="other")
         )
@@ -263,21 +271,28 @@ def pr_comment(body: str, action: str = "created", repo: str = "o/r") -> dict[st
     ],
 )
 def test_a_pull_request_comment_linking_a_comment_is_tied_to_it(body: str, comment_id: str) -> None:
-    route = route_github({"x-github-event": "issue_comment"}, pr_comment(body))
-    assert route.signal is not None and route.ignored is None
+    route = github_events.parse({"x-github-event": "issue_comment"}, pr_comment(body))
+    assert route.signal is not None
+    assert route.ignored is None
     assert (route.signal.comment_id, route.signal.reply_id) == (comment_id, "issuecomment-55")
-    assert route.signal.source_event_id == "github:issuecomment:55" and route.signal.quote is None
+    assert route.signal.source_event_id == "github:issuecomment:55"
+    assert route.signal.quote is None
 
 
 def test_a_pull_request_comment_quoting_is_tied_by_its_quote() -> None:
     body = "> **major** · Leak\n>\n> The handle is never closed.\n>> nested\n\n/severity minor closed by GC"
-    route = route_github({"x-github-event": "issue_comment"}, pr_comment(body))
+    route = github_events.parse({"x-github-event": "issue_comment"}, pr_comment(body))
     signal = route.signal
-    assert signal is not None and signal.comment_id is None and signal.mr_number == 7
+    assert signal is not None
+    assert signal.comment_id is None
+    assert signal.mr_number == 7
     assert signal.quote == "**major** · Leak\nThe handle is never closed.\nnested"
     assert (signal.kind, signal.value) == ("severity", "minor")
-    deleted = route_github({"x-github-event": "issue_comment"}, pr_comment(body, action="deleted")).signal
-    assert deleted is not None and (deleted.kind, deleted.value, deleted.quote) == ("reply", "", signal.quote)
+    deleted = github_events.parse(
+        {"x-github-event": "issue_comment"}, pr_comment(body, action="deleted")
+    ).signal
+    assert deleted is not None
+    assert (deleted.kind, deleted.value, deleted.quote) == ("reply", "", signal.quote)
 
 
 @pytest.mark.parametrize(
@@ -300,8 +315,10 @@ def test_a_pull_request_comment_quoting_is_tied_by_its_quote() -> None:
     ],
 )
 def test_other_pull_request_comments_are_ignored(payload: dict[str, Any], why: str) -> None:
-    route = route_github({"x-github-event": "issue_comment"}, payload)
-    assert route.signal is None and route.ignored is not None and why in route.ignored
+    route = github_events.parse({"x-github-event": "issue_comment"}, payload)
+    assert route.signal is None
+    assert route.ignored is not None
+    assert why in route.ignored
 
 
 @pytest.mark.parametrize(
@@ -314,14 +331,15 @@ def test_gitlab_merge_request_closes_and_reopens(
 ) -> None:
     payload = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_bytes())
     payload["object_attributes"].update(action=action, draft=draft)
-    route = route_gitlab({"x-gitlab-event": "Merge Request Hook"}, payload)
-    assert route.closed is closed and (route.head_sha is not None) is reviewed
+    route = gitlab_events.parse({"x-gitlab-event": "Merge Request Hook"}, payload)
+    assert route.closed is closed
+    assert (route.head_sha is not None) is reviewed
     assert route.number == payload["object_attributes"]["iid"]  # a push (the example has oldrev) is reviewed
 
 
 @pytest.mark.parametrize(("name", "closed"), [("closed.1", True), ("closed.2", True), ("reopened.1", False)])
 def test_github_pull_request_closes_and_reopens(name: str, closed: bool) -> None:
     payload = json.loads((FIXTURES / "github" / "webhooks" / f"pull_request.{name}.json").read_bytes())
-    route = route_github({"x-github-event": "pull_request"}, payload)
+    route = github_events.parse({"x-github-event": "pull_request"}, payload)
     assert (route.number, route.closed, route.ignored) == (payload["number"], closed, None)
     assert (route.head_sha is None) is closed  # a close starts no review; a reopening does

@@ -26,6 +26,29 @@ def test_help_lists_every_group(tmp_path: Path) -> None:
         assert group in result.stdout
 
 
+COMMANDS = [
+    ["db", "upgrade"], ["project", "add"], ["project", "set"], ["project", "list"], ["project", "reviews"],
+    ["feedback", "list"], ["feedback", "export"], ["feedback", "stats"], ["review"], ["serve"], ["worker"],
+    ["flywheel", "run"], ["flywheel", "status"], ["flywheel", "report"], ["flywheel", "worker"],
+    ["models", "list"], ["models", "promote"], ["models", "rollback"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_reads_like_a_tools(command: list[str], tmp_path: Path) -> None:
+    """No Python types as metavars, nothing after a flag, positionals in capitals."""
+    result = reviewbot(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for leak in ("<bool>", "<str>", "<int>", "<list", "<Path", "<path>", "{"):
+        assert leak not in result.stdout, f"{' '.join(command)} --help shows {leak!r}:\n{result.stdout}"
+
+
+@pytest.mark.parametrize("group", ["project", "feedback", "db", "flywheel", "models"])
+def test_every_group_shows_an_example(group: str, tmp_path: Path) -> None:
+    result = reviewbot(group, "--help", cwd=tmp_path)
+    assert f"Example: reviewbot {group}" in " ".join(result.stdout.split())
+
+
 def test_version(tmp_path: Path) -> None:
     result = reviewbot("--version", cwd=tmp_path)
     assert result.returncode == 0
@@ -46,7 +69,8 @@ def test_trainer_groups_come_through_the_entry_point(group: str, commands: list[
 def test_installed_console_script() -> None:
     script = Path(sys.executable).parent / "reviewbot"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
-    assert result.returncode == 0 and __version__ in result.stdout
+    assert result.returncode == 0
+    assert __version__ in result.stdout
 
 
 def test_project_add_set_list_reviews(tmp_path: Path) -> None:
@@ -62,13 +86,19 @@ def test_project_add_set_list_reviews(tmp_path: Path) -> None:
             [sys.executable, "-m", "bot.cli", "project", *args], env=env, capture_output=True, text=True
         )
 
+    behind = run("list")  # commands never migrate: they say what to run
+    assert behind.returncode == 2
+    assert "run `reviewbot db upgrade`" in behind.stderr
+    upgrade = [sys.executable, "-m", "bot.cli", "db", "upgrade"]
+    assert subprocess.run(upgrade, env=env, capture_output=True, text=True).returncode == 0
     add = ["add", "--forge", "gitlab", "--url", "https://gitlab.example", "--project", "team/app"]
     added = run(*add, "--secret-env", "HOOK_SECRET", "--bot-username", "rb")
     assert added.returncode == 0, added.stderr
     assert "webhook URL:    http://127.0.0.1:8080/webhooks/gitlab" in added.stdout
     assert "webhook secret: s3 (from HOOK_SECRET)" in added.stdout
     again = run(*add, "--bot-username", "rb")
-    assert again.returncode == 2 and "already registered" in again.stderr
+    assert again.returncode == 2
+    assert "already registered" in again.stderr
 
     changed = run(
         "set", "team/app", "--threshold", "major", "--ignore", "docs/**", "--ignore", "*.md", "--disabled"
@@ -76,19 +106,24 @@ def test_project_add_set_list_reviews(tmp_path: Path) -> None:
     assert changed.returncode == 0, changed.stderr
     assert "threshold major, ignore docs/**, *.md, disabled" in changed.stdout
     listed = run("list").stdout
-    assert "team/app" in listed and "major" in listed and "docs/**" in listed
+    assert "team/app" in listed
+    assert "major" in listed
+    assert "docs/**" in listed
     assert "no project 'nope/x'" in run("set", "nope/x", "--enabled").stderr
     reviews = run("reviews", "team/app")
-    assert reviews.returncode == 0 and "MR" in reviews.stdout
+    assert reviews.returncode == 0
+    assert "MR" in reviews.stdout
 
 
 def test_project_add_without_a_token_warns_and_still_adds(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200", "REVIEWBOT_DATABASE_URL": f"sqlite:///{tmp_path}/bot.db"}
     env.pop("GITHUB_TOKEN", None)
+    subprocess.run([sys.executable, "-m", "bot.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-m", "bot.cli", "project", "add", "--forge", "github", "--url", "https://github.com",
          "--project", "o/r"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "GITHUB_TOKEN" in result.stderr and "(bot: unknown)" in result.stdout
+    assert "GITHUB_TOKEN" in result.stderr
+    assert "(bot: unknown)" in result.stdout

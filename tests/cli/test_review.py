@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from bot.diff import parse_diff
-from bot.localgit import diff_range
 from bot.models import Severity
+from bot.review.localgit import diff_range
 from tests.support.gitrepo import commit, git, init_repo
 from tests.support.vllm_server import VLLMServer, free_port
 
@@ -109,7 +109,8 @@ def test_huge_file_is_split_and_fully_covered(reviewed: dict[str, Any]) -> None:
 def test_binary_and_lock_files_are_skipped_with_a_reason(reviewed: dict[str, Any]) -> None:
     skipped = {s["path"]: s["reason"] for s in reviewed["skipped"]}
     assert "binary" in skipped["logo.png"]
-    assert "poetry.lock" in skipped and "ignored" in skipped["poetry.lock"]
+    assert "poetry.lock" in skipped
+    assert "ignored" in skipped["poetry.lock"]
 
 
 @pytest.mark.vllm
@@ -134,9 +135,12 @@ def test_threshold_filters_and_fail_on_sets_the_exit_code(
 def test_text_and_markdown_output(feature_repo: Path, vllm_server: VLLMServer) -> None:
     text = run_review(feature_repo, vllm_server.base_url, "--threshold", "trivial", chunk_tokens=2500)
     assert text.returncode == 0, text.stderr
-    assert "app.py" in text.stdout and "skipped" in text.stdout and "logo.png" in text.stdout
+    assert "app.py" in text.stdout
+    assert "skipped" in text.stdout
+    assert "logo.png" in text.stdout
     markdown = run_review(feature_repo, vllm_server.base_url, "--format", "markdown", chunk_tokens=2500)
-    assert markdown.returncode == 0 and markdown.stdout.startswith("## Review")
+    assert markdown.returncode == 0
+    assert markdown.stdout.startswith("## Review")
 
 
 def test_unreachable_model_server_is_one_line_and_exit_2(feature_repo: Path) -> None:
@@ -145,10 +149,12 @@ def test_unreachable_model_server_is_one_line_and_exit_2(feature_repo: Path) -> 
     assert result.returncode == 2
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert url in result.stderr and "unreachable" in result.stderr
+    assert url in result.stderr
+    assert "unreachable" in result.stderr
 
 
 def test_bad_ref_is_exit_2(feature_repo: Path) -> None:
     result = run_review(feature_repo, "http://127.0.0.1:1/v1", "--base", "no-such-branch")
     assert result.returncode == 2
-    assert "no-such-branch" in result.stderr and "Traceback" not in result.stderr
+    assert "no-such-branch" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,19 +18,13 @@ import httpx
 import pytest
 
 from tests.support.fake_github import FakeGitHub, SeedFile
+from tests.support.fixtures import FIXTURES
 from tests.support.live_server import live_server
 from tests.support.vllm_server import VLLMServer, free_port
 
 pytestmark = pytest.mark.vllm
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "fixtures"
-    / "github"
-    / "webhooks"
-    / "pull_request.opened.1.json"
-)
+FIXTURE = FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json"
 REPO = "octo/shop"
 OLD = "".join(f"def price_{i}(cart):\n    return cart.total * {i}\n\n" for i in range(25))
 NEW = OLD.replace("cart.total * 3", "eval(cart.total) * 3").replace("cart.total * 17", "cart.total * 17 / 0")
@@ -129,8 +123,10 @@ def test_project_add_then_serve_reviews_a_pull_request(
         output = server.communicate(timeout=30)[0]
     assert server.returncode is not None, output
 
-    assert len(fake.reviews) == 1 and fake.review_comments  # every inline finding in one review request
+    assert len(fake.reviews) == 1
+    assert fake.review_comments
     assert all(c.user == "shop-bot" and "reviewbot:finding:" in c.body for c in fake.review_comments.values())
     summaries = [c for c in fake.issue_comments.values() if "reviewbot:summary" in c.body]
-    assert len(summaries) == 1 and summaries[0].user == "shop-bot"
+    assert len(summaries) == 1
+    assert summaries[0].user == "shop-bot"
     assert "logo.png" in summaries[0].body  # the binary file is reported as not reviewed

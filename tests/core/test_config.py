@@ -17,7 +17,8 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert settings.database_url == "sqlite:///reviewbot.db"
     assert settings.queue_url == "sqlite:///reviewbot-queue.db"
     assert str(settings.student_base_url) == "http://127.0.0.1:8000/v1"
-    assert settings.teacher_base_url is None and settings.admin_token is None
+    assert settings.teacher_base_url is None
+    assert settings.admin_token is None
     assert settings.log_level == "INFO"
 
 
@@ -51,7 +52,8 @@ def test_bad_value_names_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as raised:
         load_settings()
-    assert name in str(raised.value) and expected in str(raised.value)
+    assert name in str(raised.value)
+    assert expected in str(raised.value)
     assert "\n" not in str(raised.value)
 
 
@@ -64,7 +66,8 @@ def test_bad_configuration_stops_the_cli_with_one_line(tmp_path: Path) -> None:
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "REVIEWBOT_DATABASE_URL" in lines[0] and "REVIEWBOT_LLM_TIMEOUT_S" in lines[0]
+    assert "REVIEWBOT_DATABASE_URL" in lines[0]
+    assert "REVIEWBOT_LLM_TIMEOUT_S" in lines[0]
     assert "Traceback" not in result.stderr
 
 

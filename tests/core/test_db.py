@@ -24,6 +24,7 @@ from bot.models import (
     Review,
     Severity,
 )
+from tests.support.db import session_scope
 
 
 def test_db_upgrade_cli_twice(database_url: str, tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def _project() -> Project:
 
 
 def test_a_whole_review_round_trips(engine: sa.Engine) -> None:
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = _project()
         session.add(project)
         session.flush()
@@ -114,13 +115,11 @@ def test_a_whole_review_round_trips(engine: sa.Engine) -> None:
             )
         )
         session.add(FlywheelRun(task="severity", rounds=[{"round": 0, "heldout_accuracy": 0.25}]))
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         loaded = session.exec(select(Project)).one()
-        assert (
-            loaded.ignore_globs == ["*.lock", "vendor/**"]
-            and loaded.enabled
-            and loaded.severity_threshold == "minor"
-        )
+        assert loaded.ignore_globs == ["*.lock", "vendor/**"]
+        assert loaded.enabled
+        assert loaded.severity_threshold == "minor"
         assert session.exec(select(Review)).one().timings == {"find": 1.5}
         assert session.exec(select(Finding)).one().severity == "major"
         assert session.exec(select(ModelVersion)).one().status == "candidate"
@@ -142,25 +141,25 @@ def test_a_whole_review_round_trips(engine: sa.Engine) -> None:
 )
 def test_unique_constraints(engine: sa.Engine, duplicate: object) -> None:
     first, second = duplicate()  # type: ignore[operator]
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         session.add(first)
-    with pytest.raises(sa.exc.IntegrityError), db.session_scope(engine) as session:
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:
         session.add(second)
 
 
 def test_same_delivery_id_on_two_forges_is_allowed(engine: sa.Engine) -> None:
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         session.add(Delivery(forge="github", delivery_id="same"))
         session.add(Delivery(forge="gitlab", delivery_id="same"))
 
 
 def test_feedback_needs_its_finding(engine: sa.Engine) -> None:
-    with pytest.raises(sa.exc.IntegrityError), db.session_scope(engine) as session:
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:
         session.add(Feedback(finding_id=999, kind="reaction", source_event_id="award:9"))
 
 
 def test_feedback_source_event_is_stored_once(engine: sa.Engine) -> None:
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = _project()
         session.add(project)
         session.flush()
@@ -180,7 +179,7 @@ def test_feedback_source_event_is_stored_once(engine: sa.Engine) -> None:
         session.flush()
         finding_id = finding.id
         session.add(Feedback(finding_id=finding_id, kind="reaction", value="+1", source_event_id="award:42"))
-    with pytest.raises(sa.exc.IntegrityError), db.session_scope(engine) as session:
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as session:
         session.add(Feedback(finding_id=finding_id, kind="reaction", value="-1", source_event_id="award:42"))
 
 

@@ -107,11 +107,13 @@ def check_file(file: FileDiff, old: bytes, new: bytes) -> None:
             if line.kind is LineKind.ADDED:
                 assert line.old_no is None
             else:
-                assert line.old_no is not None and old_lines[line.old_no - 1] == line.text
+                assert line.old_no is not None
+                assert old_lines[line.old_no - 1] == line.text
             if line.kind is LineKind.REMOVED:
                 assert line.new_no is None
             else:
-                assert line.new_no is not None and new_lines[line.new_no - 1] == line.text
+                assert line.new_no is not None
+                assert new_lines[line.new_no - 1] == line.text
             assert file.line(line.side, line.number) == line
     assert apply_hunks(old_lines, file) == new_lines
     assert file.line(Side.NEW, len(new_lines) + 1) is None
@@ -250,11 +252,11 @@ def test_every_kind_of_change_in_one_real_diff(tmp_path: Path) -> None:
 def test_paths_as_git_prints_them(tmp_path: Path, quote_path: str) -> None:
     names = ["sp ace/café.txt", "tab\there.txt", 'quo"te.txt', "back\\slash.txt", "日本/語.py"]
     repo = Repo(tmp_path)
-    repo.write({name: b"old\n" for name in names} | {"notes.txt": b"notes\n"})
+    repo.write(dict.fromkeys(names, b"old\n") | {"notes.txt": b"notes\n"})
     repo.commit()
     (tmp_path / "plan b").mkdir()
     repo.git("mv", "notes.txt", "plan b/notes é.txt")  # " b/" inside a name: the header alone is ambiguous
-    repo.write({name: b"new\n" for name in names})
+    repo.write(dict.fromkeys(names, b"new\n"))
     repo.commit()
     repo.git("config", "core.quotePath", quote_path)
     diff = parse_diff(repo.diff("-M"))

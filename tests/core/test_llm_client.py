@@ -34,7 +34,8 @@ def test_sends_json_schema_and_validates_the_answer() -> None:
     assert answer.value == RateAnswer(issue_type="major")
     assert (answer.prompt_tokens, answer.completion_tokens) == (10, 5)
     sent = script.requests[0]
-    assert sent["model"] == "student-model" and sent["temperature"] == 0.0
+    assert sent["model"] == "student-model"
+    assert sent["temperature"] == 0.0
     schema = sent["response_format"]["json_schema"]["schema"]
     assert sent["response_format"]["type"] == "json_schema"
     assert schema["properties"]["issue_type"]["enum"] == ["critical", "major", "minor", "trivial"]
@@ -46,7 +47,9 @@ def test_unreachable_server_names_url_and_reason() -> None:
     with pytest.raises(LLMUnavailable) as raised:
         ask(url, max_retries=2)
     message = str(raised.value)
-    assert url in message and "student model server" in message and "after 3 attempts" in message
+    assert url in message
+    assert "student model server" in message
+    assert "after 3 attempts" in message
 
 
 def test_retries_5xx_then_succeeds() -> None:
@@ -135,4 +138,5 @@ def test_teacher_needs_configuration() -> None:
     teacher = LLMClient.teacher(
         load_settings(teacher_base_url="https://teacher.example/v1", teacher_model="big", teacher_api_key="k")
     )
-    assert teacher.base_url == "https://teacher.example/v1" and teacher.role == "teacher"
+    assert teacher.base_url == "https://teacher.example/v1"
+    assert teacher.role == "teacher"

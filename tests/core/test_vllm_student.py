@@ -61,7 +61,8 @@ def test_structured_answer_from_base_and_adapter(vllm_server: VLLMServer, model:
     answer = asyncio.run(ask())
     assert isinstance(answer.value, RateAnswer)  # type: ignore[attr-defined]
     assert answer.model == model  # type: ignore[attr-defined]
-    assert answer.prompt_tokens > 0 and answer.completion_tokens > 0  # type: ignore[attr-defined]
+    assert answer.prompt_tokens > 0
+    assert answer.completion_tokens > 0
 
 
 def test_adapter_changes_the_model_output(vllm_server: VLLMServer) -> None:

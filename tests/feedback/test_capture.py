@@ -17,14 +17,15 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from bot import db
-from bot.app import create_app
+from bot.api import create_app
 from bot.config import load_settings
-from bot.feedback import LabelState, labelled_findings
+from bot.feedback.labels import LabelState, labelled_findings
+from bot.forges.base import PolledFeedback
 from bot.models import Delivery, Feedback, Finding, Project, Review
-from bot.tasks import Queue
+from bot.queue import Queue
+from tests.support.db import session_scope
+from tests.support.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 EMOJI = json.loads((FIXTURES / "gitlab" / "webhooks" / "emoji.award.issue_note.json").read_text())
 NOTE = json.loads((FIXTURES / "gitlab" / "webhooks" / "note.merge_request.json").read_text())
 GH_REPLY = json.loads(
@@ -41,7 +42,7 @@ SECRET = "feedback-secret"
 @pytest.fixture
 def setup(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[TestClient, Queue, int]]:
     """Two projects (GitLab, GitHub), each with one posted finding; the app with a real queue."""
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         for forge, path in (("gitlab", "group/app"), ("github", "Codertocat/Hello-World")):
             project = Project(
                 forge=forge,
@@ -124,11 +125,13 @@ def label(engine: sa.Engine, forge: str) -> LabelState:
 def test_gitlab_awards_and_replies(setup: tuple[TestClient, Queue, int], engine: sa.Engine) -> None:
     client, _, _ = setup
     assert gitlab(client, "Emoji Hook", award("gitlab-501")).status_code == 200
-    assert signals(engine, "gitlab") == [("reaction", "+1", "ana")] and label(engine, "gitlab") == "confirmed"
+    assert signals(engine, "gitlab") == [("reaction", "+1", "ana")]
+    assert label(engine, "gitlab") == "confirmed"
     assert (
         gitlab(client, "Emoji Hook", award("gitlab-501", action="revoke")).status_code == 200
     )  # same award id
-    assert signals(engine, "gitlab") == [("reaction", "", "ana")] and label(engine, "gitlab") == "unlabelled"
+    assert signals(engine, "gitlab") == [("reaction", "", "ana")]
+    assert label(engine, "gitlab") == "unlabelled"
     assert (
         gitlab(client, "Emoji Hook", award("gitlab-501", name="thumbsdown", award_id=10)).status_code == 200
     )
@@ -149,7 +152,8 @@ def test_gitlab_awards_and_replies(setup: tuple[TestClient, Queue, int], engine:
     own = gitlab(
         client, "Note Hook", note("/severity critical", "gitlab-disc-1", note_id=78, user="reviewbot")
     )
-    assert "bot itself" in own.json()["detail"] and label(engine, "gitlab") == "dismissed"
+    assert "bot itself" in own.json()["detail"]
+    assert label(engine, "gitlab") == "dismissed"
 
 
 def test_github_replies_and_thread_resolution(
@@ -177,10 +181,11 @@ def test_feedback_that_outruns_its_finding_waits(
 ) -> None:
     client, queue, _ = setup
     early = gitlab(client, "Emoji Hook", award("gitlab-999", award_id=31))
-    assert early.status_code == 202 and "queued until its finding is known" in early.json()["detail"]
+    assert early.status_code == 202
+    assert "queued until its finding is known" in early.json()["detail"]
     queue.huey.execute(queue.huey.dequeue())  # the review job has not recorded the finding yet: retried
     assert queue.huey.pending_count() == 1
-    with db.session_scope(engine) as session:  # ... now it has
+    with session_scope(engine) as session:  # ... now it has
         finding = session.exec(select(Finding).where(Finding.forge_comment_id == "gitlab-501")).one()
         finding.forge_comment_id = "gitlab-999"
     queue.huey.execute(queue.huey.dequeue())
@@ -198,7 +203,8 @@ def test_feedback_on_someone_elses_comment_is_dropped_visibly(
         queue.huey.execute(task)
     with Session(engine) as session:
         outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
-        assert outcome.startswith("feedback matched no finding of the bot") and "not-a-bot-note" in outcome
+        assert outcome.startswith("feedback matched no finding of the bot")
+        assert "not-a-bot-note" in outcome
         assert session.exec(select(Feedback)).all() == []
 
 
@@ -215,7 +221,7 @@ def gitlab_mr_with_bot_finding(engine: sa.Engine, url: str, fake: Any) -> tuple[
         mr, bot, "**major** · Leak <!-- reviewbot:finding:ffffffffffffffff -->", resolvable=True
     )
     discussion = mr.discussions[-1]
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
                           bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
         session.add(project)
@@ -254,7 +260,8 @@ def test_a_command_is_acknowledged_on_the_forge(
             queue.huey.execute(task)
     assert theirs.awards == [(bot, "eyes")]
     replies = [n.body for n in discussion.notes if n.author is bot and n is not ours]
-    assert len(replies) == 1 and "severity corrected to **minor**" in replies[0]
+    assert len(replies) == 1
+    assert "severity corrected to **minor**" in replies[0]
     assert label(engine, "gitlab") == "corrected"
 
 
@@ -276,7 +283,7 @@ def test_github_reactions_are_polled(
     fake.review_comments[someone_elses].reactions["+1"] = 5
     monkeypatch.setenv("TEST_GITHUB_TOKEN", "bot-token")
     with live_server(fake.app) as url:
-        with db.session_scope(engine) as session:
+        with session_scope(engine) as session:
             project = Project(
                 forge="github",
                 forge_url=url,
@@ -302,14 +309,14 @@ def test_github_reactions_are_polled(
                                     forge_comment_id=comment))  # fmt: skip
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
 
-        assert queue.poll_feedback(engine) == 0  # no reaction yet: nothing stored
+        assert queue.poll_feedback() == 0  # no reaction yet: nothing stored
         fake.review_comments[ours].reactions["+1"] = 2
-        assert queue.poll_feedback(engine) == 1
-        assert queue.poll_feedback(engine) == 0  # unchanged: no new row, no update ...
+        assert queue.poll_feedback() == 1
+        assert queue.poll_feedback() == 0  # unchanged: no new row, no update ...
         assert fake.not_modified == 1  # ... and GitHub answered the conditional request with a 304
         assert label(engine, "github") == "confirmed"
         fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
-        assert queue.poll_feedback(engine) == 2
+        assert queue.poll_feedback() == 2
     with Session(engine) as session:
         rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
         assert [(r.source_event_id, r.value) for r in rows] == [
@@ -335,12 +342,12 @@ def test_gitlab_thread_resolution_is_polled(
     with live_server(fake.app) as url:
         _, _, ours, _ = gitlab_mr_with_bot_finding(engine, url, fake)
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
-        assert queue.poll_feedback(engine) == 0  # open thread: nothing to say
+        assert queue.poll_feedback() == 0  # open thread: nothing to say
         ours.resolved = True
-        assert queue.poll_feedback(engine) == 1
-        assert queue.poll_feedback(engine) == 0
+        assert queue.poll_feedback() == 1
+        assert queue.poll_feedback() == 0
         ours.resolved = False  # reopened
-        assert queue.poll_feedback(engine) == 1
+        assert queue.poll_feedback() == 1
     with Session(engine) as session:
         rows = session.exec(select(Feedback)).all()
         assert [(r.kind, r.value) for r in rows] == [("resolved", "false")]
@@ -351,11 +358,11 @@ def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: P
     closed one up to POLL_DAYS_AFTER_CLOSE days after; a reopened one again. Closes start no review."""
     from datetime import UTC, datetime, timedelta
 
-    from bot.tasks import POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN
+    from bot.feedback.polling import POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN
 
     assert (POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN) == (3, 30)  # the days this test steps through
     pr = json.loads((FIXTURES / "github" / "webhooks" / "pull_request.closed.1.json").read_text())["number"]
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         for forge, path, numbers in (
             ("gitlab", "group/app", (1, 2)),
             ("github", "Codertocat/Hello-World", (pr,)),
@@ -374,19 +381,16 @@ def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: P
         def __init__(self, project: Project) -> None:
             self.path = project.path
 
-        def bot_comments(self, number: int) -> list[Any]:
+        def poll_feedback(self, number: int, etag: str | None = None) -> tuple[PolledFeedback, None]:
+            del etag
             polled.append((self.path, number))
-            return []
-
-        def reaction_counts(self, number: int, etag: str | None = None) -> tuple[dict[str, Any], None]:
-            polled.append((self.path, number))
-            return {}, None
+            return PolledFeedback(), None
 
     queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, Polled, retry_delay_s=0)  # type: ignore[arg-type]
 
     def polled_after(days: float) -> set[tuple[str, int]]:
         polled.clear()
-        queue.poll_feedback(engine, now=datetime.now(UTC) + timedelta(days=days))
+        queue.poll_feedback(now=datetime.now(UTC) + timedelta(days=days))
         return set(polled)
 
     def mr_event(action: str) -> dict[str, Any]:
@@ -402,9 +406,11 @@ def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: P
     assert polled_after(0) == everything
     with TestClient(create_app(engine, queue)) as client:
         merged = gitlab(client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
-        assert merged.status_code == 200 and "merged or closed" in merged.json()["detail"]
+        assert merged.status_code == 200
+        assert "merged or closed" in merged.json()["detail"]
         closed = github(client, "pull_request", github_event("closed.1"))
-        assert closed.status_code == 200 and "merged or closed" in closed.json()["detail"]
+        assert closed.status_code == 200
+        assert "merged or closed" in closed.json()["detail"]
         with Session(engine) as session:
             assert len(session.exec(select(Review)).all()) == 6  # no review was started
             stamped = session.exec(
@@ -418,11 +424,12 @@ def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: P
         assert polled_after(31) == set()  # open, but its last review was a month ago
 
         # The same delivery again is a duplicate: it does not restart the clock of a close long past.
-        with db.session_scope(engine) as session:
+        with session_scope(engine) as session:
             session.execute(sa.update(Review).values(mr_closed_at=datetime.now(UTC) - timedelta(days=4))
                             .where(sa.column("mr_number") == 1))  # fmt: skip
         replay = gitlab(client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
-        assert replay.status_code == 200 and "duplicate" in replay.json()["detail"]
+        assert replay.status_code == 200
+        assert "duplicate" in replay.json()["detail"]
         assert ("group/app", 1) not in polled_after(0)
 
         reopened = gitlab(client, "Merge Request Hook", mr_event("reopen"))
@@ -482,7 +489,7 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
         return {i.finding.review: i.label.state.value for i in labelled_findings(engine)}
 
     with live_server(fake.app) as url:
-        with db.session_scope(engine) as session:
+        with session_scope(engine) as session:
             project = Project(forge="github", forge_url=url, path=REPO, webhook_secret=SECRET,
                               bot_username="reviewbot", token_env="TEST_GITHUB_TOKEN")  # fmt: skip
             session.add(project)
@@ -510,21 +517,24 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
             body = f"/severity minor only admins reach it\n\n{link}"
             ana = fake.add_issue_comment(REPO, 1, "ana", body)
             first = github(client, "issue_comment", pr_comment(ana, body), delivery="d-1")
-            assert first.status_code == 200 and "feedback recorded" in first.json()["detail"]
+            assert first.status_code == 200
+            assert "feedback recorded" in first.json()["detail"]
             again = github(client, "issue_comment", pr_comment(ana, body), delivery="d-1")
             assert "duplicate" in again.json()["detail"]
             run_jobs()
             assert fake.issue_comments[ana].reactions == {"eyes": 1}
             assert bot_answers() == ["@ana Noted: severity corrected to **minor**. Thank you — this goes into"
                                      " the training data of the next model."]  # fmt: skip
-            assert rows() == {EVAL: [("severity", "minor")]} and states()[EVAL] == "corrected"
+            assert rows() == {EVAL: [("severity", "minor")]}
+            assert states()[EVAL] == "corrected"
 
             # Edited into a dismissal: the same row changes.
             edited = f"/dismiss admins are trusted\n\n{link}"
             assert (
                 github(client, "issue_comment", pr_comment(ana, edited, action="edited")).status_code == 200
             )
-            assert rows() == {EVAL: [("dismiss", "admins are trusted")]} and states()[EVAL] == "dismissed"
+            assert rows() == {EVAL: [("dismiss", "admins are trusted")]}
+            assert states()[EVAL] == "dismissed"
 
             # No link, but a quote of exactly one finding's text (bold marks aside).
             quoting = (
@@ -532,15 +542,18 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
             )
             bob = fake.add_issue_comment(REPO, 1, "ana", quoting)
             assert github(client, "issue_comment", pr_comment(bob, quoting)).status_code == 200
-            assert rows()[OPEN] == [("severity", "major")] and states()[OPEN] == "corrected"
+            assert rows()[OPEN] == [("severity", "major")]
+            assert states()[OPEN] == "corrected"
             run_jobs()
-            assert len(bot_answers()) == 3 and fake.issue_comments[bob].reactions == {"eyes": 1}
+            assert len(bot_answers()) == 3
+            assert fake.issue_comments[bob].reactions == {"eyes": 1}
 
             # Deleted: the command is withdrawn.
             assert (
                 github(client, "issue_comment", pr_comment(bob, quoting, action="deleted")).status_code == 200
             )
-            assert rows()[OPEN] == [("reply", "")] and states()[OPEN] == "unlabelled"
+            assert rows()[OPEN] == [("reply", "")]
+            assert states()[OPEN] == "unlabelled"
 
             # Comments tied to no finding, each ignored with its reason on the delivery.
             ignored = {
@@ -551,7 +564,8 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
             }
             for n, text in enumerate(ignored):
                 response = github(client, "issue_comment", pr_comment(900 + n, text))
-                assert response.status_code == 200 and ignored[text] in response.json()["detail"], text
+                assert response.status_code == 200, text
+                assert ignored[text] in response.json()["detail"], text
             not_a_pr = github(client, "issue_comment", GH_ISSUE_COMMENT)
             assert "not a pull request" in not_a_pr.json()["detail"]
             own = github(
@@ -561,7 +575,7 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
 
             # While a review of the pull request is still running, a quote may be of a finding it is
             # posting: it waits in the queue, and says so on the delivery when nothing turns up.
-            with db.session_scope(engine) as session:
+            with session_scope(engine) as session:
                 session.add(Review(project_id=project.id, mr_number=1, head_sha="c" * 40, status="running"))
             early = github(
                 client, "issue_comment", pr_comment(960, "> A finding the running review is posting")
@@ -612,7 +626,7 @@ def test_feedback_that_outruns_the_review_job_is_recorded_once(
     seen_early: list[tuple[int, str, int]] = []  # (feedback rows, delivery outcome, jobs waiting) mid-review
 
     with live_server(fake.app) as url, scripted_server(student) as student_url:
-        with db.session_scope(engine) as session:
+        with session_scope(engine) as session:
             session.add(Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
                                 bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN"))  # fmt: skip
         settings = load_settings(
@@ -655,7 +669,8 @@ def test_feedback_that_outruns_the_review_job_is_recorded_once(
         finding = session.exec(select(Finding)).one()
         rows = session.exec(select(Feedback)).all()
         outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
-    assert review.status == "done" and finding.severity == "major"
+    assert review.status == "done"
+    assert finding.severity == "major"
     assert [(r.finding_id, r.kind, r.value, r.author) for r in rows] == [
         (finding.id, "severity", "minor", "ana")
         if reaction == "command"
@@ -665,5 +680,6 @@ def test_feedback_that_outruns_the_review_job_is_recorded_once(
     assert label(engine, "gitlab") == ("corrected" if reaction == "command" else "confirmed")
     if reaction == "command":  # heard, once
         replies = [n for n in mr.discussions[0].notes if n.author is bot][1:]
-        assert len(replies) == 1 and "severity corrected to **minor**" in replies[0].body
+        assert len(replies) == 1
+        assert "severity corrected to **minor**" in replies[0].body
         assert mr.discussions[0].notes[1].awards == [(bot, "eyes")]

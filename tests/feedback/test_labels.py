@@ -13,20 +13,12 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
-from bot import db
-from bot.feedback import (
-    Command,
-    CommandError,
-    LabelState,
-    SignalKind,
-    feedback_stats,
-    label_state,
-    labelled_findings,
-    parse_command,
-    record_signal,
-    severity_examples,
-)
+from bot.events import Command, CommandError, SignalKind, parse_command
+from bot.feedback.labels import LabelState, label_state, labelled_findings, severity_examples
+from bot.feedback.signals import record_signal
+from bot.feedback.stats import feedback_stats
 from bot.models import Feedback, Finding, Project, Review, Severity
+from tests.support.db import session_scope
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -102,7 +94,7 @@ def test_label_state(signals: list[Feedback], state: LabelState, label: str | No
 
 
 def add_finding(engine: sa.Engine, severity: str = "major", model: str = "base") -> int:
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = session.exec(select(Project)).first()
         if project is None:
             project = Project(forge="gitlab", forge_url="http://forge.test", path="g/app", webhook_secret="s")
@@ -122,9 +114,9 @@ def add_finding(engine: sa.Engine, severity: str = "major", model: str = "base")
 
 def test_the_same_source_updates_its_row(engine: sa.Engine) -> None:
     finding = add_finding(engine)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "gitlab:award:7")
-    with db.session_scope(engine) as session:  # revoked
+    with session_scope(engine) as session:  # revoked
         record_signal(session, finding, SignalKind.REACTION, "", "ana", "gitlab:award:7")
         record_signal(session, finding, SignalKind.REACTION, "-1", "bo", "gitlab:award:8")
     with Session(engine) as session:
@@ -135,7 +127,7 @@ def test_the_same_source_updates_its_row(engine: sa.Engine) -> None:
 
 def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_path: Path) -> None:
     confirmed, corrected, dismissed, silent = (add_finding(engine) for _ in range(4))
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1")
         record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1")
         record_signal(session, dismissed, SignalKind.DISMISS, "trusted input", "bo", "d1")
@@ -145,9 +137,8 @@ def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_pa
         (corrected, "minor"),
     ]
     assert examples[1]["question"] == {"code": "  3 +f = open(p)", "review": "The handle is never closed."}
-    assert (
-        examples[1]["meta"]["label_state"] == "corrected" and examples[1]["meta"]["model_version"] == "base"
-    )
+    assert examples[1]["meta"]["label_state"] == "corrected"
+    assert examples[1]["meta"]["model_version"] == "base"
 
     env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
     out = tmp_path / "severity.jsonl"
@@ -173,7 +164,7 @@ def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
     ids = [add_finding(engine, "major", "severity-v1") for _ in range(4)] + [
         add_finding(engine, "minor", "severity-v2")
     ]
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, ids[0], SignalKind.REACTION, "+1", "ana", "r0")
         record_signal(session, ids[1], SignalKind.SEVERITY, "minor", "bo", "r1")
         record_signal(session, ids[2], SignalKind.ADDRESSED, "", "", "r2")
@@ -183,13 +174,14 @@ def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
         "with_feedback_rate": 0.75, "thumbs_up_rate": 0.25, "corrected_rate": 0.25, "dismissed_rate": 0.0,
         "addressed_rate": 0.25,
     }  # fmt: skip
-    assert rows[1]["model_version"] == "severity-v2" and rows[1]["with_feedback_rate"] == 0.0
+    assert rows[1]["model_version"] == "severity-v2"
+    assert rows[1]["with_feedback_rate"] == 0.0
     assert Severity(rows[1]["severity"]) is Severity.MINOR
 
 
 def test_stats_plot_acceptance_per_model_version(engine: sa.Engine, tmp_path: Path) -> None:
     finding = add_finding(engine, "major", "severity-v1")
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "r0")
     env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
     env["COLUMNS"] = "200"  # one line per row
@@ -197,14 +189,15 @@ def test_stats_plot_acceptance_per_model_version(engine: sa.Engine, tmp_path: Pa
     command = [sys.executable, "-m", "bot.cli", "feedback", "stats", "--plot", str(plot)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "severity-v1" in result.stdout and plot.read_bytes()[:4] == b"\x89PNG"
+    assert "severity-v1" in result.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_push_that_removes_the_line_addresses_the_finding(engine: sa.Engine) -> None:
     from bot.diff import parse_diff
-    from bot.review_job import _mark_addressed
+    from bot.review.job import _mark_addressed
 
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = Project(forge="gitlab", forge_url="http://forge.test", path="g/app", webhook_secret="s")
         session.add(project)
         session.flush()
@@ -234,8 +227,9 @@ def test_a_push_that_removes_the_line_addresses_the_finding(engine: sa.Engine) -
     )
     with Session(engine) as session:
         review = session.get(Review, new_id)
-    assert review is not None
-    _mark_addressed(engine, review, pushed, changed_paths={"a.py"})
+        assert review is not None
+        _mark_addressed(session, review, pushed, changed_paths={"a.py"})
+        session.commit()
     with Session(engine) as session:
         rows = session.exec(
             select(Finding.anchor_text).join(Feedback).where(Feedback.kind == "addressed")
@@ -246,12 +240,12 @@ def test_a_push_that_removes_the_line_addresses_the_finding(engine: sa.Engine) -
 def test_acceptance_figures_on_metrics(engine: sa.Engine) -> None:
     from fastapi.testclient import TestClient
 
-    from bot.app import create_app
-    from tests.test_webhooks import Recorder
+    from bot.api import create_app
+    from tests.api.test_webhooks import Recorder
 
     up = add_finding(engine, "major", "severity-v3")
     add_finding(engine, "major", "severity-v3")  # a finding nobody reacted to
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, up, SignalKind.REACTION, "+1", "ana", "m1")
     with TestClient(create_app(engine, Recorder())) as client:
         exposed = client.get("/metrics").text

@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from bot import db
 from bot.config import load_settings
-from bot.feedback import SignalKind, record_signal
+from bot.events import SignalKind
+from bot.feedback.signals import record_signal
 from bot.llm import LLMBadAnswer, LLMClient, LLMRejected, LLMUnavailable
 from bot.models import (
     ExampleSource,
@@ -31,18 +31,19 @@ from bot.models import (
 )
 from flywheel import data, registry
 from flywheel.curriculum import build_curriculum
-from flywheel.cycle import Plan, run_flywheel, stalled
+from flywheel.cycle import Plan, RoundRecord, TrainStats, round_zero, run_flywheel, stalled
 from flywheel.data import DataError, Example
 from flywheel.evaluate import Grade, accuracy, grade_exam, preference, score
 from flywheel.exam import Exam, TeacherError, write_exam
 from flywheel.spec import spec_for
 from flywheel.take import Attempt
+from tests.feedback.test_labels import add_finding
+from tests.support.db import session_scope
 from tests.support.scripted_server import Script, completion, scripted_server
 from tests.support.severity_task import MARKERS, make_examples
 from tests.support.teacher_server import MODEL, Teacher, teacher_server
 from tests.support.tiny_model import TinyStudent
 from tests.support.vllm_server import free_port
-from tests.test_feedback import add_finding
 
 SEVERITY = spec_for(Task.SEVERITY)
 
@@ -122,9 +123,9 @@ def test_a_held_out_example_stays_held_out(engine: sa.Engine) -> None:
 
 def test_feedback_export_is_read_back_and_a_later_correction_wins(engine: sa.Engine, tmp_path: Path) -> None:
     confirmed, corrected = add_finding(engine), add_finding(engine)
-    with db.session_scope(engine) as session:  # two different questions
+    with session_scope(engine) as session:  # two different questions
         session.get(Finding, corrected).review = "The handle leaks on error."  # type: ignore[union-attr]
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1")
         record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1")
     out = tmp_path / "export.jsonl"
@@ -143,7 +144,7 @@ def test_feedback_export_is_read_back_and_a_later_correction_wins(engine: sa.Eng
     assert [e.to_json() for e in from_db] == [e.to_json() for e in exported]
     with Session(engine) as session:
         data.store(session, SEVERITY, from_db, ExampleSource.FEEDBACK, split=ExampleSplit.TRAIN)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, confirmed, SignalKind.SEVERITY, "trivial", "cy", "c2")
     with Session(engine) as session:
         data.store(session, SEVERITY, data.feedback_examples(engine, SEVERITY), ExampleSource.FEEDBACK)
@@ -153,7 +154,7 @@ def test_feedback_export_is_read_back_and_a_later_correction_wins(engine: sa.Eng
 
 def test_rejected_findings_are_material_for_the_teacher(engine: sa.Engine) -> None:
     dismissed = add_finding(engine)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, dismissed, SignalKind.DISMISS, "the input is trusted", "ana", "d1")
     [complaint] = data.complaints(engine)
     assert complaint["reviewers"] == "dismissed"
@@ -168,7 +169,9 @@ def test_the_teacher_writes_an_exam(teacher_url: str, teacher: Teacher) -> None:
     assert len(result.items.examples) == 12
     assert {e.answer["issue_type"] for e in result.items.examples} == set(MARKERS.values())
     prompt = teacher.prompts[0]
-    assert "{code}" in prompt and "not examined yet" in prompt and "Write 12 new exam questions" in prompt
+    assert "{code}" in prompt
+    assert "not examined yet" in prompt
+    assert "Write 12 new exam questions" in prompt
     assert result.teacher_tokens > 0
 
 
@@ -176,10 +179,12 @@ def test_a_big_exam_is_asked_for_in_parts_that_fit_the_teachers_output(
     teacher_url: str, teacher: Teacher
 ) -> None:
     result = exam(teacher_url, count=12, max_tokens=2200)  # room for 5 items an answer
-    assert len(result.items.examples) == 12 and teacher.calls["exam"] == 3
+    assert len(result.items.examples) == 12
+    assert teacher.calls["exam"] == 3
     assert sorted(re.findall(r"Write (\d+) new exam", "".join(teacher.prompts))) == ["2", "5", "5"]
     graded = grade(teacher_url, attempts(["minor"] * 4), data=[], count=10, max_tokens=2800)
-    assert len(graded.new.examples) == 10 and teacher.calls["grade"] == 2
+    assert len(graded.new.examples) == 10
+    assert teacher.calls["grade"] == 2
 
 
 def test_known_questions_are_not_asked_again(teacher_url: str, teacher: Teacher) -> None:
@@ -253,10 +258,12 @@ def test_the_teacher_grades_and_aims_new_examples_at_mistakes(teacher_url: str, 
     sitting = attempts(["critical"] * 12)  # right only on the three critical markers
     graded = grade(teacher_url, sitting, data=examples(3, seed=9), count=10)
     assert graded.proficiency == 1 + round(9 * 3 / 12)
-    assert "Leaks" in graded.feedback and "Corrupts" not in graded.feedback
+    assert "Leaks" in graded.feedback
+    assert "Corrupts" not in graded.feedback
     assert len(graded.new.examples) == 10
     assert not {e.key for e in graded.new.examples} & {a.example.key for a in sitting}
-    assert '"correct": false' in teacher.prompts[0] and "25% (3 of 12)" in teacher.prompts[0]
+    assert '"correct": false' in teacher.prompts[0]
+    assert "25% (3 of 12)" in teacher.prompts[0]
 
 
 def test_a_grade_without_feedback_is_an_error(teacher_url: str, teacher: Teacher) -> None:
@@ -267,7 +274,6 @@ def test_a_grade_without_feedback_is_an_error(teacher_url: str, teacher: Teacher
 
 
 def test_explanations_are_judged_pairwise_in_random_order(teacher_url: str) -> None:
-    spec = spec_for(Task.EXPLANATION)
     question = {"code": "1 +x = 1", "review": "Leaks the handle.", "issue_type": "major"}
     reference = {"explanation": "A long reference explanation of the leak."}
     example = Example(question, reference)
@@ -276,7 +282,7 @@ def test_explanations_are_judged_pairwise_in_random_order(teacher_url: str) -> N
         Attempt(example, {"explanation": "x" * 200}),
         Attempt(example, None, "down"),
     ]
-    score = asyncio.run(preference(client(teacher_url), MODEL, spec, sitting, random.Random(3)))
+    score = asyncio.run(preference(client(teacher_url), MODEL, sitting, random.Random(3)))
     assert score.verdicts == [1.0, 0.0, 0.0]  # the double prefers the shorter one, whichever side it is on
 
 
@@ -297,9 +303,12 @@ def test_the_curriculum_dedupes_keeps_held_out_out_and_goes_easy_to_hard() -> No
     teacher_copy = Example(base[0].question, {"issue_type": "trivial"}, difficulty=1)
     hard, easy = (Example(e.question, e.answer, d) for e, d in zip(examples(2, seed=5), (5, 1), strict=True))
     merged = build_curriculum(base[:4], [teacher_copy, hard, easy, base[5]], heldout_keys={base[5].key})
-    assert merged[0] == easy and merged[-1] == hard
-    assert base[0] in merged and teacher_copy not in merged  # the reviewers' label wins
-    assert base[5] not in merged and len(merged) == 6
+    assert merged[0] == easy
+    assert merged[-1] == hard
+    assert base[0] in merged  # the reviewers' label wins
+    assert teacher_copy not in merged
+    assert base[5] not in merged
+    assert len(merged) == 6
 
 
 # --- registry -------------------------------------------------------------------------------------
@@ -381,6 +390,37 @@ def test_an_adapter_vllm_cannot_load_is_not_registered(engine: sa.Engine, tmp_pa
         assert registry.versions(session) == []
 
 
+# --- the run's record -----------------------------------------------------------------------------
+
+
+def test_a_round_is_recorded_in_the_format_the_report_reads() -> None:
+    summary = {"score": 0.75, "size": 4, "failed": 0, "by_label": {"major": [3, 4]}}
+    record = RoundRecord(
+        number=2, model="severity-v2", exam_size=24, exam_malformed=1, exam_duplicates=2, exam_score=0.5,
+        teacher_score=6, feedback="Confuses minor and trivial.", new_examples=90, new_dropped=6,
+        curriculum=140, heldout=0.75, detail=summary,
+        train=TrainStats(tokens=5000, tokens_per_s=1234.56, peak_memory_mb=2048.04, loss=0.25),
+        teacher_tokens=90_000,
+        timings={"exam": 1.234, "take": 2.0, "evaluate": 3.0, "finetune": 4.0, "heldout": 5.0},
+    )  # fmt: skip
+    assert record.to_json() == {
+        "round": 2, "model": "severity-v2", "exam": {"size": 24, "malformed": 1, "duplicates": 2},
+        "exam_score": 0.5, "teacher_score": 6, "feedback": "Confuses minor and trivial.",
+        "new_examples": 90, "new_dropped": 6, "curriculum": 140, "heldout": 0.75, "detail": summary,
+        "train": {"tokens": 5000, "tokens_per_s": 1234.6, "peak_memory_mb": 2048.0, "loss": 0.25},
+        "teacher_tokens": 90_000,
+        "timings": {"exam": 1.23, "take": 2.0, "evaluate": 3.0, "finetune": 4.0, "heldout": 5.0},
+    }  # fmt: skip
+    assert list(record.to_json()) == [  # the order runs were stored in before RoundRecord
+        "round", "model", "exam", "exam_score", "teacher_score", "feedback", "new_examples", "new_dropped",
+        "curriculum", "heldout", "detail", "train", "teacher_tokens", "timings",
+    ]  # fmt: skip
+    baseline = accuracy(attempts(["critical", "minor"]))
+    assert round_zero("base", baseline) == {
+        "round": 0, "model": "base", "heldout": 0.5, "detail": baseline.summary()
+    }  # fmt: skip
+
+
 # --- the cycle's failures -------------------------------------------------------------------------
 
 
@@ -403,7 +443,8 @@ def test_an_unreachable_teacher_fails_the_run_and_promotes_nothing(engine: sa.En
             )
     with Session(engine) as session:
         run = session.exec(select(FlywheelRun)).one()
-        assert run.status == RunStatus.FAILED and "teacher model server" in (run.error or "")
+        assert run.status == RunStatus.FAILED
+        assert "teacher model server" in (run.error or "")
         assert run.rounds[0]["heldout"] == pytest.approx(2 / 8)  # round 0 was scored: 2 minor examples of 8
         assert registry.versions(session) == []
 
@@ -459,20 +500,21 @@ def test_the_trainer_queue_starts_a_run_when_enough_feedback_arrived(
     )
     trainer = TrainerQueue(settings, engine)
     first = add_finding(engine)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         record_signal(session, first, SignalKind.REACTION, "+1", "ana", "a1")
-    assert trainer.start_due_runs(settings, engine) == []
+    assert trainer.flywheel_when_due() == []
     second = add_finding(engine)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         session.get(Finding, second).review = "Another review."  # type: ignore[union-attr]
         record_signal(session, second, SignalKind.SEVERITY, "minor", "bo", "s1")
-    assert trainer.start_due_runs(settings, engine) == ["severity"]
-    assert trainer.huey.pending_count() == 1 and trainer.huey.name == "reviewbot-trainer"
+    assert trainer.flywheel_when_due() == ["severity"]
+    assert trainer.huey.pending_count() == 1
+    assert trainer.huey.name == "reviewbot-trainer"
     with Session(engine) as session:  # once a run has stored them, they are not new any more
         data.store(session, SEVERITY, data.feedback_examples(engine, SEVERITY), ExampleSource.FEEDBACK)
         session.add(FlywheelRun(task="severity", status=RunStatus.RUNNING))
         session.commit()
-    assert trainer.start_due_runs(settings, engine) == []
+    assert trainer.flywheel_when_due() == []
 
 
 def test_a_run_whose_process_died_is_abandoned(engine: sa.Engine) -> None:
@@ -490,7 +532,8 @@ def test_a_run_whose_process_died_is_abandoned(engine: sa.Engine) -> None:
     assert running(engine)  # the recent one may well be alive
     with Session(engine) as session:
         dead = session.exec(select(FlywheelRun).where(FlywheelRun.status == RunStatus.FAILED)).one()
-    assert dead.error is not None and dead.error.startswith("abandoned")
+    assert dead.error is not None
+    assert dead.error.startswith("abandoned")
 
 
 def test_a_launcher_runs_the_fine_tuning_in_another_process(
@@ -507,13 +550,14 @@ def test_a_launcher_runs_the_fine_tuning_in_another_process(
     flywheel = Flywheel(settings, engine, Plan.from_settings(settings, Task.SEVERITY))
     trained = flywheel._finetune(examples(8), tmp_path / "adapters" / "severity-v1", tmp_path / "round-1")
     assert trained.adapter_dir == (tmp_path / "adapters" / "severity-v1").resolve()
-    assert (trained.adapter_dir / "adapter_model.safetensors").is_file() and trained.train_tokens > 0
+    assert (trained.adapter_dir / "adapter_model.safetensors").is_file()
+    assert trained.train_tokens > 0
     assert (tmp_path / "round-1" / "finetune-job.json").is_file()
 
 
 def test_confirmed_findings_teach_the_explanation_task(engine: sa.Engine) -> None:
     confirmed, corrected = add_finding(engine), add_finding(engine)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         for finding_id in (confirmed, corrected):
             session.get(Finding, finding_id).explanation = f"Explained {finding_id}."  # type: ignore[union-attr]
         record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1")

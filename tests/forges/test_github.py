@@ -84,7 +84,8 @@ def test_unknown_token_is_a_permanent_error(url: str) -> None:
     with pytest.raises(ForgeError) as error:
         GitHubForge(url, REPO, token="nope")
     assert not error.value.retryable
-    assert "401" in str(error.value) and "Bad credentials" in str(error.value)
+    assert "401" in str(error.value)
+    assert "Bad credentials" in str(error.value)
 
 
 def test_merge_request_metadata(forge: GitHubForge, fake: FakeGitHub) -> None:
@@ -154,7 +155,8 @@ def test_findings_go_out_in_one_review_on_both_sides(forge: GitHubForge, fake: F
 
     assert fake.count("POST", f"{PULL}/reviews") == 1
     [request] = [r for r in fake.requests if r.method == "POST"]
-    assert request.body["commit_id"] == mr.head_sha and request.body["event"] == "COMMENT"
+    assert request.body["commit_id"] == mr.head_sha
+    assert request.body["event"] == "COMMENT"
     assert all("position" not in c for c in request.body["comments"])
     stored = {c.id: c for c in fake.review_comments.values()}
     assert [(p.fingerprint, p.placement, p.note, p.thread_id) for p in posted] == [
@@ -185,7 +187,8 @@ def test_an_off_diff_anchor_becomes_file_level_before_posting(forge: GitHubForge
         Placement.FILE,
         Placement.GENERAL,
     ]
-    assert posted[0].note is not None and "line 40" in posted[0].note
+    assert posted[0].note is not None
+    assert "line 40" in posted[0].note
     assert posted[2].note is None
     file_level = fake.review_comments[int(posted[0].comment_id)]
     assert (file_level.subject_type, file_level.line) == ("file", None)
@@ -223,9 +226,8 @@ def test_a_review_refused_twice_becomes_one_pr_comment_per_finding(
     assert [p.placement for p in posted] == [Placement.GENERAL, Placement.GENERAL]
     assert all(p.note and "file-level retry" in p.note for p in posted)
     bodies = [fake.issue_comments[int(p.comment_id.removeprefix("issuecomment-"))].body for p in posted]
-    assert bodies[0].startswith("**`src/app.py:2`**") and bodies[1].startswith(
-        "**`src/app.py:3`** (old side)"
-    )
+    assert bodies[0].startswith("**`src/app.py:2`**")
+    assert bodies[1].startswith("**`src/app.py:3`** (old side)")
     assert len(fake.issue_comments) == 2
 
 
@@ -266,7 +268,8 @@ def test_upsert_summary_creates_then_edits_in_place(forge: GitHubForge, fake: Fa
 
     fake.issue_comments.clear()  # someone deleted it: a new one is posted
     third = forge.upsert_summary(7, f"three {SUMMARY_MARKER}", existing)
-    assert third != first and [c.body for c in fake.issue_comments.values()] == [f"three {SUMMARY_MARKER}"]
+    assert third != first
+    assert [c.body for c in fake.issue_comments.values()] == [f"three {SUMMARY_MARKER}"]
 
 
 def test_update_comment_edits_review_and_pr_comments(forge: GitHubForge, fake: FakeGitHub) -> None:
@@ -321,7 +324,8 @@ def test_a_secondary_rate_limit_on_the_review_is_waited_out_and_posted_once(
     [posted] = forge.post_review(mr, diff, [finding("abab0001", "src/app.py", 2)])
 
     assert posted.placement is Placement.INLINE
-    assert fake.count("POST", f"{PULL}/reviews") == 2 and len(fake.review_comments) == 1
+    assert fake.count("POST", f"{PULL}/reviews") == 2
+    assert len(fake.review_comments) == 1
 
 
 def test_a_long_secondary_rate_limit_goes_back_to_the_caller(forge: GitHubForge, fake: FakeGitHub) -> None:
@@ -334,7 +338,8 @@ def test_a_long_secondary_rate_limit_goes_back_to_the_caller(forge: GitHubForge,
     with pytest.raises(ForgeError) as error:
         forge.upsert_summary(7, f"c {SUMMARY_MARKER}", summary)
 
-    assert error.value.retryable and error.value.retry_after_s == 60
+    assert error.value.retryable
+    assert error.value.retry_after_s == 60
     assert "secondary rate limit" in str(error.value)
 
 
@@ -347,7 +352,8 @@ def test_the_primary_rate_limit_goes_back_to_the_caller_with_its_reset(
     with pytest.raises(ForgeError) as error:
         forge.merge_request(7)
 
-    assert error.value.retryable and 3500 < (error.value.retry_after_s or 0) < 3700
+    assert error.value.retryable
+    assert 3500 < (error.value.retry_after_s or 0) < 3700
     assert fake.count("GET", PULL) == 1
 
 
@@ -361,7 +367,10 @@ def test_persistent_5xx_is_a_retryable_error_naming_url_and_operation(
 
     assert error.value.retryable
     message = str(error.value)
-    assert url in message and REPO in message and "read pull request #7" in message and "502" in message
+    assert url in message
+    assert REPO in message
+    assert "read pull request #7" in message
+    assert "502" in message
     assert fake.count("GET", PULL) == 3  # the first try and two retries
 
 
@@ -373,21 +382,25 @@ def test_a_5xx_on_posting_is_not_repeated(forge: GitHubForge, fake: FakeGitHub) 
     with pytest.raises(ForgeError) as error:
         forge.post_review(mr, diff, [finding("acac0001", "src/app.py", 2)])
 
-    assert error.value.retryable and "post a review" in str(error.value)
+    assert error.value.retryable
+    assert "post a review" in str(error.value)
     assert fake.count("POST", f"{PULL}/reviews") == 1
 
 
 def test_not_found_is_a_permanent_error(forge: GitHubForge) -> None:
     with pytest.raises(ForgeError) as error:
         forge.merge_request(404)
-    assert not error.value.retryable and error.value.retry_after_s is None
-    assert "404" in str(error.value) and "Not Found" in str(error.value)
+    assert not error.value.retryable
+    assert error.value.retry_after_s is None
+    assert "404" in str(error.value)
+    assert "Not Found" in str(error.value)
 
 
 def test_an_unreachable_server_is_a_retryable_error() -> None:
     with pytest.raises(ForgeError) as error:
         GitHubForge(f"http://127.0.0.1:{free_port()}", REPO, token="bot-token", timeout_s=1)
-    assert error.value.retryable and "read the bot's identity" in str(error.value)
+    assert error.value.retryable
+    assert "read the bot's identity" in str(error.value)
 
 
 def test_acknowledge_a_reviewers_command(forge: GitHubForge, fake: FakeGitHub) -> None:

@@ -130,7 +130,8 @@ def test_diff_of_all_pages_parses_with_every_kind_of_change(
     renamed = files["src/renamed.py"]
     assert (renamed.status, renamed.old_path) == (FileStatus.RENAMED, "src/original.py")
     five = renamed.line(Side.NEW, 5)
-    assert five is not None and five.text == "line five"
+    assert five is not None
+    assert five.text == "line five"
     skipped = {s.path: s.reason for s in diff.skipped}
     assert skipped == {
         "src/gone.py": "file deleted",
@@ -138,7 +139,8 @@ def test_diff_of_all_pages_parses_with_every_kind_of_change(
         "run.sh": "mode change only",
         "data/huge.json": "GitLab shows no diff for it (too_large)",  # left out by GitLab: listed, not lost
     }
-    assert "data/huge.json" in caplog.text and "too_large" in caplog.text
+    assert "data/huge.json" in caplog.text
+    assert "too_large" in caplog.text
 
 
 def test_findings_on_added_removed_and_context_lines_land_inline(
@@ -216,7 +218,8 @@ def test_anchors_gitlab_cannot_place_fall_back_and_every_finding_is_posted_once(
     assert "GitLab refused the line position: line_code can't be blank" in (posted[1].note or "")
     assert "refused the file position" in (posted[2].note or "")
     assert "README.md is not among" in (posted[3].note or "")
-    assert posted[4].note is None and posted[5].note is None
+    assert posted[4].note is None
+    assert posted[5].note is None
     # Each finding became exactly one discussion; the off-diff one cost no refused request.
     assert len(mr.discussions) == len(comments)
     assert all(d.notes[0].body.endswith(c.body) for d, c in zip(mr.discussions, comments, strict=True))
@@ -224,7 +227,8 @@ def test_anchors_gitlab_cannot_place_fall_back_and_every_finding_is_posted_once(
     bodies = [d.notes[0].body for d in mr.discussions]
     assert bodies[0].startswith("Line 1:\n\n")
     assert (mr.discussions[0].notes[0].position or {})["position_type"] == "file"
-    assert bodies[2].startswith("`lib.py:1`\n\n") and mr.discussions[2].notes[0].position is None
+    assert bodies[2].startswith("`lib.py:1`\n\n")
+    assert mr.discussions[2].notes[0].position is None
     assert bodies[4] == comments[4].body
 
 
@@ -261,7 +265,8 @@ def test_bot_comments_are_the_bots_marked_notes_on_every_page(fake: FakeGitLab, 
         (str(second.id), "finding", "abcdef0123456789", True),
         (str(summary.id), "summary", None, False),
     ]
-    assert all(c.thread_id for c in found) and found[0].body == first.body
+    assert all(c.thread_id for c in found)
+    assert found[0].body == first.body
 
 
 def test_summary_is_created_then_edited_in_place(fake: FakeGitLab, forge: GitLabForge) -> None:
@@ -297,7 +302,8 @@ def test_update_and_resolve_a_finding(fake: FakeGitLab, forge: GitLabForge) -> N
     forge.resolve_comment(mr.iid, comment)
 
     [after] = forge.bot_comments(mr.iid)
-    assert after.body.startswith("edited") and after.resolved
+    assert after.body.startswith("edited")
+    assert after.resolved
     assert (after.comment_id, after.thread_id) == (comment.comment_id, comment.thread_id)
 
 
@@ -307,7 +313,8 @@ def test_editing_a_note_of_someone_else_is_a_permanent_error(fake: FakeGitLab, f
     theirs = BotComment(str(note.id), None, "finding", "12345678", note.body, False)
     with pytest.raises(ForgeError, match="HTTP 403") as caught:
         forge.update_comment(mr.iid, theirs, "hijacked")
-    assert not caught.value.retryable and note.body == "mine"
+    assert not caught.value.retryable
+    assert note.body == "mine"
 
 
 def test_a_short_rate_limit_is_waited_out(fake: FakeGitLab, forge: GitLabForge) -> None:
@@ -330,7 +337,8 @@ def test_a_persistent_rate_limit_is_a_retryable_error_with_its_wait(
     with pytest.raises(ForgeError, match="HTTP 429") as caught:
         forge.bot_comments(mr.iid)
 
-    assert caught.value.retryable and caught.value.retry_after_s == 1.0
+    assert caught.value.retryable
+    assert caught.value.retry_after_s == 1.0
     assert fake.requests.count(("GET", "/api/v4/projects/group/app/merge_requests/1/discussions")) == 3
 
 
@@ -343,8 +351,11 @@ def test_persistent_5xx_is_retryable_and_says_where(fake: FakeGitLab, forge: Git
         forge.diff(ours)
 
     message = str(caught.value)
-    assert caught.value.retryable and caught.value.retry_after_s is None
-    assert url in message and "group/app" in message and "read the diff of merge request !1" in message
+    assert caught.value.retryable
+    assert caught.value.retry_after_s is None
+    assert url in message
+    assert "group/app" in message
+    assert "read the diff of merge request !1" in message
     assert "HTTP 502" in message
     assert fake.requests.count(("GET", "/api/v4/projects/group/app/merge_requests/1/diffs")) == 3
 
@@ -371,13 +382,15 @@ def test_a_5xx_while_posting_is_not_retried_blindly(fake: FakeGitLab, forge: Git
 def test_a_bad_token_is_a_permanent_error(url: str) -> None:
     with pytest.raises(ForgeError, match=r"HTTP 401.*access token") as caught:
         GitLabForge(url, "wrong-token", "group/app")
-    assert not caught.value.retryable and url in str(caught.value)
+    assert not caught.value.retryable
+    assert url in str(caught.value)
 
 
 def test_an_unknown_merge_request_or_project_is_a_permanent_error(url: str, forge: GitLabForge) -> None:
     with pytest.raises(ForgeError, match="HTTP 404") as caught:
         forge.merge_request(99)
-    assert not caught.value.retryable and "read merge request !99" in str(caught.value)
+    assert not caught.value.retryable
+    assert "read merge request !99" in str(caught.value)
     with pytest.raises(ForgeError, match=r"project group/nope.*HTTP 404"):
         GitLabForge(url, BOT_TOKEN, "group/nope").bot_comments(1)
 

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from bot import db
 from bot.config import load_settings
 from bot.forges.base import Forge, ForgeError
 from bot.models import Project, Review, ReviewStatus
-from bot.tasks import Queue
+from bot.queue import Queue
+from tests.support.db import session_scope
 
 
 def failing_forge(retryable: bool):  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ def failing_forge(retryable: bool):  # type: ignore[no-untyped-def]
 
 
 def add_review(engine: sa.Engine, **fields: object) -> int:
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = Project(forge="gitlab", forge_url="http://forge.test", path="g/app", webhook_secret="s")
         session.add(project)
         session.flush()
@@ -62,7 +62,8 @@ def test_non_retryable_forge_error_fails_the_review_at_once(engine: sa.Engine, t
     queue.enqueue_review(review_id)
     assert run_pending(queue) == 1
     row = review_row(engine, review_id)
-    assert row.status == ReviewStatus.FAILED and "forge says no" in (row.error or "")
+    assert row.status == ReviewStatus.FAILED
+    assert "forge says no" in (row.error or "")
 
 
 def test_retryable_error_is_retried_then_recorded(engine: sa.Engine, tmp_path: Path) -> None:
@@ -73,7 +74,8 @@ def test_retryable_error_is_retried_then_recorded(engine: sa.Engine, tmp_path: P
     queue.enqueue_review(review_id)
     assert run_pending(queue) == 1 + 4  # the first try and REVIEW_RETRIES retries
     row = review_row(engine, review_id)
-    assert row.status == ReviewStatus.FAILED and "forge says no" in (row.error or "")
+    assert row.status == ReviewStatus.FAILED
+    assert "forge says no" in (row.error or "")
 
 
 def test_a_locked_merge_request_waits(engine: sa.Engine, tmp_path: Path) -> None:
@@ -96,7 +98,7 @@ def test_lost_jobs_are_queued_again(engine: sa.Engine, tmp_path: Path) -> None:
     )
     long_ago = datetime.now(UTC) - timedelta(hours=2)
     lost_queued = add_review(engine, created_at=long_ago)
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project_id = session.get(Review, lost_queued).project_id  # type: ignore[union-attr]
         for status, started in [(ReviewStatus.RUNNING, long_ago), (ReviewStatus.RUNNING, datetime.now(UTC))]:
             session.add(
@@ -114,7 +116,7 @@ def test_lost_jobs_are_queued_again(engine: sa.Engine, tmp_path: Path) -> None:
             )
         )
         session.add(Review(project_id=project_id, mr_number=6, head_sha="f" * 40))  # queued just now
-    assert queue.requeue_stale(engine) == 2
+    assert queue.requeue_stale() == 2
     assert queue.huey.pending_count() == 2
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.diff import parse_diff
-from bot.localgit import diff_range
 from bot.models import Severity, Side
-from bot.review import (
+from bot.review.localgit import diff_range
+from bot.review.pipeline import (
     Chunk,
-    Finding,
+    ReviewFinding,
     ReviewResult,
+    ReviewStats,
+    StageStats,
     anchor,
     chunk_diff,
     estimate_tokens,
@@ -65,16 +67,23 @@ def test_anchor_keeps_a_diff_line_and_moves_others(tmp_path: Path) -> None:
     diff = parse_diff(make_diff(tmp_path, {"big.py": _edited(100)}))
     chunk = Chunk(diff.files[0], diff.files[0].hunks[:1])  # the hunk around line 100
     kept, note = anchor(chunk, 100, Side.NEW)
-    assert kept is not None and kept.number == 100 and note is None
+    assert kept is not None
+    assert kept.number == 100
+    assert note is None
     context, note = anchor(chunk, 98, Side.NEW)  # a context line is a valid anchor too
-    assert context is not None and context.text == "line 98" and note is None
+    assert context is not None
+    assert context.text == "line 98"
+    assert note is None
     moved, note = anchor(chunk, 5000, Side.NEW)
-    assert moved is not None and moved.number == 100 and moved.side == Side.NEW
-    assert note is not None and "5000" in note
+    assert moved is not None
+    assert moved.number == 100
+    assert moved.side == Side.NEW
+    assert note is not None
+    assert "5000" in note
 
 
 def _finding(path: str, line: int, severity: Severity, review: str) -> Finding:
-    return Finding(path, line, Side.NEW, severity, "t", review, "", "", fingerprint(path, None, review))
+    return ReviewFinding(path, line, Side.NEW, severity, "t", review, "", "", fingerprint(path, None, review))
 
 
 def test_identical_findings_merge_keeping_the_most_severe() -> None:
@@ -98,10 +107,15 @@ def test_fingerprint_survives_a_line_shift(tmp_path: Path) -> None:
 
 
 def test_json_shape() -> None:
-    result = ReviewResult(
-        [_finding("a.py", 3, Severity.MAJOR, "r")], [("x.lock", "ignored")], [], {"chunks": 1}
-    )
+    stats = ReviewStats(
+        files=1, chunks=1, changed_lines=3, changed_lines_reviewed=3, candidates=1, below_threshold=0,
+        anchors_moved=0, file_level=0, merged=0, findings=1, threshold="minor",
+        models={"severity": "student"}, stages={"severity": StageStats(calls=1)}, wall_seconds=0.5,
+    )  # fmt: skip
+    result = ReviewResult([_finding("a.py", 3, Severity.MAJOR, "r")], [("x.lock", "ignored")], [], stats)
     data = result.to_json()
     assert set(data) == {"findings", "skipped", "failed", "stats"}
     assert set(data["findings"][0]) == {"path", "line", "side", "severity", "title", "review", "explanation"}
     assert data["skipped"] == [{"path": "x.lock", "reason": "ignored"}]
+    assert data["stats"]["stages"]["severity"]["calls"] == 1
+    assert data["stats"]["models"] == {"severity": "student"}

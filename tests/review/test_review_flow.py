@@ -16,26 +16,20 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from bot import db
-from bot.app import create_app
+from bot.api import create_app
 from bot.config import load_settings
 from bot.forges.base import parse_marker
 from bot.models import Feedback, Finding, Project, Review, ReviewStatus
-from bot.tasks import Queue
+from bot.queue import Queue
+from tests.support.db import session_scope
 from tests.support.fake_gitlab import FakeGitLab, MergeRequest, change
+from tests.support.fixtures import FIXTURES
 from tests.support.live_server import live_server
 from tests.support.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.vllm
 
-FIXTURE = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "fixtures"
-    / "gitlab"
-    / "webhooks"
-    / "merge_request.open.json"
-)
+FIXTURE = FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json"
 SECRET = "flow-secret"
 APP_V0 = "".join(f"def handler_{i}(request):\n    return respond(request, {i})\n\n" for i in range(30))
 APP_V1 = APP_V0.replace("respond(request, 4)", "respond(eval(request.body), 4)")
@@ -90,7 +84,7 @@ def test_review_then_push(
 ) -> None:  # fmt: skip
     fake, url = gitlab
     monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         session.add(
             Project(
                 forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
@@ -116,11 +110,13 @@ def test_review_then_push(
         with Session(engine) as session:
             review = session.get(Review, first)
             findings = session.exec(select(Finding).where(Finding.review_id == first)).all()
-        assert review is not None and review.status == ReviewStatus.DONE, review
+        assert review is not None
+        assert review.status == ReviewStatus.DONE, review
         assert findings, "the tiny student found nothing; the flow would prove little"
         notes = bot_notes(mr)
         posted = [note for kind, note in notes if kind == "finding"]
-        assert len(posted) == len(findings) and [k for k, _ in notes].count("summary") == 1
+        assert len(posted) == len(findings)
+        assert [k for k, _ in notes].count("summary") == 1
         assert {str(n.id) for n in posted} == {f.forge_comment_id for f in findings}
         assert all(f.forge_thread_id for f in findings)  # GitLab replies arrive by discussion id
 
@@ -140,10 +136,12 @@ def test_review_then_push(
             second = session.get(Review, stale)
             app_findings = {f.fingerprint for f in findings if f.path == "app.py"}
             new_findings = session.exec(select(Finding).where(Finding.review_id == stale)).all()
-        assert second is not None and second.status == ReviewStatus.DONE, second
+        assert second is not None
+        assert second.status == ReviewStatus.DONE, second
         assert {f.path for f in new_findings} <= {"app.py"}  # util.py unchanged since the last review
         summaries = [note for kind, note in bot_notes(mr) if kind == "summary"]
-        assert len(summaries) == 1 and "unchanged since the last review" in summaries[0].body
+        assert len(summaries) == 1
+        assert "unchanged since the last review" in summaries[0].body
         fingerprints = [parse_marker(n.body)[1] for k, n in bot_notes(mr) if k == "finding"]  # type: ignore[index]
         assert len(fingerprints) == len(set(fingerprints))  # nothing posted twice
         still_found = {f.fingerprint for f in new_findings}
@@ -165,7 +163,7 @@ def test_review_then_push(
                 assert finding.id in addressed  # the push removed that line
 
         # A review queued for a head the MR has left behind does nothing.
-        with db.session_scope(engine) as session:
+        with session_scope(engine) as session:
             behind = Review(project_id=second.project_id, mr_number=mr.iid, head_sha=old_head)
             session.add(behind)
             session.flush()
@@ -192,7 +190,7 @@ def test_a_push_during_the_review_supersedes_it(
             fake.push(mr, [change("app.py", APP_V0, APP_V2)])  # lands while the model works
             return text
 
-    with db.session_scope(engine) as session:
+    with session_scope(engine) as session:
         project = Project(
             forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET, bot_username="reviewbot"
         )
@@ -212,5 +210,7 @@ def test_a_push_during_the_review_supersedes_it(
     run_jobs(queue)
     with Session(engine) as session:
         row = session.get(Review, review_id)
-    assert row is not None and row.status == ReviewStatus.SUPERSEDED, row
-    assert bot_notes(mr) == [] and fake.writes() == []
+    assert row is not None
+    assert row.status == ReviewStatus.SUPERSEDED, row
+    assert bot_notes(mr) == []
+    assert fake.writes() == []

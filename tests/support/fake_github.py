@@ -277,6 +277,7 @@ class FakeGitHub:
         async def review_comments_of(
             request: Request, owner: str, name: str, number: int, review_id: int
         ) -> Response:
+            del owner, name, number  # one repository per fake; review ids are unique in it
             found = [c for c in self.review_comments.values() if c.review_id == review_id]
             return _page(request, [_review_comment_json(c, _base(request)) for c in found])
 

@@ -90,7 +90,7 @@ def _fixed_prompt_lines() -> list[str]:
         ("rate", ("code", "review")),
         ("explain", ("code", "review", "issue_type")),
     ]:
-        fixed |= lines(template, **{k: "1" for k in keys}) & lines(template, **{k: "2" for k in keys})
+        fixed |= lines(template, **dict.fromkeys(keys, "1")) & lines(template, **dict.fromkeys(keys, "2"))
     return sorted(fixed)
 
 

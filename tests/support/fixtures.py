@@ -1,0 +1,10 @@
+"""Where the forges' official webhook payload examples are (see their README): the workspace's
+``shared/fixtures`` beside this repository, or ``REVIEWBOT_TEST_FIXTURES``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+FIXTURES = Path(os.environ.get("REVIEWBOT_TEST_FIXTURES") or ROOT.parent / "shared" / "fixtures")

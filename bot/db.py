@@ -1,4 +1,4 @@
-"""Engine, sessions and schema migrations for SQLite (default) and PostgreSQL."""
+"""Engine and schema migrations for SQLite (default) and PostgreSQL."""
 
 from __future__ import annotations
 

@@ -14,5 +14,6 @@ echo "vLLM environment ready in $(( $(date +%s) - vllm_started )) s"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache  # the import rules of docs/architecture.md
 .venv/bin/python -m pytest "$@"
 echo "setup, lint and tests took $(( $(date +%s) - started )) s"

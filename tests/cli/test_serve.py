@@ -61,6 +61,7 @@ def test_project_add_then_serve_reviews_a_pull_request(
         "REVIEWBOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "SHOP_TOKEN": "bot-token",
     }
+    assert reviewbot(env, "db", "upgrade").returncode == 0  # once per install, as README says
     added = reviewbot(
         env, "project", "add", "--forge", "github", "--url", url, "--project", REPO,
         "--token-env", "SHOP_TOKEN", "--threshold", "trivial",

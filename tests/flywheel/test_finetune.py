@@ -127,33 +127,36 @@ def test_the_curriculum_order_can_be_kept(tiny_student: TinyStudent, tmp_path: P
     assert sorted(sampler(FinetuneConfig())) == list(range(8))
 
 
-def test_fine_tuning_teaches_the_student(
-    trained: FinetuneResult, tiny_student: TinyStudent, tmp_path: Path
-) -> None:
+def test_fine_tuning_teaches_the_student(trained: FinetuneResult, tiny_student: TinyStudent) -> None:
     heldout = make_examples(48, seed=123)  # other code, objects and seeds than the curriculum
     before = accuracy(tiny_student, heldout)
     after = accuracy(tiny_student, heldout, trained.adapter_dir)
-    print(f"held-out accuracy {before:.2f} -> {after:.2f}; fine-tune {trained.seconds:.1f} s")
-    assert before <= 0.4  # about chance: four balanced classes
-    assert after >= 0.8
+    learnt = f"held-out accuracy {before:.2f} -> {after:.2f}; fine-tune {trained.seconds:.1f} s"
+    assert before <= 0.4, learnt  # about chance: four balanced classes
+    assert after >= 0.8, learnt
     steps = [step for step, _ in trained.losses]
-    assert steps == sorted(steps) and steps[-1] == 192 // 8 * 16
+    assert steps == sorted(steps)
+    assert steps[-1] == 192 // 8 * 16
     assert trained.losses[-1][1] < trained.losses[0][1] / 2
 
 
 def test_the_result_sums_up_the_run(trained: FinetuneResult, tiny_student: TinyStudent) -> None:
     out = trained.adapter_dir
-    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert (out / "adapter_config.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
     check_vllm_compatible(out, max_rank=16)
     assert not list(out.glob("checkpoint-*"))  # only the adapter is saved
-    assert trained.loss_plot == out / "loss.png" and trained.loss_plot.read_bytes()[:4] == b"\x89PNG"
+    assert trained.loss_plot == out / "loss.png"
+    assert trained.loss_plot.read_bytes()[:4] == b"\x89PNG"
     tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
     tokens = sum(
         len(tokenizer(prompt_and_answer(tokenizer, messages, answer), add_special_tokens=False).input_ids)
         for messages, answer in chats(make_examples(192, seed=7))
     )
     assert trained.train_tokens == 16 * tokens  # every epoch, no padding
-    assert trained.tokens_per_s > 0 and trained.peak_memory_mb > 0 and trained.seconds > 0
+    assert trained.tokens_per_s > 0
+    assert trained.peak_memory_mb > 0
+    assert trained.seconds > 0
 
 
 def prompt_and_answer(tokenizer: Any, messages: list[Any], answer: str) -> str:
@@ -200,15 +203,23 @@ def test_vllm_compatibility_check_needs_the_files(tiny_student: TinyStudent, tmp
 
 def test_config_from_overrides() -> None:
     config = FinetuneConfig.from_overrides({"learning_rate": 1, "target_modules": ["q_proj"], "bf16": None})
-    assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)
-    assert config.target_modules == ["q_proj"] and config.bf16 is None and config.rank == 16
+    assert config.learning_rate == 1.0
+    assert isinstance(config.learning_rate, float)
+    assert config.target_modules == ["q_proj"]
+    assert config.bf16 is None
+    assert config.rank == 16
+    assert FinetuneConfig.from_overrides(config.model_dump()) == config  # as a job file carries it
     with pytest.raises(ValueError, match=r"unknown fine-tuning setting 'lr'; valid settings: rank, alpha"):
         FinetuneConfig.from_overrides({"lr": 1e-4})
     for key, value in [("rank", "16"), ("rank", 1.5), ("packing", "yes"), ("epochs", True), ("bf16", 1)]:
         with pytest.raises(ValueError, match=f"setting '{key}' must be"):
             FinetuneConfig.from_overrides({key: value})
-    with pytest.raises(ValueError, match="'target_modules' must be str or list"):
+    with pytest.raises(ValueError, match=r"'target_modules' must be str or list\[str\], not \[1\]"):
         FinetuneConfig.from_overrides({"target_modules": [1]})
+    with pytest.raises(ValueError, match=r"'bf16' must be bool or None, not 1$"):  # the first, in order
+        FinetuneConfig.from_overrides({"bf16": 1, "lr": 1e-4})
+    with pytest.raises(ValueError, match="frozen"):
+        config.rank = 4  # type: ignore[misc]
 
 
 def test_no_examples_is_an_error(tiny_student: TinyStudent, tmp_path: Path) -> None:
@@ -226,11 +237,13 @@ def test_a_job_file_runs_in_another_process(tiny_student: TinyStudent, tmp_path:
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],  # the repository
     )
     assert done.returncode == 0, done.stderr
     result = read_result(out)
-    assert result.adapter_dir == out and result.train_tokens > 0 and len(result.losses) == 1
+    assert result.adapter_dir == out
+    assert result.train_tokens > 0
+    assert len(result.losses) == 1
     check_vllm_compatible(out, max_rank=4)
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 4
     with pytest.raises(FileNotFoundError, match="did not finish"):

@@ -76,12 +76,12 @@ def main() -> None:
                 seconds, result = asyncio.run(
                     one_review(server.base_url, concurrency, args.chunk_tokens, diff)
                 )
-                calls = sum(stage["calls"] for stage in result.stats["stages"].values())
+                calls = sum(stage.calls for stage in result.stats.stages.values())
                 timings[label] = seconds
                 findings, failed = len(result.findings), len(result.failed)
                 print(
                     f"{label:>11} (concurrency {concurrency:>2}): {seconds:6.2f} s wall, {calls} calls, "
-                    f"{result.stats['chunks']} chunks, {findings} findings, {failed} failed"
+                    f"{result.stats.chunks} chunks, {findings} findings, {failed} failed"
                 )
             ratio = timings["concurrent"] / timings["sequential"]
             print(f"concurrent / sequential wall time: {ratio:.2f} (target <= 0.40)")

@@ -12,9 +12,13 @@ import argparse
 import hashlib
 import hmac
 import statistics
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 
 from fastapi.testclient import TestClient
 

@@ -4,7 +4,7 @@ user's back), one way to fail, the output formats, and help that reads like a to
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import sqlalchemy as sa
 import typer
@@ -19,6 +19,13 @@ err = Console(stderr=True)
 class Format(StrEnum):
     TABLE = "table"
     JSON = "json"
+
+
+# Options several commands share, declared once.
+FormatOption = Annotated[Format, typer.Option("--format", metavar="table|json", help="Output format.")]
+ProjectFilter = Annotated[
+    str | None, typer.Option("--project", metavar="PROJECT", help="Only this project (its path).")
+]
 
 
 def settings_from(ctx: typer.Context) -> Settings:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bot.cli.common import Format, command_group, open_engine
+from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, open_engine
 from bot.feedback.labels import LabelledFinding, labelled_findings, severity_examples
 from bot.feedback.stats import RATES, feedback_stats
 
@@ -35,15 +35,11 @@ def _findings(ctx: typer.Context, project: str | None, since: datetime | None) -
 @feedback_app.command("list")
 def list_feedback(
     ctx: typer.Context,
-    project: Annotated[
-        str | None, typer.Option(metavar="PROJECT", help="Only this project (its path).")
-    ] = None,
+    project: ProjectFilter = None,
     since: Annotated[
         datetime | None, typer.Option(metavar="DATE", help="Only findings created since this date.")
     ] = None,
-    output: Annotated[
-        Format, typer.Option("--format", metavar="table|json", help="Output format.")
-    ] = Format.TABLE,
+    output: FormatOption = Format.TABLE,
 ) -> None:
     """Findings with their signals and label state."""
     items = _findings(ctx, project, since)
@@ -85,9 +81,7 @@ def export(
     task: Annotated[
         ExportTask, typer.Option(metavar="TASK", help="Which task's examples.")
     ] = ExportTask.SEVERITY,
-    project: Annotated[
-        str | None, typer.Option(metavar="PROJECT", help="Only this project (its path).")
-    ] = None,
+    project: ProjectFilter = None,
 ) -> None:
     """Write the labelled examples (confirmed and corrected findings) in the flywheel's JSONL format."""
     examples = list(severity_examples(_findings(ctx, project, None)))
@@ -100,12 +94,8 @@ def export(
 @feedback_app.command("stats")
 def stats(
     ctx: typer.Context,
-    project: Annotated[
-        str | None, typer.Option(metavar="PROJECT", help="Only this project (its path).")
-    ] = None,
-    output: Annotated[
-        Format, typer.Option("--format", metavar="table|json", help="Output format.")
-    ] = Format.TABLE,
+    project: ProjectFilter = None,
+    output: FormatOption = Format.TABLE,
     plot: Annotated[
         Path | None,
         typer.Option(

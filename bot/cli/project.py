@@ -24,6 +24,11 @@ project_app = command_group(
     "reviewbot project add --forge gitlab --url https://gitlab.example.com --project group/app",
 )
 FORGE_CHOICES = "gitlab|github"
+RegisteredProject = Annotated[str, typer.Argument(metavar="PROJECT", help="The project, as registered.")]
+ForgeChoice = Annotated[
+    ForgeKind | None,
+    typer.Option(metavar=FORGE_CHOICES, help="Needed when the path exists on several forges."),
+]
 
 
 def _find(session: Session, path: str, forge: ForgeKind | None) -> Project:
@@ -161,11 +166,8 @@ def list_projects(ctx: typer.Context) -> None:
 @project_app.command("set")
 def set_project(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument(metavar="PROJECT", help="The project, as registered.")],
-    forge: Annotated[
-        ForgeKind | None,
-        typer.Option(metavar=FORGE_CHOICES, help="Needed when the path exists on several forges."),
-    ] = None,
+    path: RegisteredProject,
+    forge: ForgeChoice = None,
     threshold: Annotated[
         Severity | None,
         typer.Option(
@@ -206,11 +208,8 @@ def set_project(
 @project_app.command("reviews")
 def reviews(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument(metavar="PROJECT", help="The project, as registered.")],
-    forge: Annotated[
-        ForgeKind | None,
-        typer.Option(metavar=FORGE_CHOICES, help="Needed when the path exists on several forges."),
-    ] = None,
+    path: RegisteredProject,
+    forge: ForgeChoice = None,
     limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 30,
 ) -> None:
     """The project's recent reviews: status, timings, and the error of failed ones."""

@@ -183,11 +183,10 @@ class Queue:
         not silently lost."""
         del signal_name  # Huey passes it; this handler listens to one signal only
         if task.name == "feedback" and not task.retries and isinstance(exc, FindingNotYet):
-            _, delivery_id, signal = task.args
+            _, delivery_id, reviewer_signal = task.args
             log.info("feedback dropped: %s", exc)
-            _set_outcome(
-                self.engine, delivery_id, f"feedback matched no finding of the bot: {signal.describe()}"
-            )
+            why = f"feedback matched no finding of the bot: {reviewer_signal.describe()}"
+            _set_outcome(self.engine, delivery_id, why)
 
     def poll_feedback(self, now: datetime | None = None) -> int:
         """Every five minutes: the signals forges send no webhook for (``bot.feedback.polling``)."""

@@ -9,6 +9,8 @@ import hmac
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,12 @@ def label(engine: sa.Engine, forge: str) -> LabelState:
     return next(i.label.state for i in labelled_findings(engine) if i.project.forge == forge)
 
 
+def outcomes(engine: sa.Engine) -> list[str]:
+    """The outcome of every delivery, oldest first."""
+    with Session(engine) as session:
+        return [d.outcome for d in session.exec(select(Delivery).order_by(Delivery.id)).all()]
+
+
 def test_gitlab_awards_and_replies(setup: tuple[TestClient, Queue, int], engine: sa.Engine) -> None:
     client, _, _ = setup
     assert gitlab(client, "Emoji Hook", award("gitlab-501")).status_code == 200
@@ -211,8 +219,6 @@ def test_feedback_on_someone_elses_comment_is_dropped_visibly(
 def gitlab_mr_with_bot_finding(engine: sa.Engine, url: str, fake: Any) -> tuple[Any, Any, Any, Any]:
     """On the fake GitLab: an MR by ana with one bot discussion; in the database: the project, a done
     review and the finding posted as that discussion. Returns (mr, bot, the bot's note, discussion)."""
-    from datetime import UTC, datetime
-
     from tests.support.fake_gitlab import change
 
     bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
@@ -265,11 +271,22 @@ def test_a_command_is_acknowledged_on_the_forge(
     assert label(engine, "gitlab") == "corrected"
 
 
-def test_github_reactions_are_polled(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from datetime import UTC, datetime, timedelta
+@dataclass
+class PolledReactions:
+    """Pull request 3 on a fake GitHub: the bot's comment and someone else's (with five 👍)."""
 
+    engine: sa.Engine
+    queue: Queue
+    fake: Any
+    ours: int  # the bot's review comment
+
+
+@pytest.fixture
+def reactions(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PolledReactions]:
+    """PR 3, reviewed now, with the bot's finding; PR 4, reviewed 31 days ago (beyond the polling
+    window), whose finding points at a comment that is not polled (someone else's, on PR 3)."""
     from tests.support.fake_github import FakeGitHub, SeedFile
     from tests.support.live_server import live_server
 
@@ -308,27 +325,59 @@ def test_github_reactions_are_polled(
                                     review="r", fingerprint="f" * 16, model_version="base",
                                     forge_comment_id=comment))  # fmt: skip
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+        yield PolledReactions(engine, queue, fake, ours)
 
-        assert queue.poll_feedback() == 0  # no reaction yet: nothing stored
-        fake.review_comments[ours].reactions["+1"] = 2
-        assert queue.poll_feedback() == 1
-        assert queue.poll_feedback() == 0  # unchanged: no new row, no update ...
-        assert fake.not_modified == 1  # ... and GitHub answered the conditional request with a 304
-        assert label(engine, "github") == "confirmed"
-        fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
-        assert queue.poll_feedback() == 2
-    with Session(engine) as session:
+
+def test_polling_without_a_reaction_to_the_bot_stores_nothing(reactions: PolledReactions) -> None:
+    assert reactions.queue.poll_feedback() == 0  # someone else's 👍 are not the bot's
+
+
+def test_a_polled_github_reaction_is_stored(reactions: PolledReactions) -> None:
+    assert reactions.queue.poll_feedback() == 0  # no reaction yet: nothing stored
+    reactions.fake.review_comments[reactions.ours].reactions["+1"] = 2
+    assert reactions.queue.poll_feedback() == 1
+    assert label(reactions.engine, "github") == "confirmed"
+
+
+def test_unchanged_github_reactions_are_answered_with_a_304_and_store_nothing(
+    reactions: PolledReactions,
+) -> None:
+    assert reactions.queue.poll_feedback() == 0
+    reactions.fake.review_comments[reactions.ours].reactions["+1"] = 2
+    assert reactions.queue.poll_feedback() == 1
+    assert reactions.queue.poll_feedback() == 0  # unchanged: no new row, no update ...
+    assert reactions.fake.not_modified == 1  # ... and GitHub answered the conditional request with a 304
+
+
+def test_a_changed_github_reaction_replaces_the_old_one(reactions: PolledReactions) -> None:
+    ours = reactions.ours
+    assert reactions.queue.poll_feedback() == 0
+    reactions.fake.review_comments[ours].reactions["+1"] = 2
+    assert reactions.queue.poll_feedback() == 1
+    assert reactions.queue.poll_feedback() == 0  # answered with a 304: a later change is still seen
+    reactions.fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
+    assert reactions.queue.poll_feedback() == 2
+    with Session(reactions.engine) as session:
         rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
         assert [(r.source_event_id, r.value) for r in rows] == [
             (f"poll:{ours}:+1", ""),
             (f"poll:{ours}:-1", "-1"),
         ]
     assert (
-        next(i.label.state for i in labelled_findings(engine) if i.finding.forge_comment_id == str(ours))
+        next(
+            i.label.state
+            for i in labelled_findings(reactions.engine)
+            if i.finding.forge_comment_id == str(ours)
+        )
         == "disputed"
     )
+
+
+def test_github_reactions_are_polled_only_within_the_window(reactions: PolledReactions) -> None:
+    assert reactions.queue.poll_feedback() == 0
+    assert sum(1 for r in reactions.fake.requests if r.path.endswith("/pulls/3/comments")) > 0
     # Only PR 3 was polled: PR 4's review is older than the polling window.
-    assert sum(1 for r in fake.requests if r.path.endswith("/pulls/4/comments")) == 0
+    assert sum(1 for r in reactions.fake.requests if r.path.endswith("/pulls/4/comments")) == 0
 
 
 def test_gitlab_thread_resolution_is_polled(
@@ -353,19 +402,61 @@ def test_gitlab_thread_resolution_is_polled(
         assert [(r.kind, r.value) for r in rows] == [("resolved", "false")]
 
 
-def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: Path) -> None:
-    """An open merge request is polled up to POLL_DAYS_OPEN days after its last review; a merged or
-    closed one up to POLL_DAYS_AFTER_CLOSE days after; a reopened one again. Closes start no review."""
-    from datetime import UTC, datetime, timedelta
+CLOSED_PR = json.loads((FIXTURES / "github" / "webhooks" / "pull_request.closed.1.json").read_text())[
+    "number"
+]
+EVERY_REQUEST = {("group/app", 1), ("group/app", 2), ("Codertocat/Hello-World", CLOSED_PR)}
 
+
+def mr_event(action: str) -> dict[str, Any]:
+    """GitLab's merge request hook for merge request 1 of group/app."""
+    payload = copy.deepcopy(MR_HOOK)
+    payload["project"]["path_with_namespace"] = "group/app"
+    payload["object_attributes"].update(action=action, iid=1)
+    return payload
+
+
+def pull_request_event(name: str) -> dict[str, Any]:
+    """One of GitHub's pull_request examples, for CLOSED_PR of Codertocat/Hello-World."""
+    return dict(json.loads((FIXTURES / "github" / "webhooks" / f"pull_request.{name}.json").read_text()))
+
+
+@dataclass
+class Polling:
+    """Merge requests 1 and 2 of group/app (GitLab) and CLOSED_PR (GitHub), two done reviews each,
+    behind a forge that notes what is polled and finds nothing."""
+
+    engine: sa.Engine
+    client: TestClient
+    queue: Queue
+    polled: list[tuple[str, int]]
+
+    def polled_after(self, days: float) -> set[tuple[str, int]]:
+        self.polled.clear()
+        self.queue.poll_feedback(now=datetime.now(UTC) + timedelta(days=days))
+        return set(self.polled)
+
+    def merge(self) -> Any:
+        """Merge request 1 merged (always the same delivery)."""
+        return gitlab(self.client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
+
+    def close(self) -> Any:
+        """CLOSED_PR closed."""
+        return github(self.client, "pull_request", pull_request_event("closed.1"))
+
+    def merge_and_close(self) -> None:
+        assert (self.merge().status_code, self.close().status_code) == (200, 200)
+
+
+@pytest.fixture
+def polling(engine: sa.Engine, tmp_path: Path) -> Iterator[Polling]:
     from bot.feedback.polling import POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN
 
-    assert (POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN) == (3, 30)  # the days this test steps through
-    pr = json.loads((FIXTURES / "github" / "webhooks" / "pull_request.closed.1.json").read_text())["number"]
+    assert (POLL_DAYS_AFTER_CLOSE, POLL_DAYS_OPEN) == (3, 30)  # the days these tests step through
     with session_scope(engine) as session:
         for forge, path, numbers in (
             ("gitlab", "group/app", (1, 2)),
-            ("github", "Codertocat/Hello-World", (pr,)),
+            ("github", "Codertocat/Hello-World", (CLOSED_PR,)),
         ):
             project = Project(forge=forge, forge_url="http://forge.test", path=path, webhook_secret=SECRET,
                               bot_username="reviewbot")  # fmt: skip
@@ -387,67 +478,88 @@ def test_polling_ends_days_after_a_merge_or_close(engine: sa.Engine, tmp_path: P
             return PolledFeedback(), None
 
     queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, Polled, retry_delay_s=0)  # type: ignore[arg-type]
-
-    def polled_after(days: float) -> set[tuple[str, int]]:
-        polled.clear()
-        queue.poll_feedback(now=datetime.now(UTC) + timedelta(days=days))
-        return set(polled)
-
-    def mr_event(action: str) -> dict[str, Any]:
-        payload = copy.deepcopy(MR_HOOK)
-        payload["project"]["path_with_namespace"] = "group/app"
-        payload["object_attributes"].update(action=action, iid=1)
-        return payload
-
-    def github_event(name: str) -> dict[str, Any]:
-        return dict(json.loads((FIXTURES / "github" / "webhooks" / f"pull_request.{name}.json").read_text()))
-
-    everything = {("group/app", 1), ("group/app", 2), ("Codertocat/Hello-World", pr)}
-    assert polled_after(0) == everything
     with TestClient(create_app(engine, queue)) as client:
-        merged = gitlab(client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
-        assert merged.status_code == 200
-        assert "merged or closed" in merged.json()["detail"]
-        closed = github(client, "pull_request", github_event("closed.1"))
-        assert closed.status_code == 200
-        assert "merged or closed" in closed.json()["detail"]
-        with Session(engine) as session:
-            assert len(session.exec(select(Review)).all()) == 6  # no review was started
-            stamped = session.exec(
-                select(Project.path, Review.mr_number).join(Project).where(Review.mr_closed_at != None)  # noqa: E711
-            ).all()
-            assert sorted(stamped) == sorted([("group/app", 1)] * 2 + [("Codertocat/Hello-World", pr)] * 2)
-        assert queue.huey.pending_count() == 0
+        yield Polling(engine, client, queue, polled)
 
-        assert polled_after(1) == everything  # closed a day ago: still polled
-        assert polled_after(4) == {("group/app", 2)}  # closed four days ago: no more
-        assert polled_after(31) == set()  # open, but its last review was a month ago
 
-        # The same delivery again is a duplicate: it does not restart the clock of a close long past.
-        with session_scope(engine) as session:
-            session.execute(sa.update(Review).values(mr_closed_at=datetime.now(UTC) - timedelta(days=4))
-                            .where(sa.column("mr_number") == 1))  # fmt: skip
-        replay = gitlab(client, "Merge Request Hook", mr_event("merge"), delivery="merge-1")
-        assert replay.status_code == 200
-        assert "duplicate" in replay.json()["detail"]
-        assert ("group/app", 1) not in polled_after(0)
+def test_open_merge_requests_with_a_recent_review_are_polled(polling: Polling) -> None:
+    assert polling.polled_after(0) == EVERY_REQUEST
 
-        reopened = gitlab(client, "Merge Request Hook", mr_event("reopen"))
-        assert reopened.status_code == 202  # reviewed again, and polled again
-        assert github(client, "pull_request", github_event("reopened.1")).status_code == 202
-        assert polled_after(4) == everything
-    with Session(engine) as session:
-        assert session.exec(select(Review).where(Review.mr_closed_at != None)).all() == []  # noqa: E711
-        outcomes = [d.outcome for d in session.exec(select(Delivery).order_by(Delivery.id)).all()]
-    assert outcomes[:2] == [
+
+def test_a_merge_or_close_is_recorded(polling: Polling) -> None:
+    merged, closed = polling.merge(), polling.close()
+    assert merged.status_code == 200
+    assert "merged or closed" in merged.json()["detail"]
+    assert closed.status_code == 200
+    assert "merged or closed" in closed.json()["detail"]
+    assert outcomes(polling.engine)[:2] == [
         "recorded: merge request 1 merged or closed",
-        f"recorded: merge request {pr} merged or closed",
+        f"recorded: merge request {CLOSED_PR} merged or closed",
     ]
+
+
+def test_a_merge_or_close_starts_no_review(polling: Polling) -> None:
+    polling.merge_and_close()
+    with Session(polling.engine) as session:
+        assert len(session.exec(select(Review)).all()) == 6  # no review was started
+    assert polling.queue.huey.pending_count() == 0
+
+
+def test_a_merge_or_close_stamps_every_review_of_the_request(polling: Polling) -> None:
+    polling.merge_and_close()
+    with Session(polling.engine) as session:
+        stamped = session.exec(
+            select(Project.path, Review.mr_number).join(Project).where(Review.mr_closed_at != None)  # noqa: E711
+        ).all()
+    assert sorted(stamped) == sorted([("group/app", 1)] * 2 + [("Codertocat/Hello-World", CLOSED_PR)] * 2)
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        pytest.param(1, EVERY_REQUEST, id="closed a day ago: still polled"),
+        pytest.param(4, {("group/app", 2)}, id="closed four days ago: no more"),
+        pytest.param(31, set(), id="open, but its last review was a month ago"),
+    ],
+)
+def test_polling_ends_days_after_a_merge_or_close(
+    polling: Polling, days: float, expected: set[tuple[str, int]]
+) -> None:
+    polling.merge_and_close()
+    assert polling.polled_after(days) == expected
+
+
+def test_a_replayed_merge_does_not_restart_the_clock(polling: Polling) -> None:
+    polling.merge_and_close()
+    with session_scope(polling.engine) as session:
+        session.execute(sa.update(Review).values(mr_closed_at=datetime.now(UTC) - timedelta(days=4))
+                        .where(sa.column("mr_number") == 1))  # fmt: skip
+    replay = polling.merge()  # the same delivery again is a duplicate ...
+    assert replay.status_code == 200
+    assert "duplicate" in replay.json()["detail"]
+    assert ("group/app", 1) not in polling.polled_after(0)  # ... of a close long past
+
+
+def test_a_reopened_merge_request_is_reviewed_again(polling: Polling) -> None:
+    polling.merge_and_close()
+    reopened = gitlab(polling.client, "Merge Request Hook", mr_event("reopen"))
+    reopened_pr = github(polling.client, "pull_request", pull_request_event("reopened.1"))
+    assert (reopened.status_code, reopened_pr.status_code) == (202, 202)
+
+
+def test_a_reopened_merge_request_is_polled_again(polling: Polling) -> None:
+    polling.merge_and_close()
+    gitlab(polling.client, "Merge Request Hook", mr_event("reopen"))
+    github(polling.client, "pull_request", pull_request_event("reopened.1"))
+    assert polling.polled_after(4) == EVERY_REQUEST
+    with Session(polling.engine) as session:
+        assert session.exec(select(Review).where(Review.mr_closed_at != None)).all() == []  # noqa: E711
 
 
 REPO = "Codertocat/Hello-World"  # the repository of GitHub's issue_comment examples
 EVAL = "Unvalidated input reaches eval(); anyone who controls it runs code on the server."
 OPEN = "Unvalidated input reaches open(); anyone who controls it reads any file."
+QUOTING_OPEN = "> Unvalidated input reaches **open()**; anyone who\n> controls it reads\n\n/severity major"
 
 
 def pr_comment(comment_id: int, body: str, action: str = "created", user: str = "ana") -> dict[str, Any]:
@@ -460,11 +572,64 @@ def pr_comment(comment_id: int, body: str, action: str = "created", user: str = 
     return payload
 
 
-def test_github_pull_request_comments_tied_by_link_or_quote(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from datetime import UTC, datetime
+@dataclass
+class PullRequest:
+    """Pull request 1 on a fake GitHub with two review comments of the bot (EVAL, OPEN), each a
+    finding of a done review; the app with a real queue, served while the test runs."""
 
+    engine: sa.Engine
+    client: TestClient
+    queue: Queue
+    fake: Any
+    comments: dict[str, int]  # finding text -> the bot's review comment
+    project_id: int | None
+
+    def link(self, text: str = EVAL) -> str:
+        """GitHub's "Copy link" of the bot's comment on the finding."""
+        return f"https://github.com/{REPO}/pull/1#discussion_r{self.comments[text]}"
+
+    def comment(
+        self,
+        comment_id: int,
+        body: str,
+        action: str = "created",
+        user: str = "ana",
+        delivery: str | None = None,
+    ) -> Any:
+        return github(self.client, "issue_comment", pr_comment(comment_id, body, action, user), delivery)
+
+    def link_command(self, delivery: str | None = None) -> tuple[int, str, Any]:
+        """Ana's command with the link of the bot's comment on EVAL: (her comment, its body, the answer)."""
+        body = f"/severity minor only admins reach it\n\n{self.link()}"
+        ana = self.fake.add_issue_comment(REPO, 1, "ana", body)
+        return ana, body, self.comment(ana, body, delivery=delivery)
+
+    def quote_command(self) -> tuple[int, Any]:
+        """A command with no link, but a quote of OPEN's text: (the comment, the answer)."""
+        bob = self.fake.add_issue_comment(REPO, 1, "ana", QUOTING_OPEN)
+        return bob, self.comment(bob, QUOTING_OPEN)
+
+    def run_jobs(self) -> None:
+        while (task := self.queue.huey.dequeue()) is not None:
+            self.queue.huey.execute(task)
+
+    def rows(self) -> dict[str, list[tuple[str, str]]]:
+        with Session(self.engine) as session:
+            found = session.exec(select(Feedback, Finding).join(Finding).order_by(Feedback.id)).all()
+        return {
+            finding.review: [(r.kind, r.value) for r, f in found if f.id == finding.id]
+            for _, finding in found
+        }
+
+    def states(self) -> dict[str, str]:
+        return {i.finding.review: i.label.state.value for i in labelled_findings(self.engine)}
+
+    def bot_answers(self) -> list[str]:
+        return [c.body for c in self.fake.issue_comments.values() if c.user == "reviewbot"]
+
+
+@pytest.fixture
+def pull_request(engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PullRequest]:
     from tests.support.fake_github import FakeGitHub, SeedFile
     from tests.support.live_server import live_server
 
@@ -476,18 +641,6 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
         body = f"**critical** · t\n\n{text}\n\n<!-- reviewbot:finding:{fingerprint} -->"
         comments[text] = fake.add_review_comment(REPO, 1, "reviewbot", body, "a.py")
     monkeypatch.setenv("TEST_GITHUB_TOKEN", "bot-token")
-
-    def rows() -> dict[str, list[tuple[str, str]]]:
-        with Session(engine) as session:
-            found = session.exec(select(Feedback, Finding).join(Finding).order_by(Feedback.id)).all()
-        return {
-            finding.review: [(r.kind, r.value) for r, f in found if f.id == finding.id]
-            for _, finding in found
-        }
-
-    def states() -> dict[str, str]:
-        return {i.finding.review: i.label.state.value for i in labelled_findings(engine)}
-
     with live_server(fake.app) as url:
         with session_scope(engine) as session:
             project = Project(forge="github", forge_url=url, path=REPO, webhook_secret=SECRET,
@@ -503,99 +656,182 @@ def test_github_pull_request_comments_tied_by_link_or_quote(
                                     review=text, fingerprint=text[:16], model_version="base",
                                     forge_comment_id=str(comment_id)))  # fmt: skip
         queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
-
-        def run_jobs() -> None:
-            while (task := queue.huey.dequeue()) is not None:
-                queue.huey.execute(task)
-
-        def bot_answers() -> list[str]:
-            return [c.body for c in fake.issue_comments.values() if c.user == "reviewbot"]
-
         with TestClient(create_app(engine, queue)) as client:
-            # A command with GitHub's "Copy link" of the bot's comment: recorded, and answered there.
-            link = f"https://github.com/{REPO}/pull/1#discussion_r{comments[EVAL]}"
-            body = f"/severity minor only admins reach it\n\n{link}"
-            ana = fake.add_issue_comment(REPO, 1, "ana", body)
-            first = github(client, "issue_comment", pr_comment(ana, body), delivery="d-1")
-            assert first.status_code == 200
-            assert "feedback recorded" in first.json()["detail"]
-            again = github(client, "issue_comment", pr_comment(ana, body), delivery="d-1")
-            assert "duplicate" in again.json()["detail"]
-            run_jobs()
-            assert fake.issue_comments[ana].reactions == {"eyes": 1}
-            assert bot_answers() == ["@ana Noted: severity corrected to **minor**. Thank you — this goes into"
-                                     " the training data of the next model."]  # fmt: skip
-            assert rows() == {EVAL: [("severity", "minor")]}
-            assert states()[EVAL] == "corrected"
-
-            # Edited into a dismissal: the same row changes.
-            edited = f"/dismiss admins are trusted\n\n{link}"
-            assert (
-                github(client, "issue_comment", pr_comment(ana, edited, action="edited")).status_code == 200
-            )
-            assert rows() == {EVAL: [("dismiss", "admins are trusted")]}
-            assert states()[EVAL] == "dismissed"
-
-            # No link, but a quote of exactly one finding's text (bold marks aside).
-            quoting = (
-                "> Unvalidated input reaches **open()**; anyone who\n> controls it reads\n\n/severity major"
-            )
-            bob = fake.add_issue_comment(REPO, 1, "ana", quoting)
-            assert github(client, "issue_comment", pr_comment(bob, quoting)).status_code == 200
-            assert rows()[OPEN] == [("severity", "major")]
-            assert states()[OPEN] == "corrected"
-            run_jobs()
-            assert len(bot_answers()) == 3
-            assert fake.issue_comments[bob].reactions == {"eyes": 1}
-
-            # Deleted: the command is withdrawn.
-            assert (
-                github(client, "issue_comment", pr_comment(bob, quoting, action="deleted")).status_code == 200
-            )
-            assert rows()[OPEN] == [("reply", "")]
-            assert states()[OPEN] == "unlabelled"
-
-            # Comments tied to no finding, each ignored with its reason on the delivery.
-            ignored = {
-                "> Unvalidated input reaches\n\n/dismiss": "quotes 2 findings of the bot",  # both say it
-                "> I would rather keep the old name here.\n\nFine by me": "quotes no finding of the bot",
-                "LGTM, thanks for the review": "neither links nor quotes a comment of the bot",
-                f"{link} {link.replace(str(comments[EVAL]), str(comments[OPEN]))}": "links 2 comments",
-            }
-            for n, text in enumerate(ignored):
-                response = github(client, "issue_comment", pr_comment(900 + n, text))
-                assert response.status_code == 200, text
-                assert ignored[text] in response.json()["detail"], text
-            not_a_pr = github(client, "issue_comment", GH_ISSUE_COMMENT)
-            assert "not a pull request" in not_a_pr.json()["detail"]
-            own = github(
-                client, "issue_comment", pr_comment(950, f"/severity trivial {link}", user="reviewbot")
-            )
-            assert "bot itself" in own.json()["detail"]
-
-            # While a review of the pull request is still running, a quote may be of a finding it is
-            # posting: it waits in the queue, and says so on the delivery when nothing turns up.
-            with session_scope(engine) as session:
-                session.add(Review(project_id=project.id, mr_number=1, head_sha="c" * 40, status="running"))
-            early = github(
-                client, "issue_comment", pr_comment(960, "> A finding the running review is posting")
-            )
-            assert early.status_code == 202
-            run_jobs()
-    assert rows() == {EVAL: [("dismiss", "admins are trusted")], OPEN: [("reply", "")]}
-    with Session(engine) as session:
-        outcomes = [d.outcome for d in session.exec(select(Delivery).order_by(Delivery.id)).all()]
-    assert outcomes[-1].startswith("feedback matched no finding of the bot")
-    assert "ignored: pull request comment quotes 2 findings of the bot" in outcomes
+            yield PullRequest(engine, client, queue, fake, comments, project.id)
 
 
-@pytest.mark.parametrize("reaction", ["command", "award"])
-def test_feedback_that_outruns_the_review_job_is_recorded_once(
-    reaction: str, engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_pull_request_comment_with_the_link_of_a_finding_is_recorded(pull_request: PullRequest) -> None:
+    _, _, response = pull_request.link_command()
+    assert response.status_code == 200
+    assert "feedback recorded" in response.json()["detail"]
+    assert pull_request.rows() == {EVAL: [("severity", "minor")]}
+    assert pull_request.states()[EVAL] == "corrected"
+
+
+def test_a_pull_request_comment_with_the_link_of_a_finding_is_answered_there(
+    pull_request: PullRequest,
 ) -> None:
+    ana, _, response = pull_request.link_command()
+    assert response.status_code == 200
+    pull_request.run_jobs()
+    assert pull_request.fake.issue_comments[ana].reactions == {"eyes": 1}
+    assert pull_request.bot_answers() == ["@ana Noted: severity corrected to **minor**. Thank you — this goes"
+                                          " into the training data of the next model."]  # fmt: skip
+
+
+def test_a_pull_request_comment_delivered_twice_is_recorded_and_answered_once(
+    pull_request: PullRequest,
+) -> None:
+    ana, body, first = pull_request.link_command(delivery="d-1")
+    assert first.status_code == 200
+    again = pull_request.comment(ana, body, delivery="d-1")
+    assert "duplicate" in again.json()["detail"]
+    pull_request.run_jobs()
+    assert pull_request.rows() == {EVAL: [("severity", "minor")]}
+    assert pull_request.fake.issue_comments[ana].reactions == {"eyes": 1}
+    assert len(pull_request.bot_answers()) == 1
+
+
+def edit_into_a_dismissal(pull_request: PullRequest) -> Any:
+    """Ana's linked command, answered, then edited into a dismissal: the answer to the edit."""
+    ana, _, response = pull_request.link_command()
+    assert response.status_code == 200
+    pull_request.run_jobs()
+    return pull_request.comment(ana, f"/dismiss admins are trusted\n\n{pull_request.link()}", action="edited")
+
+
+def test_a_pull_request_comment_edited_changes_its_row(pull_request: PullRequest) -> None:
+    assert edit_into_a_dismissal(pull_request).status_code == 200
+    assert pull_request.rows() == {EVAL: [("dismiss", "admins are trusted")]}
+    assert pull_request.states()[EVAL] == "dismissed"
+
+
+def test_a_pull_request_comment_edited_is_answered_again(pull_request: PullRequest) -> None:
+    assert edit_into_a_dismissal(pull_request).status_code == 200
+    pull_request.run_jobs()
+    assert len(pull_request.bot_answers()) == 2
+
+
+def test_a_pull_request_comment_quoting_one_finding_is_recorded(pull_request: PullRequest) -> None:
+    """No link, but a quote of exactly one finding's text (bold marks aside)."""
+    _, response = pull_request.quote_command()
+    assert response.status_code == 200
+    assert pull_request.rows() == {OPEN: [("severity", "major")]}
+    assert pull_request.states()[OPEN] == "corrected"
+
+
+def test_a_pull_request_comment_quoting_one_finding_is_answered_there(pull_request: PullRequest) -> None:
+    bob, response = pull_request.quote_command()
+    assert response.status_code == 200
+    pull_request.run_jobs()
+    assert len(pull_request.bot_answers()) == 1
+    assert pull_request.fake.issue_comments[bob].reactions == {"eyes": 1}
+
+
+def test_a_pull_request_comment_deleted_withdraws_its_command(pull_request: PullRequest) -> None:
+    bob, response = pull_request.quote_command()
+    assert response.status_code == 200
+    assert pull_request.comment(bob, QUOTING_OPEN, action="deleted").status_code == 200
+    assert pull_request.rows() == {OPEN: [("reply", "")]}
+    assert pull_request.states()[OPEN] == "unlabelled"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "outcome"),
+    [
+        pytest.param(
+            "> Unvalidated input reaches\n\n/dismiss",  # both findings say it
+            "quotes 2 findings of the bot",
+            "ignored: pull request comment quotes 2 findings of the bot",
+            id="quotes two findings",
+        ),
+        pytest.param(
+            "> I would rather keep the old name here.\n\nFine by me",
+            "quotes no finding of the bot",
+            "ignored: pull request comment quotes no finding of the bot",
+            id="quotes no finding",
+        ),
+        pytest.param(
+            "LGTM, thanks for the review",
+            "neither links nor quotes a comment of the bot",
+            "ignored: pull request comment neither links nor quotes a comment of the bot",
+            id="neither links nor quotes",
+        ),
+        pytest.param(
+            "{eval_link} {open_link}",
+            "links 2 comments",
+            "ignored: links 2 comments; feedback must name one finding",
+            id="links two comments",
+        ),
+    ],
+)
+def test_a_pull_request_comment_tied_to_no_finding_is_ignored_with_its_reason(
+    pull_request: PullRequest, text: str, reason: str, outcome: str
+) -> None:
+    text = text.format(eval_link=pull_request.link(EVAL), open_link=pull_request.link(OPEN))
+    response = pull_request.comment(900, text)
+    assert response.status_code == 200
+    assert reason in response.json()["detail"]
+    assert outcomes(pull_request.engine)[-1] == outcome
+    assert pull_request.rows() == {}
+
+
+def test_a_comment_on_an_issue_is_ignored(pull_request: PullRequest) -> None:
+    not_a_pr = github(pull_request.client, "issue_comment", GH_ISSUE_COMMENT)
+    assert "not a pull request" in not_a_pr.json()["detail"]
+    assert pull_request.rows() == {}
+
+
+def test_a_pull_request_comment_of_the_bot_itself_is_ignored(pull_request: PullRequest) -> None:
+    own = pull_request.comment(950, f"/severity trivial {pull_request.link()}", user="reviewbot")
+    assert "bot itself" in own.json()["detail"]
+    assert pull_request.rows() == {}
+
+
+def test_a_quote_during_a_running_review_waits_then_says_it_matched_nothing(
+    pull_request: PullRequest,
+) -> None:
+    """While a review of the pull request is still running, a quote may be of a finding it is
+    posting: it waits in the queue, and says so on the delivery when nothing turns up."""
+    with session_scope(pull_request.engine) as session:
+        session.add(
+            Review(project_id=pull_request.project_id, mr_number=1, head_sha="c" * 40, status="running")
+        )
+    early = pull_request.comment(960, "> A finding the running review is posting")
+    assert early.status_code == 202
+    pull_request.run_jobs()
+    assert outcomes(pull_request.engine)[-1].startswith("feedback matched no finding of the bot")
+    assert pull_request.rows() == {}
+
+
+@dataclass
+class QuickReviewer:
+    """What a run of the review job saw and left, with the reviewer's feedback arriving mid-job."""
+
+    seen_early: list[tuple[int, str, int]]  # (feedback rows, delivery outcome, jobs waiting) mid-review
+    review: Review
+    finding: Finding
+    rows: list[Feedback]
+    outcome: str  # of the last delivery
+    mr: Any
+    bot: Any
+
+
+# What each reaction records: (the feedback row's kind and value, the delivery's outcome, the label).
+RECORDED = {
+    "command": ("severity", "minor", "recorded severity", "corrected"),
+    "award": ("reaction", "+1", "recorded reaction", "confirmed"),
+}
+
+
+@pytest.fixture
+def quick_reviewer(
+    reaction: str, engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> QuickReviewer:
     """A reviewer reacts to the bot's comment the moment it is posted, before the review job has
     recorded its finding. Through the real queue and the real review job (fake GitLab, a scripted
-    student): the feedback job finds nothing and is retried, then records one row once the job is done."""
+    student): the feedback job finds nothing and is retried, then records one row once the job is done.
+    ``reaction`` (parametrized by each test) is ``command`` (a reply) or ``award`` (a 👍)."""
     from bot.forges.base import BotComment
     from bot.forges.gitlab import GitLabForge
     from tests.support.fake_gitlab import Discussion, FakeGitLab, change
@@ -623,7 +859,7 @@ def test_feedback_that_outruns_the_review_job_is_recorded_once(
     )
     mr = fake.add_merge_request(fake.add_project("group/app"), [change("app.py", old, new)], author=ana)
     monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
-    seen_early: list[tuple[int, str, int]] = []  # (feedback rows, delivery outcome, jobs waiting) mid-review
+    seen_early: list[tuple[int, str, int]] = []
 
     with live_server(fake.app) as url, scripted_server(student) as student_url:
         with session_scope(engine) as session:
@@ -663,23 +899,51 @@ def test_feedback_that_outruns_the_review_job_is_recorded_once(
             while (task := queue.huey.dequeue()) is not None:  # the review, then what it left waiting
                 queue.huey.execute(task)
 
-    assert seen_early == [(0, "feedback waiting for its finding", 1)]
     with Session(engine) as session:
-        review = session.exec(select(Review)).one()
-        finding = session.exec(select(Finding)).one()
-        rows = session.exec(select(Feedback)).all()
-        outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
-    assert review.status == "done"
-    assert finding.severity == "major"
-    assert [(r.finding_id, r.kind, r.value, r.author) for r in rows] == [
-        (finding.id, "severity", "minor", "ana")
-        if reaction == "command"
-        else (finding.id, "reaction", "+1", "ana")
-    ]
-    assert outcome == ("recorded severity" if reaction == "command" else "recorded reaction")
-    assert label(engine, "gitlab") == ("corrected" if reaction == "command" else "confirmed")
-    if reaction == "command":  # heard, once
-        replies = [n for n in mr.discussions[0].notes if n.author is bot][1:]
-        assert len(replies) == 1
-        assert "severity corrected to **minor**" in replies[0].body
-        assert mr.discussions[0].notes[1].awards == [(bot, "eyes")]
+        return QuickReviewer(
+            seen_early=seen_early,
+            review=session.exec(select(Review)).one(),
+            finding=session.exec(select(Finding)).one(),
+            rows=list(session.exec(select(Feedback)).all()),
+            outcome=session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome,
+            mr=mr,
+            bot=bot,
+        )
+
+
+@pytest.mark.parametrize("reaction", ["command", "award"])
+def test_feedback_that_outruns_the_review_job_waits_for_its_finding(quick_reviewer: QuickReviewer) -> None:
+    assert quick_reviewer.seen_early == [(0, "feedback waiting for its finding", 1)]
+
+
+@pytest.mark.parametrize("reaction", ["command", "award"])
+def test_feedback_that_outruns_the_review_job_leaves_the_review_undisturbed(
+    quick_reviewer: QuickReviewer,
+) -> None:
+    assert quick_reviewer.review.status == "done"
+    assert quick_reviewer.finding.severity == "major"
+
+
+@pytest.mark.parametrize("reaction", ["command", "award"])
+def test_feedback_that_outruns_the_review_job_is_recorded_once(
+    reaction: str, quick_reviewer: QuickReviewer
+) -> None:
+    kind, value, outcome, _ = RECORDED[reaction]
+    finding, rows = quick_reviewer.finding, quick_reviewer.rows
+    assert [(r.finding_id, r.kind, r.value, r.author) for r in rows] == [(finding.id, kind, value, "ana")]
+    assert quick_reviewer.outcome == outcome
+
+
+@pytest.mark.parametrize("reaction", ["command", "award"])
+@pytest.mark.usefixtures("quick_reviewer")
+def test_feedback_that_outruns_the_review_job_labels_its_finding(reaction: str, engine: sa.Engine) -> None:
+    assert label(engine, "gitlab") == RECORDED[reaction][3]
+
+
+@pytest.mark.parametrize("reaction", ["command"])
+def test_a_command_that_outruns_the_review_job_is_heard_once(quick_reviewer: QuickReviewer) -> None:
+    mr, bot = quick_reviewer.mr, quick_reviewer.bot
+    replies = [n for n in mr.discussions[0].notes if n.author is bot][1:]
+    assert len(replies) == 1
+    assert "severity corrected to **minor**" in replies[0].body
+    assert mr.discussions[0].notes[1].awards == [(bot, "eyes")]

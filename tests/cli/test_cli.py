@@ -118,7 +118,8 @@ def test_project_add_set_list_reviews(tmp_path: Path) -> None:
 def test_project_add_without_a_token_warns_and_still_adds(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200", "REVIEWBOT_DATABASE_URL": f"sqlite:///{tmp_path}/bot.db"}
     env.pop("GITHUB_TOKEN", None)
-    subprocess.run([sys.executable, "-m", "bot.cli", "db", "upgrade"], env=env, check=True, capture_output=True)
+    upgrade = [sys.executable, "-m", "bot.cli", "db", "upgrade"]
+    subprocess.run(upgrade, env=env, check=True, capture_output=True)
     result = subprocess.run(
         [sys.executable, "-m", "bot.cli", "project", "add", "--forge", "github", "--url", "https://github.com",
          "--project", "o/r"],

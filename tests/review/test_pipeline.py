@@ -82,7 +82,7 @@ def test_anchor_keeps_a_diff_line_and_moves_others(tmp_path: Path) -> None:
     assert "5000" in note
 
 
-def _finding(path: str, line: int, severity: Severity, review: str) -> Finding:
+def _finding(path: str, line: int, severity: Severity, review: str) -> ReviewFinding:
     return ReviewFinding(path, line, Side.NEW, severity, "t", review, "", "", fingerprint(path, None, review))
 
 

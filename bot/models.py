@@ -101,7 +101,10 @@ class Project(SQLModel, table=True):
     forge: str = Field(max_length=16)
     forge_url: str = Field(max_length=512)
     path: str = Field(max_length=512, description="namespace/project on GitLab, owner/repo on GitHub")
-    webhook_secret: str = Field(max_length=256)
+    webhook_secret: str = Field(max_length=512, description="encrypted at rest (REVIEWBOT_SECRET_KEY)")
+    webhook_key: str | None = Field(
+        default=None, max_length=64, unique=True, description="its own webhook URL: /webhooks/FORGE/KEY"
+    )
     token_env: str | None = Field(default=None, max_length=128, description="variable holding the API token")
     bot_username: str | None = Field(
         default=None, max_length=256, description="the bot's account there; its own events are ignored"
@@ -109,6 +112,15 @@ class Project(SQLModel, table=True):
     severity_threshold: str = Field(default=Severity.MINOR, max_length=16)
     ignore_globs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     enabled: bool = True
+    feedback_min_role: str | None = Field(
+        default=None,
+        max_length=16,
+        description="least role whose signals label findings; None: the forge's default",
+    )
+    author_labels: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false()},
+        description="whether the MR author's signals label the findings of their own MR",
+    )  # fmt: skip
     created_at: datetime = _when(default_factory=utcnow)
 
 
@@ -119,6 +131,7 @@ class Review(SQLModel, table=True):
     project_id: int = Field(foreign_key="project.id")
     mr_number: int
     head_sha: str = Field(max_length=64)
+    mr_author: str | None = Field(default=None, max_length=256, description="the MR's author, from the forge")
     status: str = Field(default=ReviewStatus.QUEUED, max_length=16)
     error: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -166,6 +179,10 @@ class Feedback(SQLModel, table=True):
     kind: str = Field(max_length=32, description="reaction, reply, severity, dismiss, resolved, addressed")
     value: str = ""
     author: str = Field(default="", max_length=256)
+    role: str = Field(
+        default="", max_length=16, sa_column_kwargs={"server_default": ""},
+        description="the author's role on the project when recorded (bot.feedback.roles); '' not known yet",
+    )  # fmt: skip
     created_at: datetime = _when(default_factory=utcnow)
     source_event_id: str = Field(max_length=256, unique=True, description="award/comment id or poll snapshot")
 
@@ -226,3 +243,28 @@ class TrainingExample(SQLModel, table=True):
     run_id: int | None = Field(default=None, foreign_key="flywheelrun.id")
     round: int | None = None
     created_at: datetime = _when(default_factory=utcnow)
+
+
+class GoldenSet(SQLModel, table=True):
+    """An admin's held-out file for a task, stored once per version: reviewers' feedback cannot change
+    it, and promotion needs no regression on the newest one."""
+
+    __table_args__ = (sa.UniqueConstraint("task", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=32, index=True)
+    version: int
+    source: str = Field(max_length=1024, description="the file it was read from")
+    digest: str = Field(max_length=64, description="of its examples; the same file twice is one version")
+    size: int
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class GoldenExample(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("set_id", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    set_id: int = Field(foreign_key="goldenset.id", index=True)
+    key: str = Field(max_length=64, description="digest of the question, as for training examples")
+    question: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    answer: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

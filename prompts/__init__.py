@@ -15,8 +15,14 @@ from openai.types.chat import ChatCompletionMessageParam
 from prompts.answers import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer
 
 __all__ = [
-    "MAX_ISSUES_PER_CHUNK", "ExplainAnswer", "FindAnswer", "RateAnswer", "conversation", "data_block", "render",
-]  # fmt: skip
+    "MAX_ISSUES_PER_CHUNK",
+    "ExplainAnswer",
+    "FindAnswer",
+    "RateAnswer",
+    "conversation",
+    "data_block",
+    "render",
+]
 
 MAX_DATA_CHARS = 20_000  # untrusted text longer than this is cut, visibly, before it reaches a prompt
 

@@ -24,11 +24,10 @@ from fastapi.testclient import TestClient
 
 from bot import db
 from bot.api import create_app
-from bot.config import load_settings
-from bot.models import Project
 from bot.queue import Queue
 from tests.support import fixtures
 from tests.support.db import session_scope
+from tests.support.secrets import project_row, settings_with_key
 
 FIXTURES = fixtures.FIXTURES / "github" / "webhooks"
 SECRET = "bench-secret"
@@ -60,11 +59,10 @@ def main() -> None:
         engine = db.make_engine(args.database_url or f"sqlite:///{tmp}/bench.db")
         db.upgrade(engine)
         with session_scope(engine) as session:
-            session.add(
-                Project(forge="github", forge_url="x", path="Codertocat/Hello-World", webhook_secret=SECRET)
-            )
-        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp}/queue.db"), engine)  # the real enqueue
-        with TestClient(create_app(engine, queue)) as client:
+            session.add(project_row(SECRET, forge="github", forge_url="x", path="Codertocat/Hello-World"))
+        settings = settings_with_key(queue_url=f"sqlite:///{tmp}/queue.db")
+        queue = Queue(settings, engine)  # the real enqueue
+        with TestClient(create_app(engine, queue, settings)) as client:
             labeled = (FIXTURES / "pull_request.labeled.1.json").read_bytes()
             opened = (FIXTURES / "pull_request.opened.1.json").read_bytes()
             timings(client, opened, "pull_request", 20, 202)  # warm-up

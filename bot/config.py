@@ -1,9 +1,13 @@
-"""Settings from ``REVIEWBOT_*`` environment variables and an optional ``.env`` file."""
+"""Settings from ``REVIEWBOT_*`` environment variables and, only when asked for (``--env-file`` or
+``REVIEWBOT_ENV_FILE``), a ``.env`` file: never one found in the working directory, which in CI may be a
+pull request's checkout that would choose the model server (and receive its API key) or the fine-tune
+command."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +21,7 @@ class ConfigError(Exception):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX, env_file=None, env_file_encoding="utf-8", extra="ignore"
     )
 
     database_url: str = Field(
@@ -51,7 +55,23 @@ class Settings(BaseSettings):
     public_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8080"), description="where forges reach this service (webhook URLs)"
     )
-    admin_token: SecretStr | None = Field(None, description="bearer token for the admin API and pages")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for /openapi.json and /metrics (Authorization: Bearer TOKEN)"
+    )
+    public_metrics: bool = Field(False, description="serve /metrics without the admin token")
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key that encrypts stored webhook secrets and signs queued jobs; "
+        "default: a key file beside the SQLite database, made once",
+    )
+    token_env_prefix: str = Field(
+        "REVIEWBOT_TOKEN_",
+        min_length=1,
+        description="a project's token variable must start with this (or be GITLAB_TOKEN / GITHUB_TOKEN)",
+    )
+    intake_concurrency: int = Field(
+        64, ge=1, description="webhook deliveries handled at once; more are answered 503 with Retry-After"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     llm_timeout_s: float = Field(120.0, gt=0, description="timeout of one model call, seconds")
     llm_max_retries: int = Field(3, ge=0, le=10, description="retries on connection errors and 5xx")
@@ -119,10 +139,13 @@ class Settings(BaseSettings):
         raise ValueError("expected sqlite:///PATH or redis://HOST:PORT/DB")
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning validation errors into one ``ConfigError`` line."""
+def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
+    """Read the settings (from ``env_file`` too, when given; the environment wins over it), turning
+    validation errors into one ``ConfigError`` line."""
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"env file {env_file}: no such file")
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -133,3 +156,13 @@ def load_settings(**overrides: object) -> Settings:
             shown = f" (got {got!r})" if isinstance(got, str | int | float) and not secret else ""
             problems.append(f"{name}: {message}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot import untrusted
 from bot.models import Severity
 
 _COMMAND = re.compile(r"^\s*/(severity|dismiss)\b[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
@@ -29,6 +30,40 @@ class SignalKind(StrEnum):
     DISMISS = "dismiss"  # value: the reason given, may be "" (a "/dismiss" reply)
     RESOLVED = "resolved"  # value "true" or "false"
     ADDRESSED = "addressed"  # a later push changed the lines the finding pointed at
+
+
+class Role(StrEnum):
+    """A person's standing on a project, the same scale on both forges, lowest first (``rank``).
+
+    GitLab's access levels map one to one (Guest 10 … Owner 50; less, or no membership: none);
+    GitHub's repository permissions map by order: read → guest, triage → reporter, write →
+    developer, maintain → maintainer, admin → owner (``Role.of``)."""
+
+    NONE = "none"
+    GUEST = "guest"
+    REPORTER = "reporter"
+    DEVELOPER = "developer"
+    MAINTAINER = "maintainer"
+    OWNER = "owner"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    @classmethod
+    def of(cls, name: str) -> Role:
+        """A role by either forge's name for it (``developer`` or ``write``); ValueError otherwise."""
+        name = name.strip().lower()
+        return cls(GITHUB_PERMISSIONS.get(name, name))
+
+
+GITHUB_PERMISSIONS = {
+    "read": Role.GUEST,
+    "triage": Role.REPORTER,
+    "write": Role.DEVELOPER,
+    "maintain": Role.MAINTAINER,
+    "admin": Role.OWNER,
+}
 
 
 @dataclass(frozen=True)
@@ -77,7 +112,7 @@ class Signal:
     comment_id: str | None = None
     thread_id: str | None = None
     reply_id: str | None = None  # the reviewer's own comment, for replies and commands
-    mr_number: int | None = None  # with ``quote``: the merge request whose findings it may quote
+    mr_number: int | None = None  # the merge request it was written on, when known: only its findings
     quote: str | None = None  # the quoted lines, when no comment or discussion names the finding
 
     @property
@@ -85,11 +120,12 @@ class Signal:
         return self.kind in (SignalKind.SEVERITY, SignalKind.DISMISS)
 
     def acknowledgement(self) -> str:
-        """The bot's answer to a command, so the reviewer knows it was heard."""
+        """The bot's answer to a command, so the reviewer knows it was heard. A dismissal's reason is
+        not repeated: it is the reviewer's text, and the bot would post it with its own rights."""
         if self.kind == SignalKind.SEVERITY:
-            done = f"severity corrected to **{self.value}**"
+            done = f"severity corrected to **{untrusted.inline(self.value)}**"
         else:
-            done = "dismissed as not an issue" + (f" ({self.value})" if self.value else "")
+            done = "dismissed as not an issue" + (", with your reason" if self.value else "")
         return f"Noted: {done}. Thank you — this goes into the training data of the next model."
 
     def describe(self) -> str:

@@ -29,6 +29,12 @@ models_app = command_group(
     "Adapter versions per task: list them, promote one, roll back.",
     "reviewbot models promote severity-v7",
 )
+golden_app = command_group(
+    "golden",
+    "Golden held-out sets: the admin's examples that promotion must not regress on, versioned per task.",
+    "reviewbot flywheel golden add --task severity golden.jsonl",
+)
+flywheel_app.add_typer(golden_app)
 out = Console()
 FAILED = 1  # a run that failed, a promotion refused, nothing to act on; bad configuration is 2
 
@@ -66,14 +72,15 @@ def run(
             metavar="FILE.jsonl",
             exists=True,
             dir_okay=False,
-            help="JSONL of examples to hold out, all of them. Repeatable.",
+            help="JSONL of examples to hold out, all of them, stored as the task's golden set. Repeatable.",
         ),
     ] = None,
 ) -> None:
     """Run the flywheel now and promote its best adapter if it beats the one in use.
 
     Each round: the teacher writes an exam, the student answers, the teacher grades it and writes new
-    examples, the student is fine-tuned on the grown curriculum and scored on the held-out set.
+    examples, the student is fine-tuned on the grown curriculum and scored on the held-out and golden
+    sets. Without a golden set (golden add, or --heldout) the run promotes nothing.
     """
     from flywheel.cycle import Plan, run_flywheel
     from flywheel.data import DataError
@@ -142,12 +149,15 @@ def report(
     if flywheel_run is None:
         fail(f"no flywheel run {run_id}; see `reviewbot flywheel status`", FAILED)
     path = plot_run(flywheel_run, output or Path(f"flywheel-run-{run_id}.png"))
-    table = Table("round", "model", "held-out", "exam", "grade", "new", "curriculum", "loss", "seconds")
+    table = Table(
+        "round", "model", "held-out", "golden", "exam", "grade", "new", "curriculum", "loss", "seconds"
+    )
     for r in flywheel_run.rounds:
         train: dict[str, Any] = r.get("train", {})
-        loss = train.get("loss")
+        loss, gold = train.get("loss"), r.get("golden")
         table.add_row(
             str(r["round"]), r["model"], f"{r['heldout']:.3f}",
+            f"{gold:.3f} (v{r['golden_version']})" if isinstance(gold, float | int) else "",
             f"{r['exam_score']:.0%}" if "exam_score" in r else "", str(r.get("teacher_score", "")),
             str(r.get("new_examples", "")), str(r.get("curriculum", "")),
             f"{loss:.3f}" if isinstance(loss, float) else "", f"{sum(r.get('timings', {}).values()):.0f}",
@@ -169,6 +179,63 @@ def worker(ctx: typer.Context) -> None:
     TrainerQueue(settings, engine).huey.create_consumer(workers=1, worker_type="thread").run()
 
 
+@golden_app.command("add")
+def golden_add(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE.jsonl", exists=True, dir_okay=False, help="JSONL of labelled examples."),
+    ],
+    task: Annotated[
+        TrainedTask, typer.Option(metavar="TASK", help="The task it judges: severity or explanation.")
+    ] = TrainedTask.SEVERITY,
+) -> None:
+    """Store FILE as the task's newest golden set (the same examples as the newest are no new version).
+
+    Promotion needs a candidate not to fall behind the model in use on it by more than the margin;
+    reviewers' feedback never changes it.
+    """
+    from flywheel import golden
+    from flywheel.data import DataError, read_jsonl
+    from flywheel.spec import spec_for
+
+    _, engine = open_engine(ctx)
+    try:
+        examples = read_jsonl(file, spec_for(task))
+        with Session(engine) as session:
+            row, new = golden.add(session, Task(task), examples, str(file))
+    except DataError as exc:
+        fail(str(exc), FAILED)
+    state = "stored as" if new else "unchanged: already"
+    says = f"{file}: {state} {task.value} golden set v{row.version} ({row.size} examples)"
+    out.print(says, highlight=False)
+
+
+@golden_app.command("list")
+def golden_list(
+    ctx: typer.Context,
+    task: Annotated[
+        TrainedTask | None, typer.Option(metavar="TASK", help="Only this task: severity or explanation.")
+    ] = None,
+    output: Annotated[
+        Format, typer.Option("--format", metavar="table|json", help="Output format.")
+    ] = Format.TABLE,
+) -> None:
+    """Every golden set version: task, version, size, source file, when it was added."""
+    from flywheel import golden
+
+    _, engine = open_engine(ctx)
+    with Session(engine) as session:
+        rows = golden.sets(session, Task(task) if task else None)
+    if output is Format.JSON:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+        return
+    table = Table("task", "version", "examples", "source", "digest", "added")
+    for r in rows:
+        table.add_row(r.task, f"v{r.version}", str(r.size), r.source, r.digest[:12], _when(r.created_at))
+    out.print(table)
+
+
 @models_app.command("list")
 def list_models(
     ctx: typer.Context,
@@ -179,8 +246,8 @@ def list_models(
         Format, typer.Option("--format", metavar="table|json", help="Output format.")
     ] = Format.TABLE,
 ) -> None:
-    """Every adapter version: task, status, held-out score, when it was made and promoted."""
-    from flywheel.registry import heldout_of, versions
+    """Every adapter version: task, status, held-out and golden scores, when it was made and promoted."""
+    from flywheel.registry import golden_of, heldout_of, versions
 
     _, engine = open_engine(ctx)
     with Session(engine) as session:
@@ -188,12 +255,13 @@ def list_models(
     if output is Format.JSON:
         typer.echo(json.dumps([v.model_dump(mode="json") for v in rows], indent=2))
         return
-    table = Table("name", "task", "status", "held-out", "baseline", "created", "promoted")
+    table = Table("name", "task", "status", "held-out", "baseline", "golden", "created", "promoted")
     for v in rows:
-        score, baseline = heldout_of(v), v.metrics.get("baseline")
+        score, baseline, gold = heldout_of(v), v.metrics.get("baseline"), golden_of(v)
         table.add_row(
             v.adapter_name, v.task, v.status, f"{score:.3f}" if score is not None else "",
             f"{baseline:.3f}" if isinstance(baseline, float | int) else "",
+            f"{gold.value:.3f} (v{gold.version})" if gold else "",
             _when(v.created_at), _when(v.promoted_at),
         )  # fmt: skip
     out.print(table)
@@ -203,9 +271,12 @@ def list_models(
 def promote(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter version, e.g. severity-v7.")],
-    force: Annotated[bool, typer.Option(help="Skip the held-out gate (REVIEWBOT_PROMOTION_MARGIN).")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Skip the held-out and golden gates (REVIEWBOT_PROMOTION_MARGIN).")
+    ] = False,
 ) -> None:
-    """Make NAME the version reviews use, if it beats the active one by the margin."""
+    """Make NAME the version reviews use, if it beats the active one by the margin on the held-out set
+    and falls behind it by no more than the margin on the same golden set version."""
     from flywheel.registry import PromotionRefused
     from flywheel.registry import promote as promote_version
 

@@ -1,7 +1,10 @@
 """The flywheel loop: exam → take → evaluate → curriculum → fine-tune → held-out evaluation, round
 after round, until the held-out score stops improving by ε for k rounds or a budget (rounds, wall
 time, teacher tokens) is spent. Every round is recorded on the run as it ends; at the end the best
-new adapter is promoted if it beats what the review pipeline uses by the margin.
+new adapter is promoted if it beats what the review pipeline uses by the margin on the held-out set
+and does not fall behind it by more than the margin on the admin's golden set (``golden``). A run
+without a golden set trains and registers its adapters but promotes none: reviewers' labels fill
+the held-out split, so that gate alone is one reviewers could move.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from bot.config import ConfigError, Settings
 from bot.llm import LLMClient, check_teacher
 from bot.models import ExampleSource, ExampleSplit, FlywheelRun, RunStatus, Task
 from bot.serving import load_missing_adapters, served_models
-from flywheel import data, registry
+from flywheel import data, golden, registry
 from flywheel.curriculum import build_curriculum
 from flywheel.data import Example
 from flywheel.evaluate import Grade, Score, grade_exam, score
@@ -144,9 +147,14 @@ def timed(timings: dict[str, float], step: str) -> Iterator[None]:
     timings[step] = time.monotonic() - clock
 
 
-def round_zero(model: str, score: Score) -> dict[str, Any]:
-    """The run's first entry: the model in use when it began, on the held-out set."""
-    return {"round": 0, "model": model, "heldout": score.value, "detail": score.summary()}
+def round_zero(
+    model: str, score: Score, gold: Score | None = None, golden_version: int | None = None
+) -> dict[str, Any]:
+    """The run's first entry: the model in use when it began, on the held-out and golden sets."""
+    return {
+        "round": 0, "model": model, "heldout": score.value, "detail": score.summary(),
+        "golden": gold.value if gold else None, "golden_version": golden_version,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,8 @@ class RoundRecord:
     train: TrainStats
     teacher_tokens: int  # spent by the run so far
     timings: dict[str, float]  # seconds per step
+    golden: float | None = None  # the adapter's score on the golden set, when the run has one
+    golden_version: int | None = None  # that golden set's version
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,6 +222,8 @@ class RoundRecord:
             "train": self.train.to_json(),
             "teacher_tokens": self.teacher_tokens,
             "timings": {step: round(seconds, 2) for step, seconds in self.timings.items()},
+            "golden": self.golden,
+            "golden_version": self.golden_version,
         }
 
 
@@ -226,6 +238,8 @@ class Flywheel:
         self.report = Reporter(console)
         self.teacher_tokens = 0
         self.baseline_model = ""  # the model in use when the run began: set by round 0
+        self.golden: golden.Golden | None = None  # the newest golden set when the run began
+        self.golden_baseline: Score | None = None  # the model in use on it: set by round 0
         self.teacher_model = settings.teacher_model or ""
         self.base_weights = settings.student_weights or settings.student_model
         self.adapters_dir = settings.flywheel_dir / "adapters"
@@ -256,13 +270,16 @@ class Flywheel:
         started = time.monotonic()
         async with teacher, LLMClient.student(self.settings) as student:
             heldout = self._prepare_data()
+            self.golden = self._golden_set()
             await load_missing_adapters(self.engine, student)
             self.baseline_model = served_models(self.settings, self.engine)[self.plan.task]
             baseline = await self._heldout_score(student, teacher, self.baseline_model, heldout)
-            self._record(round_zero(self.baseline_model, baseline))
+            self.golden_baseline = await self._golden_score(student, teacher, self.baseline_model)
+            version = self.golden.version if self.golden else None
+            self._record(round_zero(self.baseline_model, baseline, self.golden_baseline, version))
             self.report.say(
                 f"round 0: {self.baseline_model} scores {baseline.value:.3f} "
-                f"on {len(heldout)} held-out examples"
+                f"on {len(heldout)} held-out examples{self._on_golden(self.golden_baseline)}"
             )
             scores, last, best = [baseline.value], None, None
             for number in range(1, self.plan.max_rounds + 1):
@@ -308,7 +325,7 @@ class Flywheel:
         with timed(timings, "finetune"):
             name, trained = await self._train(number, curriculum, round_dir)
         with timed(timings, "heldout"):
-            held = await self._register(number, student, teacher, trained, heldout, baseline)
+            held, gold = await self._register(number, student, teacher, trained, heldout, baseline)
         record = RoundRecord(
             number=number, model=name,
             exam_size=len(exam.items.examples), exam_malformed=exam.items.malformed,
@@ -317,6 +334,7 @@ class Flywheel:
             new_examples=len(grade.new.examples), new_dropped=grade.new.malformed + grade.new.duplicates,
             curriculum=len(curriculum), heldout=held.value, detail=held.summary(),
             train=TrainStats.of(trained), teacher_tokens=self.teacher_tokens, timings=timings,
+            golden=gold.value if gold else None, golden_version=self.golden.version if self.golden else None,
         )  # fmt: skip
         self._record(record.to_json())
         return record
@@ -342,7 +360,7 @@ class Flywheel:
         exam = await write_exam(
             teacher, self.teacher_model, self.spec, count=self.plan.exam_size, data=known.train,
             complaints=data.complaints(self.engine), proficiency=proficiency,
-            feedback=last.feedback if last else None, known=known.keys, rng=self.rng,
+            feedback=last.feedback if last else None, known=known.keys | self._golden_keys, rng=self.rng,
             max_tokens=self.settings.teacher_max_tokens,
         )  # fmt: skip
         self.teacher_tokens += exam.teacher_tokens
@@ -377,7 +395,7 @@ class Flywheel:
         """Step 3: the teacher's grade, feedback and new examples."""
         grade = await grade_exam(
             teacher, self.teacher_model, self.spec, attempts, exam_score, data=known.train,
-            count=self.plan.new_examples, known=known.keys, rng=self.rng,
+            count=self.plan.new_examples, known=known.keys | self._golden_keys, rng=self.rng,
             max_tokens=self.settings.teacher_max_tokens,
         )  # fmt: skip
         self.teacher_tokens += grade.teacher_tokens
@@ -397,7 +415,8 @@ class Flywheel:
                 session, self.spec, grade.new.examples, ExampleSource.TEACHER,
                 run_id=self.run_id, round_number=number,
             )  # fmt: skip
-        curriculum = build_curriculum(known.train, grade.new.examples, {e.key for e in heldout})
+        excluded = {e.key for e in heldout} | self._golden_keys  # never trained on what judges it
+        curriculum = build_curriculum(known.train, grade.new.examples, excluded)
         data.write_jsonl(round_dir / "curriculum.jsonl", curriculum)
         return curriculum
 
@@ -419,9 +438,9 @@ class Flywheel:
         trained: FinetuneResult,
         heldout: list[Example],
         baseline: Score,
-    ) -> Score:
+    ) -> tuple[Score, Score | None]:
         """Step 6: load the adapter into vLLM as a candidate version and score it on the held-out
-        set; the version keeps its score for the promotion gate."""
+        and golden sets; the version keeps its scores for the promotion gates."""
         with Session(self.engine) as session:
             version = await registry.register(
                 session, student, self.plan.task, trained.adapter_dir, self.base_weights,
@@ -429,18 +448,22 @@ class Flywheel:
             )  # fmt: skip
         name = version.adapter_name
         held = await self._heldout_score(student, teacher, name, heldout)
+        gold = await self._golden_score(student, teacher, name)
         metrics = {
             "heldout": held.value, "heldout_size": len(heldout),
             "baseline": baseline.value, "baseline_model": self.baseline_model,
             "run_id": self.run_id, "round": number, "train_loss": TrainStats.of(trained).loss,
+            **self._golden_metrics(gold),
         }  # fmt: skip
         with Session(self.engine) as session:
             row = session.merge(version)
             row.metrics = metrics
             session.add(row)
             session.commit()
-        self.report.say(f"round {number}: {name} scores {held.value:.3f} on the held-out examples")
-        return held
+        self.report.say(
+            f"round {number}: {name} scores {held.value:.3f} on the held-out examples{self._on_golden(gold)}"
+        )
+        return held, gold
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -477,6 +500,46 @@ class Flywheel:
         )
         return known.heldout
 
+    def _golden_set(self) -> golden.Golden | None:
+        """Store the ``--heldout`` files, together, as the task's newest golden set (the same files
+        again are the version they were); return the newest golden set, if the admin gave one."""
+        task = self.plan.task
+        with Session(self.engine) as session:
+            if self.plan.heldout_files:
+                given = [e for path in self.plan.heldout_files for e in data.read_jsonl(path, self.spec)]
+                golden.add(session, task, given, ", ".join(map(str, self.plan.heldout_files)))
+            newest = golden.newest(session, task)
+        if newest is None:
+            self.report.say(f"{golden.missing_message(task)}; this run will not promote")
+        else:
+            size = len(newest.examples)
+            self.report.say(f"golden set v{newest.version}: {size} examples ({newest.source})")
+        return newest
+
+    @property
+    def _golden_keys(self) -> set[str]:
+        return self.golden.keys if self.golden else set()
+
+    async def _golden_score(self, student: LLMClient, teacher: LLMClient, model: str) -> Score | None:
+        if self.golden is None:
+            return None
+        return await self._heldout_score(student, teacher, model, self.golden.examples, "golden set")
+
+    def _golden_metrics(self, gold: Score | None) -> dict[str, Any]:
+        """A candidate's golden score, for `models promote` to compare: with the set's version and
+        the model in use's score on it."""
+        if gold is None or self.golden is None or self.golden_baseline is None:
+            return {}
+        return {
+            "golden": gold.value, "golden_version": self.golden.version,
+            "golden_size": len(self.golden.examples), "golden_baseline": self.golden_baseline.value,
+        }  # fmt: skip
+
+    def _on_golden(self, gold: Score | None) -> str:
+        if gold is None or self.golden is None:
+            return ""
+        return f" and {gold.value:.3f} on golden set v{self.golden.version}"
+
     async def _answer(
         self, student: LLMClient, model: str, questions: list[Example], label: str
     ) -> list[Attempt]:
@@ -488,9 +551,14 @@ class Flywheel:
                 progress.stop()
 
     async def _heldout_score(
-        self, student: LLMClient, teacher: LLMClient, model: str, heldout: list[Example]
+        self,
+        student: LLMClient,
+        teacher: LLMClient,
+        model: str,
+        heldout: list[Example],
+        label: str = "held-out examples",
     ) -> Score:
-        attempts = await self._answer(student, model, heldout, f"held-out examples: {model}")
+        attempts = await self._answer(student, model, heldout, f"{label}: {model}")
         result = await score(
             self.spec, attempts, teacher, self.teacher_model, random.Random(1), self.settings.reference_model
         )
@@ -563,18 +631,30 @@ class Flywheel:
     def _promote_best(self, best: RoundRecord | None, baseline: float) -> str:
         if best is None:
             outcome = f"no round ran; {self.baseline_model} stays"
+        elif self.golden is None or self.golden_baseline is None:
+            outcome = (
+                f"{self.baseline_model} stays, {best.model} is registered but not promoted: "
+                f"{golden.missing_message(self.plan.task)}"
+            )
         else:
-            with Session(self.engine) as session:
-                try:
-                    registry.promote(session, best.model, self.plan.margin, reference=baseline)
-                    outcome = (
-                        f"promoted {best.model}: held-out {best.heldout:.3f}, "
-                        f"was {baseline:.3f} ({self.baseline_model})"
-                    )
-                except registry.PromotionRefused as exc:
-                    outcome = f"{self.baseline_model} stays: {exc}"
+            outcome = self._promote(best, baseline, self.golden, self.golden_baseline)
         self.report.say(outcome)
         return outcome
+
+    def _promote(self, best: RoundRecord, baseline: float, gold: golden.Golden, gold_baseline: Score) -> str:
+        """Promote ``best`` if it passes both gates against the model in use, as round 0 measured it."""
+        reference = registry.GoldenScore(gold_baseline.value, gold.version, self.baseline_model)
+        with Session(self.engine) as session:
+            try:
+                registry.promote(
+                    session, best.model, self.plan.margin, reference=baseline, golden_reference=reference
+                )
+            except registry.PromotionRefused as exc:
+                return f"{self.baseline_model} stays: {exc}"
+        return (
+            f"promoted {best.model}: held-out {best.heldout:.3f}, was {baseline:.3f}; golden set "
+            f"v{gold.version} {best.golden:.3f}, was {gold_baseline.value:.3f} ({self.baseline_model})"
+        )
 
 
 def run_flywheel(

@@ -24,7 +24,12 @@ from bot.llm import validation_problems
 from bot.models import ExampleSource, ExampleSplit, Task, TrainingExample
 from flywheel.spec import TaskSpec
 
+# Reviewers' and models' texts reach the teacher cut to these lengths (and inside data blocks, see
+# prompts.data_block), so no one text can fill its prompt or pass for its instructions.
+FIELD_CHARS = 2000  # any one text: a question's code or review, an answer, a student's error
 COMPLAINT_CODE_CHARS = 1500  # enough context for the teacher, without flooding its prompt
+REASON_CHARS = 500  # a reviewer's /dismiss reason or reply
+REASONS_SHOWN = 5  # per rejected finding, the latest
 
 
 class DataError(ValueError):
@@ -135,19 +140,36 @@ def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
     ]
 
 
+def clipped(value: Any, limit: int = FIELD_CHARS) -> Any:
+    """``value`` with every string in it (in lists and objects too) cut to ``limit`` characters,
+    visibly."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]} [… {len(value) - limit} characters cut]"
+    if isinstance(value, dict):
+        return {name: clipped(item, limit) for name, item in value.items()}
+    if isinstance(value, list):
+        return [clipped(item, limit) for item in value]
+    return value
+
+
 def complaints(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
     """The latest findings reviewers dismissed or disputed, with their reasons: what the bot got
-    wrong, for the teacher to aim questions at."""
+    wrong, for the teacher to aim questions at. Only the reasons of reviewers who may label are
+    given, and every text is cut to length: the prompt still puts them in a data block."""
     rejected = [
         i for i in labelled_findings(engine) if i.label.state in (LabelState.DISMISSED, LabelState.DISPUTED)
     ]
     return [
         {
-            "code": i.finding.code[:COMPLAINT_CODE_CHARS],
-            "review": i.finding.review,
+            "code": clipped(i.finding.code, COMPLAINT_CODE_CHARS),
+            "review": clipped(i.finding.review),
             "severity_given": i.finding.severity,
             "reviewers": i.label.state.value,
-            "reasons": [s.value for s in i.signals if s.kind in ("dismiss", "reply") and s.value],
+            "reasons": [
+                clipped(s.value, REASON_CHARS)
+                for s in i.trusted
+                if s.kind in ("dismiss", "reply") and s.value
+            ][-REASONS_SHOWN:],
         }
         for i in rejected[-limit:]
     ]

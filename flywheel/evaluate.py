@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.llm import LLMClient, LLMError
-from flywheel.data import Example
+from flywheel.data import Example, clipped
 from flywheel.exam import DATA_SAMPLE, Items, TeacherError, ask_in_parts, items_of, parse_items, parts, sample
 from flywheel.spec import TaskSpec
 from flywheel.take import Attempt
@@ -21,6 +21,7 @@ from prompts.answers import Preference
 
 WIN, TIE, LOSS = 1.0, 0.5, 0.0
 GRADE_OVERHEAD = 800  # the score and the written feedback around the examples
+RESULTS_CHARS = 80_000  # of an exam's results in the grading prompt: a 40-question exam, with room to spare
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ async def preference(
             return LOSS, 0
         ours, theirs = attempt.answer["explanation"], attempt.example.answer["explanation"]
         a, b = (ours, theirs) if student_first else (theirs, ours)
-        prompt = render("preference", **attempt.example.question, a=a, b=b)
+        prompt = render("preference", **clipped({**attempt.example.question, "a": a, "b": b}))
         messages: list[Any] = [{"role": "user", "content": prompt}]
         answer = await teacher.ask(messages, Preference, model, max_tokens=16)
         tokens = answer.prompt_tokens + answer.completion_tokens
@@ -148,14 +149,16 @@ async def grade_exam(
     not in ``known``, not exam questions). Examples beyond what fits ``max_tokens`` are asked for
     with the same prompt in further calls, whose grades are not used."""
     results = [
-        {
-            "question": a.example.question,
-            "expected": a.example.answer,
-            "student": a.answer if a.answer is not None else {"error": a.error},
-            "correct": verdict == WIN
-            if spec.classification
-            else {WIN: "better", TIE: "as good", LOSS: "worse"}[verdict],
-        }
+        clipped(
+            {
+                "question": a.example.question,
+                "expected": a.example.answer,
+                "student": a.answer if a.answer is not None else {"error": a.error},
+                "correct": verdict == WIN
+                if spec.classification
+                else {WIN: "better", TIE: "as good", LOSS: "worse"}[verdict],
+            }
+        )
         for a, verdict in zip(attempts, exam_score.verdicts, strict=True)
     ]
     shown = sample(data, DATA_SAMPLE, rng)
@@ -166,6 +169,7 @@ async def grade_exam(
             "exam_evaluation",
             task_prompt=spec.task_prompt(),
             results=results,
+            results_limit=RESULTS_CHARS,
             exam_score=f"{exam_score.value:.0%} ({right} of {len(results)})",
             data=shown,
             count=part,

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bot.llm import Answer, LLMBadAnswer, LLMClient
-from flywheel.data import DataError, Example, parse_example
+from flywheel.data import DataError, Example, clipped, parse_example
 from flywheel.spec import TaskSpec
 from prompts import render
 
@@ -91,8 +91,9 @@ async def ask_in_parts(
 
 
 def sample(examples: Sequence[Example], count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Examples to show the teacher, as data: reviewers' and models' texts, cut to length."""
     chosen = rng.sample(list(examples), min(count, len(examples)))
-    return [{"question": e.question, "answer": e.answer} for e in chosen]
+    return [clipped({"question": e.question, "answer": e.answer}) for e in chosen]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from bot.config import Settings
 from bot.models import ExampleSource, FlywheelRun, RunStatus, Task, TrainingExample
 from bot.queue import make_huey
+from bot.secrets import secret_box
 from flywheel.cycle import Plan, run_flywheel
 from flywheel.data import feedback_examples
 from flywheel.spec import spec_for
@@ -71,7 +72,7 @@ class TrainerQueue:
 
     def __init__(self, settings: Settings, engine: sa.Engine) -> None:
         self.settings, self.engine = settings, engine
-        self.huey: Huey = make_huey(settings.queue_url, name=TRAINER_QUEUE)
+        self.huey: Huey = make_huey(settings.queue_url, secret_box(settings).queue_key(), name=TRAINER_QUEUE)
         self._enqueue_run = self.huey.task(name="flywheel_run")(self.flywheel_run)
         self.huey.periodic_task(crontab(minute="0"), name="flywheel_when_due")(self.flywheel_when_due)
 

@@ -1,4 +1,4 @@
-"""A flywheel run as a picture: held-out score, exam score and the teacher's grade per round."""
+"""A flywheel run as a picture: held-out and golden scores, exam score and the teacher's grade per round."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def plot_run(run: FlywheelRun, out: Path) -> Path:
     numbers = [r["round"] for r in rounds]
     held = [r for r in run.rounds if "heldout" in r]  # round 0 too: where the run started from
     axes.plot([r["round"] for r in held], [r["heldout"] for r in held], "o-", label="held-out score")
+    gold = [r for r in run.rounds if r.get("golden") is not None]  # runs with a golden set
+    if gold:
+        label = f"golden set v{gold[0]['golden_version']}"
+        axes.plot([r["round"] for r in gold], [r["golden"] for r in gold], "D-", label=label)
     axes.plot(numbers, [r["exam_score"] for r in rounds], "s--", label="exam score")
     axes.plot(numbers, [r["teacher_score"] / 10 for r in rounds], "^:", label="teacher's grade / 10")
     for entry in rounds:

@@ -2,14 +2,17 @@
 serve stale prefix-cache blocks after an adapter is reloaded under the same name), is loaded into the
 running vLLM, and becomes the one the review pipeline uses for its task only when promoted.
 
-The promotion gate: a candidate's held-out score must beat the active version's (or, with none
-active, the base model's, measured when the candidate was evaluated) by a margin.
+The promotion gates: a candidate's held-out score must beat the active version's (or, with none
+active, the base model's, measured when the candidate was evaluated) by a margin; and, since
+reviewers' labels can move that held-out set, its score on the admin's golden set (``golden``) must
+not fall below the model in use's, on the same golden version, by more than the margin.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,16 @@ from flywheel.finetune import check_vllm_compatible
 
 
 class PromotionRefused(ValueError):
-    """The candidate does not beat the active version by the margin; the message gives both scores."""
+    """The candidate does not pass a gate; the message gives the scores and what to do."""
+
+
+@dataclass(frozen=True)
+class GoldenScore:
+    """A model's score on one version of its task's golden set."""
+
+    value: float
+    version: int
+    model: str
 
 
 def versions(session: Session, task: Task | None = None) -> Sequence[ModelVersion]:
@@ -80,12 +92,27 @@ def heldout_of(version: ModelVersion) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def golden_of(version: ModelVersion) -> GoldenScore | None:
+    """The version's recorded score on a golden set, with that set's version."""
+    value, number = version.metrics.get("golden"), version.metrics.get("golden_version")
+    if isinstance(value, int | float) and isinstance(number, int):
+        return GoldenScore(float(value), number, version.adapter_name)
+    return None
+
+
 def promote(
-    session: Session, name: str, margin: float, *, force: bool = False, reference: float | None = None
+    session: Session,
+    name: str,
+    margin: float,
+    *,
+    force: bool = False,
+    reference: float | None = None,
+    golden_reference: GoldenScore | None = None,
 ) -> ModelVersion:
-    """Make ``name`` the version its task uses; the one active before is retired. ``reference`` is the
-    score to beat, measured on the same held-out set (a flywheel run's round 0); without it, the
-    active version's recorded score, or with none active the base model's."""
+    """Make ``name`` the version its task uses; the one active before is retired. ``reference`` and
+    ``golden_reference`` are the model in use's held-out and golden scores, measured on the same sets
+    (a flywheel run's round 0); without them, the recorded scores decide (``_reference``,
+    ``_golden_reference``). ``force`` skips both gates."""
     version = session.exec(select(ModelVersion).where(ModelVersion.adapter_name == name)).first()
     if version is None:
         raise LookupError(f"no model version named {name!r}; see `reviewbot models list`")
@@ -94,6 +121,7 @@ def promote(
     current = active_version(session, Task(version.task))
     if not force:
         _check_gate(version, margin, *_reference(version, current, reference))
+        _check_golden(version, margin, golden_reference or _golden_reference(version, current))
     return _activate(session, version, current)
 
 
@@ -121,6 +149,44 @@ def _check_gate(candidate: ModelVersion, margin: float, reference: float | None,
         raise PromotionRefused(
             f"{name} scores {score:.3f} on the held-out set; {against} scores {reference:.3f}, "
             f"and promotion needs {reference + margin:.3f} (margin {margin:g})"
+        )
+
+
+def _golden_reference(candidate: ModelVersion, current: ModelVersion | None) -> GoldenScore | None:
+    """The model in use's golden score: measured beside the candidate, if the model in use then is
+    still in use; else the active version's own recorded score."""
+    measured, version = candidate.metrics.get("golden_baseline"), candidate.metrics.get("golden_version")
+    baseline_model = str(candidate.metrics.get("baseline_model") or "the base model")
+    then_in_use = current is None or baseline_model == current.adapter_name
+    if then_in_use and isinstance(measured, int | float) and isinstance(version, int):
+        return GoldenScore(float(measured), version, baseline_model)
+    return golden_of(current) if current is not None else None
+
+
+def _check_golden(candidate: ModelVersion, margin: float, reference: GoldenScore | None) -> None:
+    """Raise PromotionRefused unless the candidate's golden score is at most ``margin`` below the
+    model in use's, both measured on the same version of the golden set."""
+    name, score = candidate.adapter_name, golden_of(candidate)
+    if score is None:
+        raise PromotionRefused(
+            f"{name} has no golden held-out score: add a golden set (`reviewbot flywheel golden add`) "
+            "and train with it, or use --force"
+        )
+    if reference is None:
+        raise PromotionRefused(
+            f"{name} scores {score.value:.3f} on golden set v{score.version}, and the model in use has no "
+            "golden score to compare with; a flywheel run scores it, or use --force"
+        )
+    if reference.version != score.version:
+        raise PromotionRefused(
+            f"{name} was scored on golden set v{score.version} and {reference.model} on "
+            f"v{reference.version}: the scores are not comparable; run the flywheel again, or use --force"
+        )
+    if score.value < reference.value - margin:
+        raise PromotionRefused(
+            f"{name} scores {score.value:.3f} on golden set v{score.version}; {reference.model} scores "
+            f"{reference.value:.3f}, and promotion needs {reference.value - margin:.3f} "
+            f"(a regression of margin {margin:g} at most)"
         )
 
 

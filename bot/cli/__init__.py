@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,11 +53,22 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            envvar="REVIEWBOT_ENV_FILE",
+            metavar="PATH",
+            help="Read settings from this .env file too (the environment wins). None is read unless given.",
+        ),
+    ] = None,
 ) -> None:
-    """Configuration comes from REVIEWBOT_* environment variables and an optional .env file."""
+    """Configuration comes from REVIEWBOT_* environment variables, and from a .env file only when one is
+    given (--env-file or REVIEWBOT_ENV_FILE): never from the working directory, which may be a pull
+    request's checkout."""
     del version  # handled by its eager callback
     try:
-        settings = load_settings()
+        settings = load_settings(env_file)
     except ConfigError as exc:
         err.print(f"reviewbot: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

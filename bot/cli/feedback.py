@@ -10,11 +10,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, open_engine
 from bot.feedback.labels import LabelledFinding, labelled_findings, severity_examples
 from bot.feedback.stats import RATES, feedback_stats
+from bot.models import Feedback
 
 feedback_app = command_group(
     "feedback",
@@ -41,7 +43,7 @@ def list_feedback(
     ] = None,
     output: FormatOption = Format.TABLE,
 ) -> None:
-    """Findings with their signals and label state."""
+    """Findings with their signals (author, role, and whether it counts) and label state."""
     items = _findings(ctx, project, since)
     if output is Format.JSON:
         rows = [
@@ -51,7 +53,11 @@ def list_feedback(
                 "severity": i.finding.severity, "model_version": i.finding.model_version,
                 "label_state": i.label.state.value,
                 "label": i.label.severity.value if i.label.severity else None,
-                "signals": [{"kind": s.kind, "value": s.value, "author": s.author} for s in i.signals],
+                "signals": [
+                    {"kind": s.kind, "value": s.value, "author": s.author, "role": s.role,
+                     "labels": s in i.trusted}
+                    for s in i.signals
+                ],
             }
             for i in items
         ]  # fmt: skip
@@ -62,7 +68,7 @@ def list_feedback(
         label = i.label.state.value + (
             f" → {i.label.severity.value}" if i.label.state == "corrected" and i.label.severity else ""
         )
-        signals = ", ".join(f"{s.kind}:{s.value}" if s.value else s.kind for s in i.signals)
+        signals = ", ".join(_signal(s, s in i.trusted) for s in i.signals)
         table.add_row(
             str(i.finding.id),
             i.project.path,
@@ -72,6 +78,14 @@ def list_feedback(
             signals,
         )
     Console().print(table)
+
+
+def _signal(signal: Feedback, labels: bool) -> str:
+    """``severity:minor by ana (developer)``; struck through when it does not count towards the label."""
+    said = f"{signal.kind}:{signal.value}" if signal.value else signal.kind
+    by = f" by {signal.author} ({signal.role or 'role not known yet'})" if signal.author else ""
+    text = escape(said + by)  # reviewers' text and names ("ci[bot]") are not markup
+    return text if labels else f"[strike]{text}[/strike]"
 
 
 @feedback_app.command("export")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -13,10 +12,13 @@ from rich.table import Table
 from sqlmodel import Session, select
 
 from bot.cli.common import command_group, err, fail, open_engine
-from bot.config import Settings
-from bot.forges import DEFAULT_TOKEN_ENV, forge_for
+from bot.config import ConfigError, Settings
+from bot.events import Role
+from bot.feedback.roles import min_role
+from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
 from bot.forges.base import ForgeError
 from bot.models import ForgeKind, Project, Review, Severity
+from bot.secrets import SecretBox, new_secret, new_webhook_key, secret_box
 
 project_app = command_group(
     "project",
@@ -84,34 +86,47 @@ def add(
 ) -> None:
     """Register a project; prints the webhook URL and secret to configure on the forge."""
     settings, engine = open_engine(ctx)
+    refusal = token_env_refusal(token_env, settings.token_env_prefix) if token_env else None
+    if refusal is not None:
+        fail(f"--token-env: {refusal}")
     secret = _webhook_secret(secret_env)
     row = Project(
         forge=forge,
         forge_url=url.rstrip("/"),
         path=project,
-        webhook_secret=secret,
+        webhook_secret=_box(settings).seal(secret),
+        webhook_key=new_webhook_key(),
         token_env=token_env,
         severity_threshold=threshold,
-        bot_username=bot_username or _ask_bot_username(forge, url.rstrip("/"), project, token_env),
+        bot_username=bot_username or _ask_bot_username(settings, forge, url.rstrip("/"), project, token_env),
     )
     _insert_unique(engine, row)
-    _print_connection(settings, row, secret_env)
+    _print_connection(settings, row, secret, secret_env)
+
+
+def _box(settings: Settings) -> SecretBox:
+    try:
+        return secret_box(settings)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _webhook_secret(secret_env: str | None) -> str:
     if secret_env is None:
-        return secrets.token_urlsafe(32)
-    secret = os.environ.get(secret_env)
-    if not secret:
-        fail(f"--secret-env {secret_env}: that variable is not set")
+        return new_secret()
+    secret = os.environ.get(secret_env, "").strip()
+    if not secret:  # an empty secret is no secret: the forge would send no token at all
+        fail(f"--secret-env {secret_env}: that variable is not set or empty")
     return secret
 
 
-def _ask_bot_username(forge: ForgeKind, url: str, path: str, token_env: str | None) -> str | None:
+def _ask_bot_username(
+    settings: Settings, forge: ForgeKind, url: str, path: str, token_env: str | None
+) -> str | None:
     """The bot's account, from the forge with its token; None (and a warning) when it cannot answer."""
     probe = Project(forge=forge, forge_url=url, path=path, webhook_secret="", token_env=token_env)
     try:
-        return forge_for(probe).bot_username
+        return forge_for(probe, settings.token_env_prefix).bot_username
     except ForgeError as exc:
         err.print(
             f"warning: could not ask {url} who the bot is ({exc}); its own events will not be recognized "
@@ -133,10 +148,15 @@ def _insert_unique(engine: sa.Engine, row: Project) -> None:
         session.commit()
 
 
-def _print_connection(settings: Settings, row: Project, secret_env: str | None) -> None:
+def _hook_url(settings: Settings, row: Project) -> str:
+    """The project's own webhook URL (the forge's shared one, /webhooks/FORGE, works too)."""
+    return f"{str(settings.public_url).rstrip('/')}/webhooks/{row.forge}/{row.webhook_key}"
+
+
+def _print_connection(settings: Settings, row: Project, secret: str, secret_env: str | None) -> None:
     """What to configure on the forge: the webhook's URL, secret and events, and the token variable."""
     forge = ForgeKind(row.forge)
-    hook_url = f"{str(settings.public_url).rstrip('/')}/webhooks/{forge.value}"
+    hook_url = _hook_url(settings, row)
     events = (
         "Merge request events"
         if forge is ForgeKind.GITLAB
@@ -144,21 +164,39 @@ def _print_connection(settings: Settings, row: Project, secret_env: str | None) 
     )
     typer.echo(f"added {forge.value} project {row.path} (bot: {row.bot_username or 'unknown'})")
     typer.echo(f"webhook URL:    {hook_url}")
-    typer.echo(f"webhook secret: {row.webhook_secret}" + (f" (from {secret_env})" if secret_env else ""))
+    typer.echo(f"webhook secret: {secret}" + (f" (from {secret_env})" if secret_env else ""))
     typer.echo(f"events:         {events}")
     typer.echo(f"API token from: ${row.token_env or DEFAULT_TOKEN_ENV[forge]}")
+
+
+@project_app.command("rotate-secret")
+def rotate_secret(ctx: typer.Context, path: RegisteredProject, forge: ForgeChoice = None) -> None:
+    """Give a project a new random webhook secret and print it, once: set it on the forge's webhook.
+    Deliveries signed with the old secret are refused from then on (within a minute by a running
+    `reviewbot serve`)."""
+    settings, engine = open_engine(ctx)
+    secret = new_secret()
+    with Session(engine, expire_on_commit=False) as session:
+        row = _find(session, path, forge)
+        row.webhook_secret = _box(settings).seal(secret)
+        row.webhook_key = row.webhook_key or new_webhook_key()
+        session.add(row)
+        session.commit()
+    typer.echo(f"new webhook secret of {row.forge} project {row.path} (shown once; set it on the forge):")
+    typer.echo(f"webhook URL:    {_hook_url(settings, row)}")
+    typer.echo(f"webhook secret: {secret}")
 
 
 @project_app.command("list")
 def list_projects(ctx: typer.Context) -> None:
     """The registered projects and their settings."""
     _, engine = open_engine(ctx)
-    table = Table("forge", "project", "url", "threshold", "ignore", "enabled", "bot")
+    table = Table("forge", "project", "url", "threshold", "ignore", "enabled", "bot", "labels by")
     with Session(engine, expire_on_commit=False) as session:
         for p in session.exec(select(Project).order_by(Project.forge, Project.path)).all():
             table.add_row(
                 p.forge, p.path, p.forge_url, p.severity_threshold, ", ".join(p.ignore_globs) or "(defaults)",
-                "yes" if p.enabled else "no", p.bot_username or "?",
+                "yes" if p.enabled else "no", p.bot_username or "?", _labellers(p),
             )  # fmt: skip
     Console().print(table)
 
@@ -185,6 +223,21 @@ def set_project(
     bot_username: Annotated[
         str | None, typer.Option(metavar="NAME", help="The bot's account on the forge.")
     ] = None,
+    feedback_min_role: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ROLE",
+            help="Least role whose feedback labels findings: guest|reporter|developer|maintainer|owner,"
+            " or GitHub's read|triage|write|maintain|admin; 'default' for developer (write).",
+        ),
+    ] = None,
+    author_labels: Annotated[
+        bool | None,
+        typer.Option(
+            "--author-labels/--no-author-labels",
+            help="Whether the merge request's author's feedback labels the findings of their own code.",
+        ),
+    ] = None,
 ) -> None:
     """Change a project's settings."""
     _, engine = open_engine(ctx)
@@ -198,11 +251,32 @@ def set_project(
             row.enabled = enabled
         if bot_username is not None:
             row.bot_username = bot_username
+        if feedback_min_role is not None:
+            row.feedback_min_role = _role_setting(feedback_min_role)
+        if author_labels is not None:
+            row.author_labels = author_labels
         session.add(row)
         session.commit()
         globs = ", ".join(row.ignore_globs) or "(defaults)"
         state = "enabled" if row.enabled else "disabled"
-        typer.echo(f"{row.forge} {row.path}: threshold {row.severity_threshold}, ignore {globs}, {state}")
+        typer.echo(
+            f"{row.forge} {row.path}: threshold {row.severity_threshold}, ignore {globs}, {state},"
+            f" labels by {_labellers(row)}"
+        )
+
+
+def _role_setting(name: str) -> str | None:
+    if name.strip().lower() == "default":
+        return None
+    try:
+        return Role.of(name).value
+    except ValueError:
+        fail(f"--feedback-min-role: no role {name!r}; one of {', '.join(Role)}, or GitHub's names for them")
+
+
+def _labellers(project: Project) -> str:
+    """Whose feedback labels the project's findings, in a few words."""
+    return f"{min_role(project)} and above" + (", the author too" if project.author_labels else "")
 
 
 @project_app.command("reviews")

@@ -1,12 +1,19 @@
-"""``reviewbot serve`` and ``reviewbot worker``: the long-running processes."""
+"""``reviewbot serve`` and ``reviewbot worker``: the long-running processes. What they print never
+holds a credential: URLs are shown with their password hidden."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bot.cli.common import err, open_engine
+from bot.cli.common import err, fail, open_engine
+from bot.config import ConfigError, Settings, redact_url
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from bot.queue import Queue
 
 
 def serve(
@@ -24,21 +31,33 @@ def serve(
     import uvicorn
 
     from bot.api import create_app
-    from bot.queue import Queue
 
     settings, engine = open_engine(ctx)
-    queue = Queue(settings, engine)
+    queue = _queue(settings, engine)
     consumer = None
     if settings.queue_url.startswith("sqlite"):
         consumer = queue.huey.create_consumer(workers=workers, worker_type="thread")
         consumer.start()  # threads; uvicorn keeps the main thread and its signal handling
     else:
-        err.print(f"queue at {settings.queue_url}: run `reviewbot worker` to process jobs", highlight=False)
+        where = redact_url(settings.queue_url)
+        err.print(f"queue at {where}: run `reviewbot worker` to process jobs", highlight=False, markup=False)
     try:
-        uvicorn.run(create_app(engine, queue), host=host, port=port, log_level=settings.log_level.lower())
+        uvicorn.run(
+            create_app(engine, queue, settings), host=host, port=port, log_level=settings.log_level.lower()
+        )
     finally:
         if consumer is not None:
             consumer.stop(graceful=True)
+
+
+def _queue(settings: Settings, engine: sa.Engine) -> Queue:
+    """The queue, or one line saying which setting is missing (the secret key, most likely)."""
+    from bot.queue import Queue
+
+    try:
+        return Queue(settings, engine)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def worker(
@@ -49,7 +68,5 @@ def worker(
 
     Example: [bold]REVIEWBOT_QUEUE_URL=redis://queue:6379/0 reviewbot worker --workers 4[/bold]
     """
-    from bot.queue import Queue
-
     settings, engine = open_engine(ctx)
-    Queue(settings, engine).huey.create_consumer(workers=workers, worker_type="thread").run()
+    _queue(settings, engine).huey.create_consumer(workers=workers, worker_type="thread").run()

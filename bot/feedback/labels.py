@@ -1,4 +1,5 @@
-"""Each finding's label, from its reviewers' signals, and the labelled examples the flywheel trains on."""
+"""Each finding's label, from its trusted reviewers' signals, and the labelled examples the flywheel
+trains on."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from bot.events import DOWN, UP, SignalKind
+from bot.events import DOWN, UP, Role, SignalKind
+from bot.feedback.roles import may_label
 from bot.models import Feedback, Finding, Project, Review, Severity
 
 
@@ -30,32 +32,64 @@ class Label:
     severity: Severity | None  # the label for training: None unless confirmed or corrected
 
 
-def label_state(finding_severity: str, signals: Sequence[Feedback]) -> Label:
-    """The label a finding's signals give it. The rule, in order:
+DISMISS, DOUBT = "dismiss", "doubt"  # what a vote may say besides a severity: not an issue; wrong somehow
+Answer = Severity | str
 
-    1. The reviewers' latest command wins: ``/dismiss`` → dismissed; ``/severity X`` → corrected to
-       X (confirmed, when X is the severity the bot gave).
-    2. Otherwise, a finding whose lines a later push changed (addressed) is confirmed.
-    3. Otherwise reactions that stand (not revoked): 👎 → disputed (whatever 👍 there are beside
-       it); 👍 alone → confirmed.
-    4. Otherwise — no signal, or only replies and thread resolution — unlabelled.
+# How strongly a kind of signal speaks: a command outranks an addressing push, which outranks a reaction.
+COMMAND, ADDRESSED, REACTION = 2, 1, 0
+
+
+def vote(signal: Feedback, finding_severity: Severity) -> tuple[int, Answer] | None:
+    """What one signal says about its finding, and how strongly; None for what says nothing (a reply,
+    a thread resolved, a revoked reaction). The one place that gives each kind its meaning."""
+    if signal.kind == SignalKind.SEVERITY:
+        return COMMAND, Severity(signal.value)
+    if signal.kind == SignalKind.DISMISS:
+        return COMMAND, DISMISS
+    if signal.kind == SignalKind.ADDRESSED:
+        return ADDRESSED, finding_severity
+    if signal.kind == SignalKind.REACTION and signal.value == UP:
+        return REACTION, finding_severity
+    if signal.kind == SignalKind.REACTION and signal.value == DOWN:
+        return REACTION, DOUBT
+    return None
+
+
+def label_state(finding_severity: str, signals: Sequence[Feedback]) -> Label:
+    """The label that ``signals`` — the trusted ones (``bot.feedback.roles.may_label``) — give a finding:
+
+    1. Each reviewer speaks once per strength: their latest command, their latest reaction.
+    2. The strongest votes decide: commands over an addressing push over reactions; among votes of
+       one strength, the highest role (a maintainer's correction outranks a developer's).
+    3. If those deciding votes agree: ``/dismiss`` → dismissed; a severity → corrected to it
+       (confirmed when it is the bot's; 👍 and addressed say the bot's); 👎 alone → disputed.
+       If they disagree (👍 and 👎, two severities, a severity and a dismissal) → disputed.
+    4. No vote at all: unlabelled.
     """
-    commands = [s for s in signals if s.kind in (SignalKind.SEVERITY, SignalKind.DISMISS)]
-    if commands:
-        latest = max(commands, key=lambda s: (s.created_at, s.id or 0))
-        if latest.kind == SignalKind.DISMISS:
-            return Label(LabelState.DISMISSED, None)
-        corrected = Severity(latest.value)
-        state = LabelState.CONFIRMED if corrected == finding_severity else LabelState.CORRECTED
-        return Label(state, corrected)
-    if any(s.kind == SignalKind.ADDRESSED for s in signals):
-        return Label(LabelState.CONFIRMED, Severity(finding_severity))
-    reactions = {s.value for s in signals if s.kind == SignalKind.REACTION}
-    if DOWN in reactions:
+    severity = Severity(finding_severity)
+    latest: dict[tuple[str, int], tuple[Feedback, Answer]] = {}
+    for signal in sorted(signals, key=lambda s: (s.created_at, s.id or 0)):
+        said = vote(signal, severity)
+        if said is not None:
+            latest[(signal.author, said[0])] = (signal, said[1])
+    if not latest:
+        return Label(LabelState.UNLABELLED, None)
+    weight = {key: (key[1], _rank(signal)) for key, (signal, _) in latest.items()}
+    top = max(weight.values())
+    answers = {answer for key, (_, answer) in latest.items() if weight[key] == top}
+    if len(answers) > 1:
         return Label(LabelState.DISPUTED, None)
-    if UP in reactions:
-        return Label(LabelState.CONFIRMED, Severity(finding_severity))
-    return Label(LabelState.UNLABELLED, None)
+    answer = answers.pop()
+    if answer == DISMISS:
+        return Label(LabelState.DISMISSED, None)
+    if answer == DOUBT:
+        return Label(LabelState.DISPUTED, None)
+    corrected = Severity(answer)
+    return Label(LabelState.CONFIRMED if corrected == severity else LabelState.CORRECTED, corrected)
+
+
+def _rank(signal: Feedback) -> int:
+    return Role(signal.role).rank if signal.role else Role.NONE.rank  # an addressing push has no author
 
 
 @dataclass(frozen=True)
@@ -63,16 +97,18 @@ class LabelledFinding:
     finding: Finding
     project: Project
     label: Label
-    signals: list[Feedback]
+    signals: list[Feedback]  # all of them, trusted or not
+    trusted: list[Feedback]  # those that gave the label (``may_label``)
 
 
 def labelled_findings(
     engine: sa.Engine, project_path: str | None = None, since: datetime | None = None
 ) -> Iterator[LabelledFinding]:
-    """Every finding (of one project, created since a date) with its signals and label."""
+    """Every finding (of one project, created since a date) with its signals and the label its
+    trusted signals give it."""
     with Session(engine) as session:
         query = (
-            select(Finding, Project)
+            select(Finding, Project, Review.mr_author)
             .join(Review, col(Finding.review_id) == col(Review.id))
             .join(Project, col(Review.project_id) == col(Project.id))
             .order_by(col(Finding.id))
@@ -82,14 +118,15 @@ def labelled_findings(
         if since is not None:
             query = query.where(col(Finding.created_at) >= since)
         rows = session.exec(query).all()
-        ids = [finding.id for finding, _ in rows]
+        ids = [finding.id for finding, _, _ in rows]
         signals: dict[int, list[Feedback]] = defaultdict(list)
         for signal in session.exec(select(Feedback).where(col(Feedback.finding_id).in_(ids))).all():
             signals[signal.finding_id].append(signal)
-    for finding, project in rows:
+    for finding, project, mr_author in rows:
         assert finding.id is not None
         found = signals.get(finding.id, [])
-        yield LabelledFinding(finding, project, label_state(finding.severity, found), found)
+        trusted = [s for s in found if may_label(s, project, mr_author)]
+        yield LabelledFinding(finding, project, label_state(finding.severity, trusted), found, trusted)
 
 
 def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str, Any]]:
@@ -105,6 +142,9 @@ def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str,
                 "project": item.project.path,
                 "model_version": item.finding.model_version,
                 "label_state": item.label.state.value,
-                "signals": [{"kind": s.kind, "value": s.value, "author": s.author} for s in item.signals],
+                "signals": [
+                    {"kind": s.kind, "value": s.value, "author": s.author, "role": s.role}
+                    for s in item.trusted
+                ],
             },
         }

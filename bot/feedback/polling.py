@@ -1,5 +1,6 @@
 """Polling what forges send no webhook for — GitHub's reactions, GitLab's thread resolution — on the
-merge requests where reviewers may still react to the bot's comments."""
+merge requests where reviewers may still react to the bot's comments; the poll also fills in the
+roles of the signals' authors (``bot.feedback.roles``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from bot.feedback.signals import record_reaction_counts, record_thread_states
+from bot.feedback.roles import RoleCache, resolve_roles
+from bot.feedback.signals import record_reactions, record_thread_states
 from bot.forges import ForgeFactory
-from bot.forges.base import ForgeError
+from bot.forges.base import Forge, ForgeError
 from bot.models import Project, Review, ReviewStatus
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,12 @@ def polled_merge_requests(engine: sa.Engine, now: datetime) -> list[tuple[Projec
     return [(projects[project_id], number) for project_id, number in pairs]
 
 
-def poll_feedback(engine: sa.Engine, forges: ForgeFactory, etags: ETags, now: datetime | None = None) -> int:
-    """Poll every merge request due (see ``polled_merge_requests``) and store what changed; returns
-    the rows that changed. ``etags`` is updated in place and forgets the merge requests no longer polled."""
+def poll_feedback(
+    engine: sa.Engine, forges: ForgeFactory, etags: ETags, roles: RoleCache, now: datetime | None = None
+) -> int:
+    """Poll every merge request due (see ``polled_merge_requests``), store what changed and the roles
+    of new signals' authors; returns the rows that changed. ``etags`` is updated in place and forgets
+    the merge requests no longer polled."""
     due = polled_merge_requests(engine, now or datetime.now(UTC))
     keys = {(project.id, number) for project, number in due}
     for key in set(etags) - keys:
@@ -60,16 +65,29 @@ def poll_feedback(engine: sa.Engine, forges: ForgeFactory, etags: ETags, now: da
         assert project.id is not None
         key = (project.id, number)
         try:
-            polled, etag = forges(project).poll_feedback(number, etags.get(key))
+            forge = forges(project)
+            polled, etag = forge.poll_feedback(number, etags.get(key))
         except ForgeError as exc:  # the next poll tries again
             log.warning("could not poll feedback of %s #%s: %s", project.path, number, exc)
             continue
         if etag:
             etags[key] = etag
-        if polled is None:
-            continue  # nothing changed since the last poll
-        with Session(engine) as session:
-            changed += record_reaction_counts(session, project.id, polled.reactions)
-            changed += record_thread_states(session, project.id, polled.resolved)
-            session.commit()
+        if polled is not None:  # None: nothing changed since the last poll
+            with Session(engine) as session:
+                changed += record_reactions(session, project.id, polled.reactions)
+                changed += record_thread_states(session, project.id, polled.resolved)
+                session.commit()
+        _resolve_roles(engine, project.id, forge, roles)
     return changed
+
+
+def _resolve_roles(engine: sa.Engine, project_id: int, forge: Forge, roles: RoleCache) -> None:
+    """The roles of the authors just polled, and of any signal still waiting for one (its job lost,
+    or recorded before roles were); a forge failure leaves them to the next poll."""
+    with Session(engine) as session:
+        try:
+            resolve_roles(session, project_id, forge.member_role, roles)
+        except ForgeError as exc:
+            log.warning("could not read reviewers' roles on project %s: %s", project_id, exc)
+            return
+        session.commit()

@@ -1,9 +1,11 @@
 """Recording reviewers' signals: each one a feedback row tied to the finding it is about.
 
-A signal is one row, unique on its source (an award id, a comment id, a poll snapshot); seeing the
-same source again — a revoked award, an edited reply, the next poll — updates that row. A signal
-finds its finding by the bot comment it answers, the GitLab discussion it was written in, or (a
-GitHub pull request comment) the text of the finding it quotes.
+A signal is one row, unique on its source (an award id, a comment id, a user's polled reaction);
+seeing the same source again — a revoked award, an edited reply, the next poll — updates that row. A
+signal finds its finding by the bot comment it answers, the GitLab discussion it was written in, or
+(a GitHub pull request comment) the text of the finding it quotes — among the findings of the merge
+request it was written on, when it says which. Its author's role is filled in later
+(``bot.feedback.roles``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from bot.events import DOWN, UP, Signal, SignalKind
+from bot.events import Signal, SignalKind
 from bot.models import Feedback, Finding, Review, utcnow
 
 _MARKUP = re.compile(r"[*_`]")  # emphasis and code marks: a quote may carry them or lose them
@@ -30,11 +32,15 @@ def record_signal(
     author: str,
     source_event_id: str,
     when: datetime | None = None,
+    role: str | None = None,
 ) -> Feedback:
-    """Store a signal once; the same source again (revoke, edit, next poll) updates its row."""
+    """Store a signal once; the same source again (revoke, edit, next poll) updates its row. ``role``
+    None: not known here — the row keeps the role it has when its author is the same, else ''."""
     row = session.exec(select(Feedback).where(Feedback.source_event_id == source_event_id)).first()
     if row is None:
         row = Feedback(finding_id=finding_id, kind=kind, source_event_id=source_event_id)
+    if role is not None or row.author != author:
+        row.role = role or ""
     row.kind, row.value, row.author = kind, value, author
     row.created_at = when or utcnow()
     session.add(row)
@@ -81,7 +87,9 @@ def quoted_findings(session: Session, project_id: int, mr_number: int, quote: st
 
 def find_finding(session: Session, project_id: int, signal: Signal) -> Finding | None:
     """The newest finding of ``project_id`` posted as that comment or in that discussion, or else the
-    one finding of the merge request that the signal quotes (none when it quotes several)."""
+    one finding of the merge request that the signal quotes (none when it quotes several). A signal
+    that names its merge request finds only that one's findings: a link to a finding of another
+    merge request labels nothing."""
     if signal.comment_id is not None:
         where = col(Finding.forge_comment_id) == signal.comment_id
     elif signal.thread_id is not None:
@@ -97,6 +105,8 @@ def find_finding(session: Session, project_id: int, signal: Signal) -> Finding |
         .where(where, col(Review.project_id) == project_id)
         .order_by(col(Finding.id).desc())
     )
+    if signal.mr_number is not None:
+        query = query.where(col(Review.mr_number) == signal.mr_number)
     return session.exec(query).first()
 
 
@@ -112,17 +122,23 @@ def apply_signal(session: Session, project_id: int, signal: Signal) -> tuple[Fin
     return finding, changed
 
 
-def record_reaction_counts(session: Session, project_id: int, counts: dict[str, tuple[int, int]]) -> int:
-    """Store a poll of (👍, 👎) counts per bot comment: one row per comment and reaction, updated as
-    the counts move (a count back to 0 empties the row). Returns how many rows changed."""
+def record_reactions(
+    session: Session, project_id: int, reactions: dict[str, frozenset[tuple[str, str]]]
+) -> int:
+    """Store a poll of who reacted 👍/👎 to each bot comment: one row per comment, user and reaction;
+    a reaction no longer there empties its row. Returns how many rows changed."""
     changed = 0
-    for comment_id, (up, down) in counts.items():
-        for value, count in ((UP, up), (DOWN, down)):
-            source = f"poll:{comment_id}:{value}"
-            exists = session.exec(select(Feedback).where(Feedback.source_event_id == source)).first()
-            if exists is None and not count:
-                continue  # nothing to say yet
-            signal = Signal(SignalKind.REACTION, value if count else "", "", source, comment_id=comment_id)
+    for comment_id, standing in reactions.items():
+        prefix = f"poll:reaction:{comment_id}:"
+        seen = session.exec(
+            select(Feedback).where(col(Feedback.source_event_id).startswith(prefix), Feedback.value != "")
+        ).all()
+        stood = {(row.author, row.value) for row in seen}
+        for user, content in sorted(standing | stood):
+            value = content if (user, content) in standing else ""  # gone since the last poll
+            signal = Signal(
+                SignalKind.REACTION, value, user, f"{prefix}{user}:{content}", comment_id=comment_id
+            )
             applied = apply_signal(session, project_id, signal)
             changed += bool(applied and applied[1])
     return changed

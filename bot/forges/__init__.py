@@ -21,6 +21,17 @@ ForgeFactory = Callable[[Project], Forge]
 """Makes the adapter of a project: ``forge_for`` in production, a test's fake in tests."""
 
 DEFAULT_TOKEN_ENV = {ForgeKind.GITLAB: "GITLAB_TOKEN", ForgeKind.GITHUB: "GITHUB_TOKEN"}
+DEFAULT_TOKEN_ENV_PREFIX = "REVIEWBOT_TOKEN_"  # REVIEWBOT_TOKEN_ENV_PREFIX's default
+
+
+def token_env_refusal(variable: str, prefix: str = DEFAULT_TOKEN_ENV_PREFIX) -> str | None:
+    """Why ``variable`` may not hold a project's token, or None when it may: whoever can register a
+    project must not make the bot send another variable's value (a database password, the secret key)
+    to a forge URL they choose."""
+    if variable in DEFAULT_TOKEN_ENV.values() or (variable.startswith(prefix) and variable != prefix):
+        return None
+    allowed = " or ".join(DEFAULT_TOKEN_ENV.values())
+    return f"token variable {variable} must start with {prefix} (or be {allowed})"
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,7 @@ class WebhookFormat:
     """How one forge signs, names and shapes its webhook deliveries."""
 
     kind: ForgeKind
+    credential_header: str  # the token or signature; a delivery without it is refused at once
     secret_matches: Callable[[Mapping[str, str], bytes, str], bool]  # (headers, raw body, secret)
     delivery_id: Callable[[Mapping[str, str], bytes], str]  # the same across the forge's redeliveries
     parse: Callable[[Mapping[str, str], dict[str, Any]], WebhookEvent]
@@ -35,10 +47,18 @@ class WebhookFormat:
 
 WEBHOOK_FORMATS = {
     ForgeKind.GITLAB: WebhookFormat(
-        ForgeKind.GITLAB, gitlab_events.secret_matches, gitlab_events.delivery_id, gitlab_events.parse
+        ForgeKind.GITLAB,
+        "x-gitlab-token",
+        gitlab_events.secret_matches,
+        gitlab_events.delivery_id,
+        gitlab_events.parse,
     ),
     ForgeKind.GITHUB: WebhookFormat(
-        ForgeKind.GITHUB, github_events.secret_matches, github_events.delivery_id, github_events.parse
+        ForgeKind.GITHUB,
+        "x-hub-signature-256",
+        github_events.secret_matches,
+        github_events.delivery_id,
+        github_events.parse,
     ),
 }
 
@@ -50,9 +70,13 @@ def github_api_url(forge_url: str) -> str:
     return "https://api.github.com" if stripped in ("https://github.com", "http://github.com") else stripped
 
 
-def forge_for(project: Project) -> Forge:
-    """The adapter for ``project``, authenticated with the token in its token variable."""
+def forge_for(project: Project, token_env_prefix: str = DEFAULT_TOKEN_ENV_PREFIX) -> Forge:
+    """The adapter for ``project``, authenticated with the token in its token variable (which must be
+    one a token may be in: ``token_env_refusal``)."""
     variable = project.token_env or DEFAULT_TOKEN_ENV[ForgeKind(project.forge)]
+    refusal = token_env_refusal(variable, token_env_prefix)
+    if refusal is not None:
+        raise ForgeError(f"{project.forge} project {project.path}: {refusal}", retryable=False)
     token = os.environ.get(variable)
     if not token:
         raise ForgeError(

@@ -12,9 +12,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from bot.diff import Diff
+from bot.events import Role
 from bot.models import Side
 
-_MARKER = re.compile(r"<!-- reviewbot:(finding|summary)(?::([0-9a-f]{8,64}))? -->")
+_MARKER = re.compile(r"<!-- reviewbot:(?:(summary)|(finding):([0-9a-f]{8,64})) -->")
 
 
 def finding_marker(fingerprint: str) -> str:
@@ -26,9 +27,21 @@ SUMMARY_MARKER = "<!-- reviewbot:summary -->"
 
 
 def parse_marker(body: str) -> tuple[str, str | None] | None:
-    """("finding", fingerprint) or ("summary", None) for a bot comment's body, else None."""
-    match = _MARKER.search(body or "")
-    return (match.group(1), match.group(2)) if match else None
+    """("finding", fingerprint) or ("summary", None) for a bot comment's body, else None.
+
+    Only the exact marker alone on the body's last line counts: the bot writes it there, and the
+    text the bot posts for others (``bot.untrusted``) can hold no marker, so a model's review or a
+    file name quoting one is never taken for the summary or for another finding."""
+    last = (body or "").rstrip().rpartition("\n")[2].strip()
+    match = _MARKER.fullmatch(last)
+    if match is None:
+        return None
+    return ("summary", None) if match.group(1) else ("finding", match.group(3))
+
+
+def own_marker(body: str, author: str, bot_username: str) -> tuple[str, str | None] | None:
+    """``parse_marker`` of a comment written by the bot's account; None for anyone else's."""
+    return parse_marker(body) if author == bot_username else None
 
 
 class ForgeError(Exception):
@@ -95,7 +108,8 @@ class BotComment:
 class PolledFeedback:
     """One poll of an MR/PR's bot comments."""
 
-    reactions: dict[str, tuple[int, int]] = field(default_factory=dict)  # comment id -> (👍, 👎)
+    # comment id -> the 👍/👎 standing on it, as (user, "+1" or "-1"); every polled comment is a key
+    reactions: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
     resolved: dict[str, bool] = field(default_factory=dict)  # thread id -> resolved
 
 
@@ -137,8 +151,14 @@ class Forge(Protocol):
     def poll_feedback(self, number: int, etag: str | None = None) -> tuple[PolledFeedback | None, str | None]:
         """The reviewers' signals this forge sends no webhook for, on the MR/PR's bot comments, and the
         ETag to send next time; None when nothing changed since ``etag`` (a conditional request,
-        which GitHub does not count against the rate limit). GitHub: 👍/👎 counts (reactions fire no
-        webhook); GitLab: whether each bot discussion is resolved (awards arrive as webhooks)."""
+        which GitHub does not count against the rate limit). GitHub: who reacted 👍/👎 to each bot
+        comment (reactions fire no webhook); GitLab: whether each bot discussion is resolved (awards
+        arrive as webhooks)."""
+        ...
+
+    def member_role(self, username: str) -> Role:
+        """``username``'s role on the project (GitLab: access level, inherited membership included;
+        GitHub: repository permission); ``Role.NONE`` for a stranger or an unknown user."""
         ...
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:

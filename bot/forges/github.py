@@ -31,6 +31,7 @@ import email.utils
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -40,13 +41,16 @@ from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 from github.File import File
 from github.GithubException import RateLimitExceededExceedsMaxWait, RateLimitExceededException
 from github.PullRequest import PullRequest
+from github.PullRequestComment import PullRequestComment
 from github.Requester import Requester
 from urllib3 import Retry
 from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.response import BaseHTTPResponse
 
+from bot import untrusted
 from bot.diff import Diff, omission_note, quote_path
+from bot.events import DOWN, GITHUB_PERMISSIONS, UP, Role
 from bot.forges.base import (
     BotComment,
     ForgeError,
@@ -55,6 +59,7 @@ from bot.forges.base import (
     Placement,
     PolledFeedback,
     PostedComment,
+    own_marker,
     parse_marker,
 )
 from bot.models import Side
@@ -281,12 +286,25 @@ class GitHubForge:
             new_etag = next((v for k, v in headers.items() if k.lower() == "etag"), None)
             if status == 304:
                 return None, etag
-            counts = {
-                str(c.id): (int(c.reactions.get("+1", 0)), int(c.reactions.get("-1", 0)))
+            reactions = {
+                str(c.id): _thumbs(c)
                 for c in self._pr(number).get_review_comments()
                 if c.user.login == self.bot_username
             }
-            return PolledFeedback(reactions=counts), new_etag
+            return PolledFeedback(reactions=reactions), new_etag
+
+    def member_role(self, username: str) -> Role:
+        path = f"/repos/{self.repo_name}/collaborators/{urllib.parse.quote(username)}/permission"
+        with self._calling(f"read the permission of {username}"):
+            try:
+                _, data = self._requester.requestJsonAndCheck("GET", path)
+            except GithubException as exc:
+                if exc.status == 404:  # no such user
+                    return Role.NONE
+                raise
+        # role_name says triage and maintain too; a custom role's name is none of these: its base permission
+        names = (data.get("role_name"), data.get("permission"))
+        return next((GITHUB_PERMISSIONS[n] for n in names if n in GITHUB_PERMISSIONS), Role.NONE)
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         with self._calling(f"acknowledge comment {reply_to} on pull request #{number}"):
@@ -317,7 +335,7 @@ class GitHubForge:
             self._pr(number).get_review_comment(int(comment_id)).edit(body)
 
     def _is_bot(self, login: str, body: str) -> bool:
-        return login == self.bot_username and parse_marker(body) is not None
+        return own_marker(body, login, self.bot_username) is not None
 
     def _post_review(
         self, mr: MergeRequest, items: list[tuple[int, InlineComment, Placement]], ids: dict[int, str]
@@ -444,13 +462,21 @@ def _review_comment(comment: InlineComment, placement: Placement) -> dict[str, A
 def _general_body(comment: InlineComment) -> str:
     where = comment.path if comment.line is None else f"{comment.path}:{comment.line}"
     old = " (old side)" if comment.line is not None and comment.side == Side.OLD else ""
-    return f"**`{where}`**{old}\n\n{comment.body}"
+    return f"**{untrusted.code(where)}**{old}\n\n{comment.body}"  # a file name is the PR author's
 
 
 def _bot_comment(comment_id: str, body: str, *, resolved: bool) -> BotComment:
     marker = parse_marker(body)
     assert marker is not None  # callers keep only marked comments
     return BotComment(comment_id, None, marker[0], marker[1], body, resolved)
+
+
+def _thumbs(comment: PullRequestComment) -> frozenset[tuple[str, str]]:
+    """Who stands behind the 👍/👎 on a comment; the counts in the comments list spare the request
+    for a comment without any."""
+    if not (comment.reactions.get(UP) or comment.reactions.get(DOWN)):
+        return frozenset()
+    return frozenset((r.user.login, r.content) for r in comment.get_reactions() if r.content in (UP, DOWN))
 
 
 def _too_large(file: File) -> bool:

@@ -122,8 +122,9 @@ def _issue_comment(path: str, actor: str, payload: dict[str, Any]) -> WebhookEve
         return WebhookEvent(
             path, actor, ignored="pull request comment neither links nor quotes a comment of the bot"
         )
-    # Tied by the link when there is one; else by the quote, matched to a finding once it is recorded.
-    mr_number: int | None = number if comment_id is None else None
+    # Tied by the link when there is one; else by the quote, matched to a finding once it is recorded;
+    # either way to a finding of this pull request only (a link may point into another one).
+    mr_number: int | None = number if isinstance(number, int) else None
     quote: str | None = quoted if comment_id is None else None
     source = f"github:issuecomment:{comment.get('id')}"
     if action == "deleted":  # a withdrawn reply, or a withdrawn command

@@ -18,7 +18,9 @@ import requests
 from gitlab.exceptions import GitlabError
 from gitlab.v4.objects import ProjectMergeRequest
 
+from bot import untrusted
 from bot.diff import Diff, DiffLine, FileDiff, LineKind, omission_note, quote_path
+from bot.events import Role
 from bot.forges.base import (
     BotComment,
     ForgeError,
@@ -27,7 +29,7 @@ from bot.forges.base import (
     Placement,
     PolledFeedback,
     PostedComment,
-    parse_marker,
+    own_marker,
 )
 from bot.models import Side
 
@@ -143,8 +145,8 @@ class GitLabForge:
             resolvable = [note for note in notes if note.get("resolvable")]
             resolved = bool(resolvable) and all(note.get("resolved") for note in resolvable)
             for note in notes:
-                marker = parse_marker(note.get("body") or "")
-                if marker is None or note["author"]["username"] != self.bot_username:
+                marker = own_marker(note.get("body") or "", note["author"]["username"], self.bot_username)
+                if marker is None:
                     continue
                 kind, fingerprint = marker
                 body = str(note["body"])
@@ -188,6 +190,19 @@ class GitLabForge:
         del etag
         threads = {c.thread_id: c.resolved for c in self.bot_comments(number) if c.thread_id}
         return PolledFeedback(resolved=threads), None
+
+    def member_role(self, username: str) -> Role:
+        with self._call(f"read the membership of {username}"):
+            users = self._gl.users.list(username=username, get_all=False)
+            if not users:
+                return Role.NONE
+            try:  # members/all: direct, inherited from groups and invited groups alike
+                member = self._project.members_all.get(users[0].id)
+            except GitlabError as exc:
+                if exc.response_code == 404:
+                    return Role.NONE
+                raise
+        return _role(int(member.access_level))
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:
         if thread_id is None:
@@ -233,7 +248,7 @@ class GitLabForge:
 
     def _post_general(self, mr: MergeRequest, comment: InlineComment, why: str) -> PostedComment:
         place = f"{comment.path}:{comment.line}" if comment.line is not None else comment.path
-        ids = self._discussion(mr, f"`{place}`\n\n{comment.body}", None)
+        ids = self._discussion(mr, f"{untrusted.code(place)}\n\n{comment.body}", None)  # the MR author's name
         return PostedComment(comment.fingerprint, *ids, Placement.GENERAL, why)
 
     def _discussion(self, mr: MergeRequest, body: str, position: dict[str, Any] | None) -> tuple[str, str]:
@@ -281,6 +296,20 @@ class GitLabForge:
                 f"{self._where}: could not {operation}: GitLab is unreachable ({exc}); try again later",
                 retryable=True,
             ) from exc
+
+
+# GitLab's access levels, highest first; Minimal Access (5) and Planner (15) count as the level below.
+_LEVELS = (
+    (50, Role.OWNER),
+    (40, Role.MAINTAINER),
+    (30, Role.DEVELOPER),
+    (20, Role.REPORTER),
+    (10, Role.GUEST),
+)
+
+
+def _role(access_level: int) -> Role:
+    return next((role for level, role in _LEVELS if access_level >= level), Role.NONE)
 
 
 def _line_position(mr: MergeRequest, file: FileDiff, line: DiffLine) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,15 @@ from bot import metrics
 from bot.config import Settings
 from bot.events import Signal
 from bot.feedback.polling import ETags, poll_feedback
+from bot.feedback.roles import RoleCache, resolve_roles
 from bot.feedback.signals import apply_signal
 from bot.forges import ForgeFactory, forge_for
 from bot.forges.base import ForgeError
 from bot.llm import LLMError, LLMRejected
 from bot.models import Delivery, Finding, Project, Review, ReviewStatus
+from bot.queue.codec import SignedJsonSerializer
 from bot.review.job import mark_failed, run_review_job
+from bot.secrets import secret_box
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +48,14 @@ STALE_QUEUED = timedelta(minutes=5)
 STALE_RUNNING = timedelta(minutes=30)
 
 
-def make_huey(queue_url: str, name: str = "reviewbot") -> Huey:
-    """The queue ``name`` (the trainer has its own) on Redis or in a SQLite file."""
+def make_huey(queue_url: str, key: bytes, name: str = "reviewbot") -> Huey:
+    """The queue ``name`` (the trainer has its own) on Redis or in a SQLite file; its jobs are JSON
+    signed with ``key`` (``bot.queue.codec``), never pickles: a job someone else wrote is refused."""
+    serializer = SignedJsonSerializer(key)
     if queue_url.startswith(("redis://", "rediss://")):
-        return RedisHuey(name, url=queue_url)
-    return SqliteHuey(name, filename=str(Path(queue_url.removeprefix("sqlite:///")).resolve()))
+        return RedisHuey(name, url=queue_url, serializer=serializer)
+    path = str(Path(queue_url.removeprefix("sqlite:///")).resolve())
+    return SqliteHuey(name, filename=path, serializer=serializer)
 
 
 class FindingNotYet(LookupError):
@@ -81,12 +88,14 @@ class Queue:
         self,
         settings: Settings,
         engine: sa.Engine,
-        forges: ForgeFactory = forge_for,
+        forges: ForgeFactory | None = None,  # default: forge_for, with the configured token prefix
         retry_delay_s: int = REVIEW_RETRY_DELAY_S,
     ) -> None:
-        self.settings, self.engine, self.forges = settings, engine, forges
-        self.huey = make_huey(settings.queue_url)
+        self.settings, self.engine = settings, engine
+        self.forges = forges or partial(forge_for, token_env_prefix=settings.token_env_prefix)
+        self.huey = make_huey(settings.queue_url, secret_box(settings).queue_key())
         self.etags: ETags = {}  # this process's conditional polls
+        self.roles = RoleCache()  # reviewers' roles, read from the forges a few minutes ago at most
         # Forge and model calls: retried with backoff; the task sees its retries left (``task``).
         with_retries: dict[str, Any] = {
             "retries": REVIEW_RETRIES, "retry_delay": retry_delay_s, "retry_backoff": 2, "context": True
@@ -98,6 +107,7 @@ class Queue:
             self.feedback
         )
         self._acknowledge = huey.task(name="acknowledge", **with_retries)(self.acknowledge)
+        self._roles = huey.task(name="roles", **with_retries)(self.resolve_roles)
         huey.signal(SIGNAL_ERROR)(self.on_error)
         huey.periodic_task(crontab(minute="*/5"), name="poll_feedback")(self.poll_feedback)
         huey.periodic_task(crontab(minute="*"), name="requeue_stale")(self.requeue_stale)
@@ -112,6 +122,9 @@ class Queue:
 
     def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
         self._acknowledge(finding_id, signal)
+
+    def enqueue_roles(self, project_id: int) -> None:
+        self._roles(project_id)
 
     # --- the tasks
 
@@ -151,6 +164,7 @@ class Queue:
             finding_id = finding.id
             session.commit()
         _set_outcome(self.engine, delivery_id, f"recorded {signal.kind}")
+        self.enqueue_roles(project_id)
         if changed and signal.is_command and finding_id is not None:
             self.enqueue_acknowledgement(finding_id, signal)
         return "recorded"
@@ -177,6 +191,23 @@ class Queue:
             return "failed"
         return "acknowledged"
 
+    def resolve_roles(self, project_id: int, task: HueyTask | None = None) -> str:
+        """Read from the forge the roles of the project's signals recorded without one (the intake
+        never waits on a forge); until then they label nothing."""
+        with Session(self.engine) as session:
+            project = session.get(Project, project_id)
+            if project is None:
+                return "no such project"
+            try:
+                resolved = resolve_roles(session, project_id, self.forges(project).member_role, self.roles)
+            except ForgeError as exc:
+                if exc.retryable and _retries_left(task) > 0:
+                    raise
+                log.warning("could not read reviewers' roles on %s: %s", project.path, exc)
+                return "failed"  # the next poll of the project tries again
+            session.commit()
+        return f"{resolved} roles"
+
     def on_error(self, signal_name: str, task: HueyTask, exc: Exception | None = None) -> None:
         """Huey's error signal. On the last try of a feedback job, no finding of the bot's has that
         comment or discussion — a reply to someone else's comment, most likely: said on the delivery,
@@ -190,7 +221,7 @@ class Queue:
 
     def poll_feedback(self, now: datetime | None = None) -> int:
         """Every five minutes: the signals forges send no webhook for (``bot.feedback.polling``)."""
-        return poll_feedback(self.engine, self.forges, self.etags, now)
+        return poll_feedback(self.engine, self.forges, self.etags, self.roles, now)
 
     def requeue_stale(self, now: datetime | None = None) -> int:
         """Every minute: queue again the reviews queued or running for too long (their job was lost)."""

@@ -32,6 +32,7 @@ from bot.models import Finding, Project, Review, ReviewStatus, Severity, Task
 from bot.review.pipeline import ReviewFinding, ReviewResult, render_hunk, review_diff
 from bot.review.render import comment_body, summary_body
 from bot.serving import load_missing_adapters, served_models
+from bot.untrusted import body_limit
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     mr = forge.merge_request(job.review.mr_number)
     if _superseded(engine, job.review, mr):
         return ReviewStatus.SUPERSEDED
-    _set(engine, review_id, status=ReviewStatus.RUNNING, started_at=datetime.now(UTC), error=None)
+    running = {"status": ReviewStatus.RUNNING, "started_at": datetime.now(UTC), "error": None}
+    _set(engine, review_id, **running, mr_author=mr.author)  # whose signals on its findings are the author's
 
     full = parse_diff(forge.diff(mr), job.project.ignore_globs or DEFAULT_IGNORE_GLOBS)
     diff = unchanged_since(full, job.previous_digests)
@@ -105,7 +107,7 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     # the review queued for the new head will post instead.
     if _superseded(engine, job.review, forge.merge_request(mr.number)):
         return ReviewStatus.SUPERSEDED
-    posted = _post(engine, forge, mr, full, diff, result)
+    posted = _post(engine, forge, mr, full, diff, result, body_limit(job.project.forge))
     _finish(engine, job, result, posted, full, diff)
     return ReviewStatus.DONE
 
@@ -150,21 +152,29 @@ async def _review(settings: Settings, engine: sa.Engine, diff: Diff, threshold: 
         )
 
 
-def _inline(finding: ReviewFinding) -> InlineComment:
-    return InlineComment(finding.fingerprint, finding.path, finding.line, finding.side, comment_body(finding))
+def _inline(finding: ReviewFinding, limit: int) -> InlineComment:
+    body = comment_body(finding, limit)
+    return InlineComment(finding.fingerprint, finding.path, finding.line, finding.side, body)
 
 
 def _post(
-    engine: sa.Engine, forge: Forge, mr: MergeRequest, full: Diff, reviewed: Diff, result: ReviewResult
+    engine: sa.Engine,
+    forge: Forge,
+    mr: MergeRequest,
+    full: Diff,
+    reviewed: Diff,
+    result: ReviewResult,
+    limit: int,
 ) -> _Posted:
-    """Post the findings not posted before, resolve the outdated ones, edit the summary."""
+    """Post the findings not posted before, resolve the outdated ones, edit the summary; each body
+    at most ``limit`` characters."""
     existing = forge.bot_comments(mr.number)
     before = {c.fingerprint: c for c in existing if c.kind == "finding" and c.fingerprint}
     fresh = [f for f in result.findings if f.fingerprint not in before]
-    new = forge.post_review(mr, full, [_inline(f) for f in fresh]) if fresh else []
+    new = forge.post_review(mr, full, [_inline(f, limit) for f in fresh]) if fresh else []
     resolved = _resolve_outdated(engine, forge, mr, existing, result, reviewed)
     summary = next((c for c in existing if c.kind == "summary"), None)
-    forge.upsert_summary(mr.number, summary_body(result, mr, len(new), resolved), summary)
+    forge.upsert_summary(mr.number, summary_body(result, mr, len(new), resolved, limit), summary)
     return _Posted(new, before, resolved)
 
 
@@ -188,6 +198,8 @@ def _finish(
         review.timings = {"wall_seconds": result.stats.wall_seconds}
         review.file_digests = digests
         review.error = "; ".join(f"{f.path}: {f.error}" for f in result.failed) or None
+        for failure in result.failed:  # the summary says it in plain words only
+            log.warning("review %d: %s: %s", job.review_id, failure.path, failure.error)
         session.add(review)
         session.commit()
     metrics.REVIEW_SECONDS.observe(result.stats.wall_seconds)

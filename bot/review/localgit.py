@@ -35,8 +35,26 @@ def default_base(repo: Path) -> str:
     raise GitError(f"{repo}: no --base given and the repository has no main or master branch")
 
 
+def commit_of(repo: Path, ref: str) -> str:
+    """The commit ``ref`` names. Refs come from the command line (a CI job's variables, maybe a pull
+    request's branch name), so one is only ever an argument after ``--end-of-options``: a ref
+    spelled like an option (``--output=FILE``) is an unknown revision, never an option of git's."""
+    try:
+        return (
+            _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+            .decode()
+            .strip()
+        )
+    except GitError:
+        raise GitError(f"unknown revision {ref}") from None
+
+
 def diff_range(repo: Path, base: str, head: str) -> bytes:
-    """The changes of ``head`` since it left ``base`` (``base...head``: the merge base to head),
-    as a unified diff with renames detected."""
+    """The changes of ``head`` since it left ``base`` (the merge base to head), as a unified diff with
+    renames detected."""
     _git(repo, "rev-parse", "--git-dir")
-    return _git(repo, "diff", "--no-color", "--no-ext-diff", "--find-renames", "-U3", f"{base}...{head}")
+    base_commit, head_commit = commit_of(repo, base), commit_of(repo, head)
+    merge_base = _git(repo, "merge-base", base_commit, head_commit).decode().strip()
+    return _git(
+        repo, "diff", "--no-color", "--no-ext-diff", "--find-renames", "-U3", merge_base, head_commit, "--"
+    )

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bot.diff import Diff, DiffLine, FileDiff, Hunk, LineKind
-from bot.llm import Answer, LLMClient, LLMError
+from bot.llm import Answer, LLMBadAnswer, LLMClient, LLMError, LLMRejected, LLMUnavailable
 from bot.models import Severity, Side, Task
 from prompts import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer, conversation
 from prompts.answers import MAX_ANSWER_TOKENS, CandidateIssue
@@ -64,8 +64,24 @@ class ReviewFinding:
 
 @dataclass(frozen=True)
 class Failure:
+    """A part of the review that failed. ``error`` in full, for the operator (logs, the review row,
+    ``reviewbot review``); ``public`` in plain words for the merge request: the model server's URL
+    and the model's raw output are nobody else's business, and the latter is the diff author's."""
+
     path: str
     error: str
+    public: str
+
+
+def plain_reason(exc: LLMError) -> str:
+    """What went wrong with a model call, by its kind only, never its message."""
+    if isinstance(exc, LLMUnavailable):
+        return "the model server was unreachable"
+    if isinstance(exc, LLMBadAnswer):
+        return "the model's answer was not valid"
+    if isinstance(exc, LLMRejected):
+        return "the model server refused the request"
+    return "the model call failed"
 
 
 @dataclass
@@ -273,7 +289,8 @@ class _Run:
         except LLMError as exc:
             first, last = chunk.hunks[0], chunk.hunks[-1]
             where = f"lines {first.new_start}-{last.new_start + max(last.new_count, 1) - 1}"
-            self.failed.append(Failure(path, f"not reviewed ({where}): {exc}"))
+            why = f"not reviewed ({where}): "
+            self.failed.append(Failure(path, f"{why}{exc}", f"{why}{plain_reason(exc)}"))
             return
         self.counts["changed_lines_reviewed"] += changed
         self.counts["candidates"] += len(found.issues)
@@ -290,7 +307,8 @@ class _Run:
                 Task.SEVERITY, RateAnswer, "rate", code=code, review=issue.review
             )
         except LLMError as exc:
-            self.failed.append(Failure(path, f"finding {issue.title!r} not rated: {exc}"))
+            public = f"a finding was not rated: {plain_reason(exc)}"
+            self.failed.append(Failure(path, f"finding {issue.title!r} not rated: {exc}", public))
             return
         severity = Severity(rated.issue_type)
         if severity.rank < self.threshold.rank:
@@ -303,7 +321,8 @@ class _Run:
             )  # fmt: skip
             explanation = explained.explanation
         except LLMError as exc:  # the finding stands without its explanation
-            self.failed.append(Failure(path, f"finding {issue.title!r} not explained: {exc}"))
+            public = f"a finding was not explained: {plain_reason(exc)}"
+            self.failed.append(Failure(path, f"finding {issue.title!r} not explained: {exc}", public))
             explanation = ""
         self.findings.append(
             ReviewFinding(

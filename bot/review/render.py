@@ -1,5 +1,9 @@
 """A review result for people: the bodies of the bot's comments on a merge request (a finding, the
-summary), and ``reviewbot review``'s output (a rich table in a terminal, or Markdown)."""
+summary), and ``reviewbot review``'s output (a rich table in a terminal, or Markdown).
+
+Every value the bot's own code did not write (the model's words, file names, skip reasons) goes
+through ``bot.untrusted`` on its way into Markdown, and each body ends with the bot's marker, alone
+on its last line, within the forge's length limit."""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from bot import untrusted
 from bot.forges.base import SUMMARY_MARKER, MergeRequest, finding_marker
 from bot.models import Severity
 from bot.review.pipeline import ReviewFinding, ReviewResult
+
+LISTED = 50  # skipped or failed files named in the summary; the rest are counted
 
 SEVERITY_STYLE = {
     Severity.CRITICAL: "bold white on red",
@@ -45,29 +52,38 @@ def _summary(result: ReviewResult) -> str:
     )
 
 
-def comment_body(finding: ReviewFinding) -> str:
-    """A finding's comment on the merge request, with its hidden fingerprint."""
-    lines = [f"**{finding.severity.value}** · {finding.title}", "", finding.review]
+def comment_body(finding: ReviewFinding, limit: int) -> str:
+    """A finding's comment on the merge request, with its hidden fingerprint; at most ``limit``
+    characters (``untrusted.body_limit`` of the forge)."""
+    severity = finding.severity.value
+    lines = [f"**{severity}** · {untrusted.inline(finding.title)}", "", untrusted.text(finding.review)]
     if finding.explanation:
-        lines += ["", f"_Why {finding.severity.value}:_ {finding.explanation}"]
+        lines += ["", f"_Why {severity}:_ {untrusted.text(finding.explanation)}"]
     if finding.anchor_note:
-        lines += ["", f"<sub>{finding.anchor_note}</sub>"]
-    lines += ["", finding_marker(finding.fingerprint)]
-    return "\n".join(lines)
+        lines += ["", f"<sub>{untrusted.inline(finding.anchor_note)}</sub>"]
+    return untrusted.fit("\n".join(lines), finding_marker(finding.fingerprint), limit)
 
 
-def summary_body(result: ReviewResult, mr: MergeRequest, posted: int, resolved: int) -> str:
-    """The summary comment on the merge request, edited in place at each review."""
+def _listed(entries: list[str]) -> str:
+    more = len(entries) - LISTED
+    return "; ".join(entries[:LISTED]) + (f"; and {more} more" if more > 0 else "")
+
+
+def summary_body(result: ReviewResult, mr: MergeRequest, posted: int, resolved: int, limit: int) -> str:
+    """The summary comment on the merge request, edited in place at each review. Failures are told
+    in plain words (``Failure.public``); the full errors are in the review's row."""
     lines = [
-        f"**reviewbot** reviewed `{mr.head_sha[:12]}`: "
+        f"**reviewbot** reviewed {untrusted.code(mr.head_sha[:12])}: "
         f"{_found(result)} at or above {result.stats.threshold}.",
         f"{posted} new comment(s), {resolved} earlier comment(s) resolved as outdated.",
     ]
     if result.skipped:
-        lines.append("Not reviewed: " + "; ".join(f"`{path}` ({reason})" for path, reason in result.skipped))
+        skipped = [f"{untrusted.code(path)} ({untrusted.inline(why)})" for path, why in result.skipped]
+        lines.append("Not reviewed: " + _listed(skipped))
     if result.failed:
-        lines.append("Could not review: " + "; ".join(f"`{f.path}`: {f.error}" for f in result.failed))
-    return "\n\n".join([*lines, SUMMARY_MARKER])
+        failed = [f"{untrusted.code(f.path)}: {untrusted.inline(f.public)}" for f in result.failed]
+        lines.append("Could not review: " + _listed(failed))
+    return untrusted.fit("\n\n".join(lines), SUMMARY_MARKER, limit)
 
 
 def print_text(result: ReviewResult, console: Console) -> None:
@@ -95,14 +111,20 @@ def print_text(result: ReviewResult, console: Console) -> None:
 def markdown(result: ReviewResult) -> str:
     lines = ["## Review", "", _summary(result), ""]
     for path, findings in _by_file(result):
-        lines += [f"### `{path}`", ""]
+        lines += [f"### {untrusted.code(path)}", ""]
         for f in findings:
-            lines.append(f"- **{f.severity.value}** line {_where(f)}: **{f.title}** — {f.review}")
+            title, review = untrusted.inline(f.title), untrusted.inline(f.review, untrusted.TEXT_LIMIT)
+            lines.append(f"- **{f.severity.value}** line {_where(f)}: **{title}** — {review}")
             if f.explanation:
-                lines.append(f"  _{f.explanation}_")
+                lines.append(f"  _{untrusted.inline(f.explanation, untrusted.TEXT_LIMIT)}_")
         lines.append("")
     if result.skipped:
-        lines += ["### Skipped", "", *(f"- `{path}`: {reason}" for path, reason in result.skipped), ""]
+        skipped = (f"- {untrusted.code(path)}: {untrusted.inline(why)}" for path, why in result.skipped)
+        lines += ["### Skipped", "", *skipped, ""]
     if result.failed:
-        lines += ["### Not reviewed", "", *(f"- `{f.path}`: {f.error}" for f in result.failed), ""]
+        failed = (
+            f"- {untrusted.code(f.path)}: {untrusted.inline(f.error, untrusted.TEXT_LIMIT)}"
+            for f in result.failed
+        )
+        lines += ["### Not reviewed", "", *failed, ""]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from bot.forges import github_events, gitlab_events
 from bot.models import Delivery, Project, Review
 from tests.support.db import session_scope
 from tests.support.fixtures import FIXTURES
+from tests.support.secrets import project_row, settings_with_key
 
 assert FIXTURES.is_dir(), f"the forges' payload examples are missing: expected them in {FIXTURES}"
 GITHUB = sorted((FIXTURES / "github" / "webhooks").glob("*.json"))
@@ -48,19 +49,21 @@ class Recorder(list[int]):
         del finding_id, signal
         raise AssertionError("no finding exists in these tests, so nothing is acknowledged")
 
+    def enqueue_roles(self, project_id: int) -> None:
+        del project_id
+        raise AssertionError("no signal is recorded in these tests, so no role is asked for")
+
 
 @pytest.fixture
 def app(engine: sa.Engine) -> Iterator[tuple[TestClient, Recorder]]:
     queued = Recorder()
-    with TestClient(create_app(engine, queued)) as client:
+    with TestClient(create_app(engine, queued, settings_with_key())) as client:
         yield client, queued
 
 
-def add_project(engine: sa.Engine, forge: str, path: str, **extra: Any) -> None:
+def add_project(engine: sa.Engine, forge: str, path: str, secret: str = SECRET, **extra: Any) -> None:
     with session_scope(engine) as session:
-        session.add(
-            Project(forge=forge, forge_url="http://forge.test", path=path, webhook_secret=SECRET, **extra)
-        )
+        session.add(project_row(secret, forge=forge, forge_url="http://forge.test", path=path, **extra))
 
 
 def count(engine: sa.Engine, table: type[Any]) -> int:
@@ -228,9 +231,7 @@ def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Recorder]
     client, queued = app
     add_project(engine, "github", "a/one")
     with session_scope(engine) as session:
-        session.add(
-            Project(forge="github", forge_url="http://forge.test", path="b/two", webhook_secret="other")
-        )
+        session.add(project_row("other", forge="github", forge_url="http://forge.test", path="b/two"))
     payload = json.loads((FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json").read_bytes())
     payload["repository"]["full_name"] = "b/two"
     body = json.dumps(payload).encode()
@@ -310,7 +311,7 @@ def test_a_pull_request_comment_quoting_is_tied_by_its_quote() -> None:
             ),
             "links 2",
         ),
-        (pr_comment("x <!-- reviewbot:summary -->"), "bot's own"),
+        (pr_comment("x\n\n<!-- reviewbot:summary -->"), "bot's own"),
         (pr_comment("> quoted", action="pinned"), "not feedback"),
     ],
 )
@@ -343,3 +344,196 @@ def test_github_pull_request_closes_and_reopens(name: str, closed: bool) -> None
     route = github_events.parse({"x-github-event": "pull_request"}, payload)
     assert (route.number, route.closed, route.ignored) == (payload["number"], closed, None)
     assert (route.head_sha is None) is closed  # a close starts no review; a reopening does
+
+
+def opened_for(repo: str) -> bytes:
+    payload = json.loads((FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json").read_bytes())
+    payload["repository"]["full_name"] = repo
+    return json.dumps(payload).encode()
+
+
+def webhook_key(engine: sa.Engine, path: str) -> str:
+    with Session(engine) as session:
+        project = session.exec(select(Project).where(Project.path == path)).one()
+    assert project.webhook_key is not None
+    return project.webhook_key
+
+
+def test_a_projects_own_url_answers_to_its_own_secret_only(
+    app: tuple[TestClient, Recorder], engine: sa.Engine
+) -> None:
+    client, queued = app
+    add_project(engine, "github", "a/one", webhook_key="key-one")
+    add_project(engine, "github", "b/two", secret="other", webhook_key="key-two")
+    body = opened_for("a/one")
+    wrong = github_headers(body, "pull_request", secret="other")  # b/two's secret, on a/one's URL
+    assert client.post("/webhooks/github/key-one", content=body, headers=wrong).status_code == 401
+    unknown = client.post(
+        "/webhooks/github/no-such-key", content=body, headers=github_headers(body, "pull_request")
+    )
+    assert unknown.status_code == 404
+    elsewhere = client.post(
+        "/webhooks/github/key-two", content=body, headers=wrong
+    )  # b/two's URL, a/one named
+    assert elsewhere.status_code == 404
+    right = client.post(
+        "/webhooks/github/key-one", content=body, headers=github_headers(body, "pull_request")
+    )
+    assert right.status_code == 202, right.json()
+    assert len(queued) == 1
+    assert count(engine, Delivery) == 1
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab"])
+def test_projects_sharing_one_secret_each_get_their_deliveries(
+    app: tuple[TestClient, Recorder], engine: sa.Engine, forge: str
+) -> None:
+    """A GitHub App or organisation hook, a GitLab group hook: one secret signs all their deliveries."""
+    client, queued = app
+    for path in ("org/one", "org/two"):
+        add_project(engine, forge, path)
+    for path in ("org/one", "org/two"):
+        if forge == "github":
+            body = opened_for(path)
+            headers = github_headers(body, "pull_request")
+        else:
+            payload = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_bytes())
+            payload["project"]["path_with_namespace"] = path
+            body, headers = json.dumps(payload).encode(), gitlab_headers("Merge Request Hook")
+        response = client.post(f"/webhooks/{forge}", content=body, headers=headers)
+        assert response.status_code == 202, (path, response.json())
+    assert len(queued) == 2
+    with Session(engine) as session:
+        reviewed = {review.project_id for review in session.exec(select(Review)).all()}
+    assert len(reviewed) == 2
+
+
+def test_a_project_added_after_the_start_is_found(
+    app: tuple[TestClient, Recorder], engine: sa.Engine
+) -> None:
+    client, _ = app
+    body = opened_for("late/comer")
+    assert (
+        client.post(
+            "/webhooks/github", content=body, headers=github_headers(body, "pull_request")
+        ).status_code
+        == 404
+    )
+    add_project(engine, "github", "late/comer")
+    assert (
+        client.post(
+            "/webhooks/github", content=body, headers=github_headers(body, "pull_request")
+        ).status_code
+        == 202
+    )
+
+
+@pytest.mark.parametrize("stored", ["empty", "plain text"])
+def test_a_project_without_a_sealed_secret_never_authenticates(
+    app: tuple[TestClient, Recorder], engine: sa.Engine, stored: str
+) -> None:
+    client, queued = app
+    payload = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_bytes())
+    path = payload["project"]["path_with_namespace"]
+    with session_scope(engine) as session:
+        if stored == "empty":
+            session.add(
+                project_row("", forge="gitlab", forge_url="http://forge.test", path=path, webhook_key="k")
+            )
+        else:
+            session.add(
+                Project(forge="gitlab", forge_url="http://forge.test", path=path, webhook_secret=SECRET)
+            )
+    body = json.dumps(payload).encode()
+    token = "" if stored == "empty" else SECRET
+    for url in ("/webhooks/gitlab", "/webhooks/gitlab/k"):
+        headers = gitlab_headers("Merge Request Hook", token=token)
+        assert client.post(url, content=body, headers=headers).status_code in (401, 404)
+        no_token = {"X-Gitlab-Event": "Merge Request Hook"}
+        assert client.post(url, content=body, headers=no_token).status_code == 401
+    assert queued == []
+    assert count(engine, Delivery) == 0
+
+
+def test_no_database_query_before_authentication(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
+    """Unsigned junk costs no query; wrongly signed junk costs at most the rate-limited reloads."""
+    client, _ = app
+    add_project(engine, "github", "a/one", webhook_key="key-one")
+    body = opened_for("a/one")
+    assert (
+        client.post(
+            "/webhooks/github", content=body, headers=github_headers(body, "pull_request")
+        ).status_code
+        == 202
+    )
+    queries: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+    unsigned = {"X-GitHub-Event": "pull_request", "Content-Type": "application/json"}
+    for url in ("/webhooks/github", "/webhooks/github/key-one", "/webhooks/github/unknown"):
+        for _ in range(20):
+            assert client.post(url, content=body, headers=unsigned).status_code == 401
+    assert queries == []
+    for _ in range(40):
+        wrong = github_headers(body, "pull_request", secret="guess")
+        assert client.post("/webhooks/github", content=body, headers=wrong).status_code == 401
+    assert 0 < len(queries) <= 12  # the reloads' burst (10), and at most one a second after it
+
+
+def test_too_many_deliveries_at_once_are_503_with_retry_after(engine: sa.Engine) -> None:
+    import threading
+
+    import httpx
+
+    from tests.support.live_server import live_server
+
+    release = threading.Event()
+
+    class Slow(Recorder):
+        def enqueue_review(self, review_id: int) -> None:
+            release.wait(timeout=30)
+            super().enqueue_review(review_id)
+
+    add_project(engine, "github", "a/one")
+    queued = Slow()
+    app = create_app(engine, queued, settings_with_key(intake_concurrency=1))
+    with live_server(app) as url:
+        first_body = opened_for("a/one")
+        first = threading.Thread(
+            target=httpx.post,
+            args=(f"{url}/webhooks/github",),
+            kwargs={
+                "content": first_body,
+                "headers": github_headers(first_body, "pull_request"),
+                "timeout": 30,
+            },
+        )
+        first.start()
+        deadline = 100
+        while count(engine, Review) == 0 and deadline:
+            deadline -= 1
+            threading.Event().wait(0.05)
+        second = httpx.post(
+            f"{url}/webhooks/github", content=first_body, headers=github_headers(first_body, "pull_request")
+        )
+        release.set()
+        first.join(timeout=30)
+    assert second.status_code == 503
+    assert second.headers["retry-after"].isdigit()
+    assert len(queued) == 1
+
+
+def test_docs_schema_and_metrics_need_the_admin_token(engine: sa.Engine) -> None:
+    with TestClient(create_app(engine, Recorder(), settings_with_key())) as client:
+        for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
+            assert client.get(path).status_code in (403, 404), path
+        assert client.get("/healthz").status_code == 200
+    with TestClient(create_app(engine, Recorder(), settings_with_key(admin_token="t0ken"))) as client:
+        for path in ("/openapi.json", "/metrics"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+            assert client.get(path, headers={"Authorization": "t0ken"}).status_code == 401
+            assert client.get(path, headers={"Authorization": "Bearer t0ken"}).status_code == 200
+        assert client.get("/docs").status_code == 404
+    with TestClient(create_app(engine, Recorder(), settings_with_key(public_metrics=True))) as client:
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/openapi.json").status_code == 403

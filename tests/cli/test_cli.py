@@ -30,6 +30,7 @@ COMMANDS = [
     ["db", "upgrade"], ["project", "add"], ["project", "set"], ["project", "list"], ["project", "reviews"],
     ["feedback", "list"], ["feedback", "export"], ["feedback", "stats"], ["review"], ["serve"], ["worker"],
     ["flywheel", "run"], ["flywheel", "status"], ["flywheel", "report"], ["flywheel", "worker"],
+    ["flywheel", "golden", "add"], ["flywheel", "golden", "list"], ["project", "rotate-secret"],
     ["models", "list"], ["models", "promote"], ["models", "rollback"],
 ]  # fmt: skip
 

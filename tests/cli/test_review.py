@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Header, Response
 
 from bot.diff import parse_diff
 from bot.models import Severity
 from bot.review.localgit import diff_range
 from tests.support.gitrepo import commit, git, init_repo
+from tests.support.live_server import live_server
 from tests.support.vllm_server import VLLMServer, free_port
 
 SOURCE = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
@@ -158,3 +160,56 @@ def test_bad_ref_is_exit_2(feature_repo: Path) -> None:
     assert result.returncode == 2
     assert "no-such-branch" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_ref_names_the_unknown_revision(feature_repo: Path) -> None:
+    result = run_review(feature_repo, "http://127.0.0.1:1/v1", "--base", "no-such-branch")
+    assert result.returncode == 2
+    assert "unknown revision no-such-branch" in result.stderr
+    assert "usage" not in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--base", "--head"])
+def test_a_ref_spelled_like_an_option_is_never_one(feature_repo: Path, tmp_path: Path, option: str) -> None:
+    written = tmp_path / "written-by-git"
+    result = run_review(feature_repo, "http://127.0.0.1:1/v1", option, f"--output={written}")
+    assert result.returncode == 2
+    assert f"unknown revision --output={written}" in result.stderr
+    assert not written.exists()
+
+
+def _recording_app(hits: list[str]) -> FastAPI:
+    """A model server that only notes who called it (and fails every call)."""
+    app = FastAPI()
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST"])
+    def anything(rest: str, authorization: str = Header("")) -> Response:
+        hits.append(f"{rest} {authorization}")
+        return Response(status_code=400)
+
+    return app
+
+
+def test_a_checkouts_dotenv_is_not_read_unless_asked_for(feature_repo: Path) -> None:
+    """CI runs `reviewbot review` in a pull request's checkout: its .env must not choose the model server
+    (which would receive the API key); only --env-file or REVIEWBOT_ENV_FILE reads one."""
+    hits: list[str] = []
+    dotenv = feature_repo.parent / ".env"
+    command = [sys.executable, "-m", "bot.cli", "review", "--repo", str(feature_repo), "--base", "main"]
+    env = {**os.environ, "REVIEWBOT_STUDENT_API_KEY": "the-api-key", "REVIEWBOT_LLM_MAX_RETRIES": "0"}
+    with live_server(_recording_app(hits)) as decoy:
+        dotenv.write_text(f"REVIEWBOT_STUDENT_BASE_URL={decoy}/v1\n")
+        try:
+            unasked = subprocess.run(command, env=env, capture_output=True, text=True, cwd=dotenv.parent)
+            assert hits == [], "a .env nobody asked for was read"
+            asked = subprocess.run(
+                command, env={**env, "REVIEWBOT_ENV_FILE": str(dotenv)}, capture_output=True, text=True,
+                cwd=dotenv.parent,
+            )  # fmt: skip
+        finally:
+            dotenv.unlink()
+    assert unasked.returncode == 2
+    assert decoy not in unasked.stderr
+    assert asked.returncode == 2
+    assert hits, asked.stderr
+    assert all("the-api-key" in hit for hit in hits)

@@ -59,12 +59,13 @@ def test_project_add_then_serve_reviews_a_pull_request(
         "REVIEWBOT_STUDENT_BASE_URL": vllm_server.base_url,
         "REVIEWBOT_STUDENT_MODEL": "tiny-student",
         "REVIEWBOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "SHOP_TOKEN": "bot-token",
+        "REVIEWBOT_TOKEN_SHOP": "bot-token",
+        "REVIEWBOT_ADMIN_TOKEN": "admin-token",
     }
     assert reviewbot(env, "db", "upgrade").returncode == 0  # once per install, as README says
     added = reviewbot(
         env, "project", "add", "--forge", "github", "--url", url, "--project", REPO,
-        "--token-env", "SHOP_TOKEN", "--threshold", "trivial",
+        "--token-env", "REVIEWBOT_TOKEN_SHOP", "--threshold", "trivial",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert f"webhook URL:    http://127.0.0.1:{port}/webhooks/github" in added.stdout
@@ -113,7 +114,8 @@ def test_project_add_then_serve_reviews_a_pull_request(
         assert (
             httpx.post(f"{base}/webhooks/github", content=body, headers=headers).status_code == 200
         )  # a replay
-        exposed = httpx.get(f"{base}/metrics").text
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        exposed = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer admin-token"}).text
         assert 'reviewbot_webhook_deliveries_total{forge="github",outcome="queued"} 1.0' in exposed
         assert (
             'reviewbot_webhook_deliveries_total{forge="github",outcome="handled"} 1.0' in exposed

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, load_settings
+from bot.config import ConfigError, load_settings, redact_url
 
 REVIEWBOT = [sys.executable, "-m", "bot.cli"]
 
@@ -22,18 +22,47 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert settings.log_level == "INFO"
 
 
-def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text(
-        "REVIEWBOT_STUDENT_MODEL=from-dotenv\nREVIEWBOT_LOG_LEVEL=debug\nOTHER=1\n"
-    )
-    monkeypatch.setenv("REVIEWBOT_LOG_LEVEL", "warning")  # the environment wins over .env
+def test_environment_and_an_env_file_when_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env_file = tmp_path / "reviewbot.env"
+    env_file.write_text("REVIEWBOT_STUDENT_MODEL=from-dotenv\nREVIEWBOT_LOG_LEVEL=debug\nOTHER=1\n")
+    monkeypatch.setenv("REVIEWBOT_LOG_LEVEL", "warning")  # the environment wins over the file
     monkeypatch.setenv("REVIEWBOT_DATABASE_URL", "postgresql://bot@db:5432/reviewbot")
     monkeypatch.setenv("REVIEWBOT_QUEUE_URL", "redis://127.0.0.1:6379/0")
-    settings = load_settings()
+    settings = load_settings(env_file)
     assert settings.student_model == "from-dotenv"
     assert settings.log_level == "WARNING"
     assert settings.database_url == "postgresql+psycopg://bot@db:5432/reviewbot"
     assert settings.queue_url == "redis://127.0.0.1:6379/0"
+
+
+def test_a_dotenv_in_the_working_directory_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("REVIEWBOT_FINETUNE_LAUNCHER=touch pwned\n")  # the tests run in tmp_path
+    assert load_settings().finetune_launcher is None
+
+
+def test_a_missing_env_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.env")
+
+
+@pytest.mark.parametrize("how", ["option", "variable"])
+def test_the_cli_reads_the_env_file_it_is_given(tmp_path: Path, how: str) -> None:
+    (tmp_path / "site.env").write_text(f"REVIEWBOT_DATABASE_URL=sqlite:///{tmp_path}/from-file.db\n")
+    (tmp_path / ".env").write_text(f"REVIEWBOT_DATABASE_URL=sqlite:///{tmp_path}/from-cwd.db\n")
+    env = {**os.environ, "REVIEWBOT_ENV_FILE": "site.env"} if how == "variable" else dict(os.environ)
+    option = ["--env-file", "site.env"] if how == "option" else []
+    result = subprocess.run(
+        [*REVIEWBOT, *option, "db", "upgrade"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-file.db").exists()
+    assert not (tmp_path / "from-cwd.db").exists()
+
+
+def test_redacted_url_hides_the_password() -> None:
+    assert redact_url("redis://:hunter2@queue:6379/0") == "redis://:***@queue:6379/0"
+    assert redact_url("rediss://bot:hunter2@queue/1") == "rediss://bot:***@queue/1"
+    assert redact_url("sqlite:///q.db") == "sqlite:///q.db"
 
 
 @pytest.mark.parametrize(

@@ -16,15 +16,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from bot.api import create_app
 from bot.config import load_settings
+from bot.events import Role
 from bot.feedback.labels import LabelState, labelled_findings
 from bot.forges.base import PolledFeedback
 from bot.models import Delivery, Feedback, Finding, Project, Review
 from bot.queue import Queue
+from bot.secrets import SecretBox
 from tests.support.db import session_scope
 from tests.support.fixtures import FIXTURES
 
@@ -39,18 +42,42 @@ GH_THREAD = json.loads(
 GH_ISSUE_COMMENT = json.loads((FIXTURES / "github" / "webhooks" / "issue_comment.created.1.json").read_text())
 MR_HOOK = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_text())
 SECRET = "feedback-secret"
+KEY = Fernet.generate_key().decode()  # the projects' webhook secrets are stored sealed with it
+SEALED_SECRET = SecretBox(KEY).seal(SECRET)
 
 
 @pytest.fixture
 def setup(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[TestClient, Queue, int]]:
-    """Two projects (GitLab, GitHub), each with one posted finding; the app with a real queue."""
+    """Two projects (GitLab, GitHub), each with one posted finding; the app with a real queue, whose
+    role jobs ask fake forges, where the reviewers of these tests are developers."""
+    from bot.forges.github import GitHubForge
+    from bot.forges.gitlab import GitLabForge
+    from tests.support.fake_github import FakeGitHub
+    from tests.support.fake_gitlab import FakeGitLab
+    from tests.support.live_server import live_server
+
+    fake_gitlab, fake_github = FakeGitLab(), FakeGitHub()
+    fake_gitlab.add_user("reviewbot", "bot-token")
+    fake_github.add_user("reviewbot", token="bot-token")
+    group_app = fake_gitlab.add_project("group/app")
+    fake_gitlab.add_member(group_app, fake_gitlab.add_user("ana", "ana-token"), 30)
+    for login in (GH_REPLY["sender"]["login"], GH_THREAD["sender"]["login"]):
+        fake_github.add_collaborator("Codertocat/Hello-World", login, "write")
+    with live_server(fake_gitlab.app) as gitlab_url, live_server(fake_github.app) as github_url:
+        urls = {"gitlab": gitlab_url, "github": github_url}
+        yield from _setup(engine, tmp_path, urls, GitLabForge, GitHubForge)
+
+
+def _setup(
+    engine: sa.Engine, tmp_path: Path, urls: dict[str, str], gitlab_forge: Any, github_forge: Any
+) -> Iterator[tuple[TestClient, Queue, int]]:
     with session_scope(engine) as session:
         for forge, path in (("gitlab", "group/app"), ("github", "Codertocat/Hello-World")):
             project = Project(
                 forge=forge,
-                forge_url="http://forge.test",
+                forge_url=urls[forge],
                 path=path,
-                webhook_secret=SECRET,
+                webhook_secret=SEALED_SECRET,
                 bot_username="reviewbot",
             )
             session.add(project)
@@ -63,8 +90,15 @@ def setup(engine: sa.Engine, tmp_path: Path) -> Iterator[tuple[TestClient, Queue
                         review="r", fingerprint="f" * 16, model_version="base",
                         forge_comment_id=f"{forge}-501", forge_thread_id=f"{forge}-disc-1")
             )  # fmt: skip
-    queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
-    with TestClient(create_app(engine, queue)) as client:
+
+    def forges(project: Project) -> Any:
+        if project.forge == "gitlab":
+            return gitlab_forge(project.forge_url, "bot-token", project.path)
+        return github_forge(project.forge_url, project.path, token="bot-token")
+
+    settings = load_settings(secret_key=KEY, queue_url=f"sqlite:///{tmp_path}/q.db")
+    queue = Queue(settings, engine, forges, retry_delay_s=0)
+    with TestClient(create_app(engine, queue, queue.settings)) as client:
         yield client, queue, 0
 
 
@@ -120,7 +154,15 @@ def signals(engine: sa.Engine, forge: str) -> list[tuple[str, str, str]]:
         return [(r.kind, r.value, r.author) for r in rows]
 
 
-def label(engine: sa.Engine, forge: str) -> LabelState:
+def run_jobs(queue: Queue) -> None:
+    while (task := queue.huey.dequeue()) is not None:
+        queue.huey.execute(task)
+
+
+def label(engine: sa.Engine, forge: str, queue: Queue | None = None) -> LabelState:
+    """The finding's label, once the jobs ``queue`` holds (reviewers' roles) have run."""
+    if queue is not None:
+        run_jobs(queue)
     return next(i.label.state for i in labelled_findings(engine) if i.project.forge == forge)
 
 
@@ -131,28 +173,28 @@ def outcomes(engine: sa.Engine) -> list[str]:
 
 
 def test_gitlab_awards_and_replies(setup: tuple[TestClient, Queue, int], engine: sa.Engine) -> None:
-    client, _, _ = setup
+    client, queue, _ = setup
     assert gitlab(client, "Emoji Hook", award("gitlab-501")).status_code == 200
     assert signals(engine, "gitlab") == [("reaction", "+1", "ana")]
-    assert label(engine, "gitlab") == "confirmed"
+    assert label(engine, "gitlab", queue) == "confirmed"
     assert (
         gitlab(client, "Emoji Hook", award("gitlab-501", action="revoke")).status_code == 200
     )  # same award id
     assert signals(engine, "gitlab") == [("reaction", "", "ana")]
-    assert label(engine, "gitlab") == "unlabelled"
+    assert label(engine, "gitlab", queue) == "unlabelled"
     assert (
         gitlab(client, "Emoji Hook", award("gitlab-501", name="thumbsdown", award_id=10)).status_code == 200
     )
-    assert label(engine, "gitlab") == "disputed"
+    assert label(engine, "gitlab", queue) == "disputed"
 
     assert (
         gitlab(client, "Note Hook", note("/severity minor\nonly a style issue", "gitlab-disc-1")).status_code
         == 200
     )
-    assert label(engine, "gitlab") == "corrected"
+    assert label(engine, "gitlab", queue) == "corrected"
     edited = note("/dismiss the input is trusted", "gitlab-disc-1", action="update")  # same note id: updated
     assert gitlab(client, "Note Hook", edited).status_code == 200
-    assert label(engine, "gitlab") == "dismissed"
+    assert label(engine, "gitlab", queue) == "dismissed"
     assert ("dismiss", "the input is trusted", "ana") in signals(engine, "gitlab")
     assert len(signals(engine, "gitlab")) == 3
 
@@ -161,21 +203,21 @@ def test_gitlab_awards_and_replies(setup: tuple[TestClient, Queue, int], engine:
         client, "Note Hook", note("/severity critical", "gitlab-disc-1", note_id=78, user="reviewbot")
     )
     assert "bot itself" in own.json()["detail"]
-    assert label(engine, "gitlab") == "dismissed"
+    assert label(engine, "gitlab", queue) == "dismissed"
 
 
 def test_github_replies_and_thread_resolution(
     setup: tuple[TestClient, Queue, int], engine: sa.Engine
 ) -> None:
-    client, _, _ = setup
+    client, queue, _ = setup
     reply = copy.deepcopy(GH_REPLY)
     reply["comment"].update(in_reply_to_id="github-501", body="/severity trivial")
     assert github(client, "pull_request_review_comment", reply).status_code == 200
-    assert label(engine, "github") == "corrected"
+    assert label(engine, "github", queue) == "corrected"
     deleted = copy.deepcopy(reply)
     deleted["action"] = "deleted"  # the reviewer took the correction back
     assert github(client, "pull_request_review_comment", deleted).status_code == 200
-    assert label(engine, "github") == "unlabelled"
+    assert label(engine, "github", queue) == "unlabelled"
     thread = copy.deepcopy(GH_THREAD)
     thread["thread"]["comments"][0]["id"] = "github-501"
     assert github(client, "pull_request_review_thread", thread).status_code == 200
@@ -197,7 +239,7 @@ def test_feedback_that_outruns_its_finding_waits(
         finding = session.exec(select(Finding).where(Finding.forge_comment_id == "gitlab-501")).one()
         finding.forge_comment_id = "gitlab-999"
     queue.huey.execute(queue.huey.dequeue())
-    assert label(engine, "gitlab") == "confirmed"
+    assert label(engine, "gitlab", queue) == "confirmed"
     with Session(engine) as session:
         assert session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome == "recorded reaction"
 
@@ -221,15 +263,18 @@ def gitlab_mr_with_bot_finding(engine: sa.Engine, url: str, fake: Any) -> tuple[
     review and the finding posted as that discussion. Returns (mr, bot, the bot's note, discussion)."""
     from tests.support.fake_gitlab import change
 
-    bot, ana = fake.add_user("reviewbot", "bot-token"), fake.add_user("ana", "ana-token")
-    mr = fake.add_merge_request(fake.add_project("group/app"), [change("a.py", "x\n", "y\n")], author=ana)
+    bot = fake.add_user("reviewbot", "bot-token")
+    ana, bo = fake.add_user("ana", "ana-token"), fake.add_user("bo", "bo-token")
+    project = fake.add_project("group/app")
+    fake.add_member(project, ana, 30)
+    mr = fake.add_merge_request(project, [change("a.py", "x\n", "y\n")], author=bo)
     ours = fake.add_note(
-        mr, bot, "**major** · Leak <!-- reviewbot:finding:ffffffffffffffff -->", resolvable=True
+        mr, bot, "**major** · Leak\n\n<!-- reviewbot:finding:ffffffffffffffff -->", resolvable=True
     )
     discussion = mr.discussions[-1]
     with session_scope(engine) as session:
-        project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
-                          bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN")  # fmt: skip
+        project = Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SEALED_SECRET,
+                          bot_username="reviewbot", token_env="REVIEWBOT_TOKEN_TEST_GITLAB")  # fmt: skip
         session.add(project)
         session.flush()
         review = Review(project_id=project.id, mr_number=mr.iid, head_sha=mr.sha, status="done",
@@ -249,13 +294,15 @@ def test_a_command_is_acknowledged_on_the_forge(
     from tests.support.live_server import live_server
 
     fake = FakeGitLab()
-    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    monkeypatch.setenv("REVIEWBOT_TOKEN_TEST_GITLAB", "bot-token")
     with live_server(fake.app) as url:
         _, bot, ours, discussion = gitlab_mr_with_bot_finding(engine, url, fake)
         theirs = Note(4242, fake.users["ana-token"], "/severity minor", resolvable=True)
         discussion.notes.append(theirs)
-        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
-        with TestClient(create_app(engine, queue)) as client:
+        queue = Queue(
+            load_settings(secret_key=KEY, queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0
+        )
+        with TestClient(create_app(engine, queue, queue.settings)) as client:
             response = gitlab(client, "Note Hook", note("/severity minor", discussion.id, note_id=theirs.id))
             assert response.status_code == 200
             again = note(
@@ -286,27 +333,32 @@ def reactions(
     engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[PolledReactions]:
     """PR 3, reviewed now, with the bot's finding; PR 4, reviewed 31 days ago (beyond the polling
-    window), whose finding points at a comment that is not polled (someone else's, on PR 3)."""
+    window), whose finding points at a comment that is not polled (someone else's, on PR 3). Dev and
+    dora may write to the repository, max maintains it; anyone else reads it."""
     from tests.support.fake_github import FakeGitHub, SeedFile
     from tests.support.live_server import live_server
 
     fake = FakeGitHub()
     fake.add_user("reviewbot", token="bot-token")
+    for login, role in (("dev", "write"), ("dora", "write"), ("max", "maintain")):
+        fake.add_collaborator("o/r", login, role)
+    fake.add_user("stranger")
     fake.add_pull("o/r", 3, [SeedFile("a.py", "x\n", "y\n")])
     ours = fake.add_review_comment(
-        "o/r", 3, "reviewbot", "finding <!-- reviewbot:finding:ffffffffffffffff -->", "a.py"
+        "o/r", 3, "reviewbot", "finding\n\n<!-- reviewbot:finding:ffffffffffffffff -->", "a.py"
     )
     someone_elses = fake.add_review_comment("o/r", 3, "alice", "a human comment", "a.py")
-    fake.review_comments[someone_elses].reactions["+1"] = 5
-    monkeypatch.setenv("TEST_GITHUB_TOKEN", "bot-token")
+    for login in ("dev", "dora", "max"):
+        fake.react(someone_elses, login, "+1")
+    monkeypatch.setenv("REVIEWBOT_TOKEN_TEST_GITHUB", "bot-token")
     with live_server(fake.app) as url:
         with session_scope(engine) as session:
             project = Project(
                 forge="github",
                 forge_url=url,
                 path="o/r",
-                webhook_secret=SECRET,
-                token_env="TEST_GITHUB_TOKEN",
+                webhook_secret=SEALED_SECRET,
+                token_env="REVIEWBOT_TOKEN_TEST_GITHUB",
             )
             session.add(project)
             session.flush()
@@ -324,53 +376,91 @@ def reactions(
                 session.add(Finding(review_id=review.id, path="a.py", line=1, severity="minor", title="t",
                                     review="r", fingerprint="f" * 16, model_version="base",
                                     forge_comment_id=comment))  # fmt: skip
-        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+        queue = Queue(
+            load_settings(secret_key=KEY, queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0
+        )
         yield PolledReactions(engine, queue, fake, ours)
+
+
+def polled_rows(engine: sa.Engine) -> list[tuple[str, str, str]]:
+    """(author, value, role) of every polled reaction."""
+    with Session(engine) as session:
+        rows = session.exec(select(Feedback).order_by(Feedback.author, Feedback.source_event_id)).all()
+    return [(r.author, r.value, r.role) for r in rows]
+
+
+def polled_label(reactions: PolledReactions) -> LabelState:
+    labelled = labelled_findings(reactions.engine)
+    return next(i.label.state for i in labelled if i.finding.forge_comment_id == str(reactions.ours))
 
 
 def test_polling_without_a_reaction_to_the_bot_stores_nothing(reactions: PolledReactions) -> None:
     assert reactions.queue.poll_feedback() == 0  # someone else's 👍 are not the bot's
 
 
-def test_a_polled_github_reaction_is_stored(reactions: PolledReactions) -> None:
+def test_a_polled_github_reaction_is_stored_with_its_user_and_role(reactions: PolledReactions) -> None:
     assert reactions.queue.poll_feedback() == 0  # no reaction yet: nothing stored
-    reactions.fake.review_comments[reactions.ours].reactions["+1"] = 2
+    reactions.fake.react(reactions.ours, "dev", "+1")
     assert reactions.queue.poll_feedback() == 1
-    assert label(reactions.engine, "github") == "confirmed"
+    assert polled_rows(reactions.engine) == [("dev", "+1", "developer")]  # the role, read in the poll
+    assert polled_label(reactions) == "confirmed"
 
 
 def test_unchanged_github_reactions_are_answered_with_a_304_and_store_nothing(
     reactions: PolledReactions,
 ) -> None:
     assert reactions.queue.poll_feedback() == 0
-    reactions.fake.review_comments[reactions.ours].reactions["+1"] = 2
+    reactions.fake.react(reactions.ours, "dev", "+1")
     assert reactions.queue.poll_feedback() == 1
     assert reactions.queue.poll_feedback() == 0  # unchanged: no new row, no update ...
     assert reactions.fake.not_modified == 1  # ... and GitHub answered the conditional request with a 304
 
 
-def test_a_changed_github_reaction_replaces_the_old_one(reactions: PolledReactions) -> None:
-    ours = reactions.ours
-    assert reactions.queue.poll_feedback() == 0
-    reactions.fake.review_comments[ours].reactions["+1"] = 2
-    assert reactions.queue.poll_feedback() == 1
-    assert reactions.queue.poll_feedback() == 0  # answered with a 304: a later change is still seen
-    reactions.fake.review_comments[ours].reactions.update({"+1": 0, "-1": 1})
+def test_a_removed_github_reaction_withdraws_its_row(reactions: PolledReactions) -> None:
+    reactions.fake.react(reactions.ours, "dev", "+1")
+    reactions.fake.react(reactions.ours, "dora", "+1")
     assert reactions.queue.poll_feedback() == 2
-    with Session(reactions.engine) as session:
-        rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
-        assert [(r.source_event_id, r.value) for r in rows] == [
-            (f"poll:{ours}:+1", ""),
-            (f"poll:{ours}:-1", "-1"),
-        ]
-    assert (
-        next(
-            i.label.state
-            for i in labelled_findings(reactions.engine)
-            if i.finding.forge_comment_id == str(ours)
-        )
-        == "disputed"
-    )
+    assert reactions.queue.poll_feedback() == 0  # answered with a 304: a later change is still seen
+    reactions.fake.unreact(reactions.ours, "dev", "+1")
+    reactions.fake.react(reactions.ours, "dev", "-1")
+    assert reactions.queue.poll_feedback() == 2
+    assert polled_rows(reactions.engine) == [
+        ("dev", "", "developer"),  # the 👍 taken back
+        ("dev", "-1", "developer"),
+        ("dora", "+1", "developer"),
+    ]
+    assert polled_label(reactions) == "disputed"  # a developer's 👍 against a developer's 👎
+
+
+def test_many_untrusted_thumbs_neither_confirm_nor_dispute(reactions: PolledReactions) -> None:
+    """Anyone may react on a public repository: reactions are recorded with their users' roles, and
+    only those of the project's developers and above count."""
+    reactions.fake.add_collaborator("o/r", "helper[bot]", "write")  # a GitHub App's account
+    for login in ("stranger", "helper[bot]"):
+        reactions.fake.react(reactions.ours, login, "-1")
+    reactions.fake.react(reactions.ours, "dev", "+1")
+    assert reactions.queue.poll_feedback() == 3
+    assert polled_rows(reactions.engine) == [
+        ("dev", "+1", "developer"),
+        ("helper[bot]", "-1", "developer"),  # may write, but a bot: never labels
+        ("stranger", "-1", "guest"),
+    ]
+    assert polled_label(reactions) == "confirmed"
+
+
+def test_a_maintainers_thumb_outranks_a_developers(reactions: PolledReactions) -> None:
+    reactions.fake.react(reactions.ours, "dev", "-1")
+    reactions.fake.react(reactions.ours, "max", "+1")
+    reactions.queue.poll_feedback()
+    assert polled_label(reactions) == "confirmed"
+
+
+def test_roles_are_read_once_per_user_in_a_few_minutes(reactions: PolledReactions) -> None:
+    reactions.fake.react(reactions.ours, "dev", "+1")
+    reactions.queue.poll_feedback()
+    reactions.fake.react(reactions.ours, "dev", "-1")
+    reactions.queue.poll_feedback()
+    assert reactions.fake.count("GET", "/repos/o/r/collaborators/dev/permission") == 1
 
 
 def test_github_reactions_are_polled_only_within_the_window(reactions: PolledReactions) -> None:
@@ -387,10 +477,12 @@ def test_gitlab_thread_resolution_is_polled(
     from tests.support.live_server import live_server
 
     fake = FakeGitLab()
-    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    monkeypatch.setenv("REVIEWBOT_TOKEN_TEST_GITLAB", "bot-token")
     with live_server(fake.app) as url:
         _, _, ours, _ = gitlab_mr_with_bot_finding(engine, url, fake)
-        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
+        queue = Queue(
+            load_settings(secret_key=KEY, queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0
+        )
         assert queue.poll_feedback() == 0  # open thread: nothing to say
         ours.resolved = True
         assert queue.poll_feedback() == 1
@@ -458,8 +550,8 @@ def polling(engine: sa.Engine, tmp_path: Path) -> Iterator[Polling]:
             ("gitlab", "group/app", (1, 2)),
             ("github", "Codertocat/Hello-World", (CLOSED_PR,)),
         ):
-            project = Project(forge=forge, forge_url="http://forge.test", path=path, webhook_secret=SECRET,
-                              bot_username="reviewbot")  # fmt: skip
+            project = Project(forge=forge, forge_url="http://forge.test", path=path,
+                              webhook_secret=SEALED_SECRET, bot_username="reviewbot")  # fmt: skip
             session.add(project)
             session.flush()
             for number in numbers:
@@ -477,8 +569,12 @@ def polling(engine: sa.Engine, tmp_path: Path) -> Iterator[Polling]:
             polled.append((self.path, number))
             return PolledFeedback(), None
 
-    queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, Polled, retry_delay_s=0)  # type: ignore[arg-type]
-    with TestClient(create_app(engine, queue)) as client:
+        def member_role(self, username: str) -> Role:
+            raise AssertionError(f"nothing polled, so no role to read ({username})")
+
+    settings = load_settings(secret_key=KEY, queue_url=f"sqlite:///{tmp_path}/q.db")
+    queue = Queue(settings, engine, Polled, retry_delay_s=0)  # type: ignore[arg-type]
+    with TestClient(create_app(engine, queue, queue.settings)) as client:
         yield Polling(engine, client, queue, polled)
 
 
@@ -622,6 +718,7 @@ class PullRequest:
         }
 
     def states(self) -> dict[str, str]:
+        self.run_jobs()  # the reviewers' roles
         return {i.finding.review: i.label.state.value for i in labelled_findings(self.engine)}
 
     def bot_answers(self) -> list[str]:
@@ -635,16 +732,17 @@ def pull_request(engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     fake = FakeGitHub()
     fake.add_user("reviewbot", token="bot-token")
+    fake.add_collaborator(REPO, "ana", "write")
     fake.add_pull(REPO, 1, [SeedFile("a.py", "x\n", "y\n")])
     comments = {}
     for text, fingerprint in ((EVAL, "a" * 16), (OPEN, "b" * 16)):
         body = f"**critical** · t\n\n{text}\n\n<!-- reviewbot:finding:{fingerprint} -->"
         comments[text] = fake.add_review_comment(REPO, 1, "reviewbot", body, "a.py")
-    monkeypatch.setenv("TEST_GITHUB_TOKEN", "bot-token")
+    monkeypatch.setenv("REVIEWBOT_TOKEN_TEST_GITHUB", "bot-token")
     with live_server(fake.app) as url:
         with session_scope(engine) as session:
-            project = Project(forge="github", forge_url=url, path=REPO, webhook_secret=SECRET,
-                              bot_username="reviewbot", token_env="TEST_GITHUB_TOKEN")  # fmt: skip
+            project = Project(forge="github", forge_url=url, path=REPO, webhook_secret=SEALED_SECRET,
+                              bot_username="reviewbot", token_env="REVIEWBOT_TOKEN_TEST_GITHUB")  # fmt: skip
             session.add(project)
             session.flush()
             review = Review(project_id=project.id, mr_number=1, head_sha="b" * 40, status="done",
@@ -655,8 +753,10 @@ def pull_request(engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 session.add(Finding(review_id=review.id, path="a.py", line=1, severity="critical", title="t",
                                     review=text, fingerprint=text[:16], model_version="base",
                                     forge_comment_id=str(comment_id)))  # fmt: skip
-        queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0)
-        with TestClient(create_app(engine, queue)) as client:
+        queue = Queue(
+            load_settings(secret_key=KEY, queue_url=f"sqlite:///{tmp_path}/q.db"), engine, retry_delay_s=0
+        )
+        with TestClient(create_app(engine, queue, queue.settings)) as client:
             yield PullRequest(engine, client, queue, fake, comments, project.id)
 
 
@@ -674,7 +774,7 @@ def test_a_pull_request_comment_with_the_link_of_a_finding_is_answered_there(
     ana, _, response = pull_request.link_command()
     assert response.status_code == 200
     pull_request.run_jobs()
-    assert pull_request.fake.issue_comments[ana].reactions == {"eyes": 1}
+    assert pull_request.fake.issue_comments[ana].reactions == [("reviewbot", "eyes")]
     assert pull_request.bot_answers() == ["@ana Noted: severity corrected to **minor**. Thank you — this goes"
                                           " into the training data of the next model."]  # fmt: skip
 
@@ -688,7 +788,7 @@ def test_a_pull_request_comment_delivered_twice_is_recorded_and_answered_once(
     assert "duplicate" in again.json()["detail"]
     pull_request.run_jobs()
     assert pull_request.rows() == {EVAL: [("severity", "minor")]}
-    assert pull_request.fake.issue_comments[ana].reactions == {"eyes": 1}
+    assert pull_request.fake.issue_comments[ana].reactions == [("reviewbot", "eyes")]
     assert len(pull_request.bot_answers()) == 1
 
 
@@ -725,7 +825,7 @@ def test_a_pull_request_comment_quoting_one_finding_is_answered_there(pull_reque
     assert response.status_code == 200
     pull_request.run_jobs()
     assert len(pull_request.bot_answers()) == 1
-    assert pull_request.fake.issue_comments[bob].reactions == {"eyes": 1}
+    assert pull_request.fake.issue_comments[bob].reactions == [("reviewbot", "eyes")]
 
 
 def test_a_pull_request_comment_deleted_withdraws_its_command(pull_request: PullRequest) -> None:
@@ -857,16 +957,22 @@ def quick_reviewer(
         "def handler(request):\n    return respond(request)\n",
         "def handler(request):\n    return eval(request.body)\n",
     )
-    mr = fake.add_merge_request(fake.add_project("group/app"), [change("app.py", old, new)], author=ana)
-    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    project = fake.add_project("group/app")
+    fake.add_member(project, ana, 30)  # a developer reviews bo's merge request
+    mr = fake.add_merge_request(project, [change("app.py", old, new)], author=fake.add_user("bo", "bo-token"))
+    monkeypatch.setenv("REVIEWBOT_TOKEN_TEST_GITLAB", "bot-token")
     seen_early: list[tuple[int, str, int]] = []
 
     with live_server(fake.app) as url, scripted_server(student) as student_url:
         with session_scope(engine) as session:
-            session.add(Project(forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
-                                bot_username="reviewbot", token_env="TEST_GITLAB_TOKEN"))  # fmt: skip
+            session.add(Project(forge="gitlab", forge_url=url, path="group/app",
+                                webhook_secret=SEALED_SECRET, bot_username="reviewbot",
+                                token_env="REVIEWBOT_TOKEN_TEST_GITLAB"))  # fmt: skip
         settings = load_settings(
-            student_base_url=student_url, student_model="scripted", queue_url=f"sqlite:///{tmp_path}/q.db"
+            secret_key=KEY,
+            student_base_url=student_url,
+            student_model="scripted",
+            queue_url=f"sqlite:///{tmp_path}/q.db",
         )
 
         class ReviewerIsQuick(GitLabForge):
@@ -891,7 +997,7 @@ def quick_reviewer(
                 return super().upsert_summary(number, body, existing)
 
         queue = Queue(settings, engine, lambda p: ReviewerIsQuick(url, "bot-token", p.path), retry_delay_s=0)
-        with TestClient(create_app(engine, queue)) as client:
+        with TestClient(create_app(engine, queue, queue.settings)) as client:
             opened = copy.deepcopy(MR_HOOK)
             opened["project"]["path_with_namespace"] = "group/app"
             opened["object_attributes"].update(iid=mr.iid, action="open", last_commit={"id": mr.sha})
@@ -921,6 +1027,7 @@ def test_feedback_that_outruns_the_review_job_leaves_the_review_undisturbed(
     quick_reviewer: QuickReviewer,
 ) -> None:
     assert quick_reviewer.review.status == "done"
+    assert quick_reviewer.review.mr_author == "bo"  # from the forge: their signals on it are the author's
     assert quick_reviewer.finding.severity == "major"
 
 

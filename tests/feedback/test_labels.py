@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from sqlmodel import Session, func, select
 
 from bot.events import Command, CommandError, SignalKind, parse_command
@@ -46,51 +47,105 @@ def test_a_bad_severity_says_how_to_write_it() -> None:
         parse_command("/severity huge")
 
 
-def signal(kind: SignalKind, value: str = "", minutes: int = 0, id: int = 0) -> Feedback:
-    return Feedback(finding_id=1, kind=kind, value=value, source_event_id=f"s{id}-{minutes}", id=id,
-                    created_at=T0 + timedelta(minutes=minutes))  # fmt: skip
+def signal(
+    kind: SignalKind, value: str = "", minutes: int = 0, by: str = "ana", role: str = "developer"
+) -> Feedback:
+    when = T0 + timedelta(minutes=minutes)
+    return Feedback(finding_id=1, kind=kind, value=value, author=by, role=role, id=minutes,
+                    source_event_id=f"{by}-{minutes}", created_at=when)  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("signals", "state", "label"),
-    [
-        ([], LabelState.UNLABELLED, None),
-        ([signal(SignalKind.REPLY, "hm"), signal(SignalKind.RESOLVED, "true")], LabelState.UNLABELLED, None),
-        ([signal(SignalKind.REACTION, "+1")], LabelState.CONFIRMED, "major"),
-        (
-            [signal(SignalKind.REACTION, "+1"), signal(SignalKind.REACTION, "-1", 1)],
-            LabelState.DISPUTED,
-            None,
-        ),
-        ([signal(SignalKind.REACTION, "")], LabelState.UNLABELLED, None),  # a revoked 👍
-        ([signal(SignalKind.ADDRESSED)], LabelState.CONFIRMED, "major"),
-        (
-            [signal(SignalKind.REACTION, "-1"), signal(SignalKind.SEVERITY, "minor", 1)],
-            LabelState.CORRECTED,
-            "minor",
-        ),
-        ([signal(SignalKind.SEVERITY, "major")], LabelState.CONFIRMED, "major"),
-        (
-            [signal(SignalKind.SEVERITY, "minor", 1), signal(SignalKind.DISMISS, "", 2)],
-            LabelState.DISMISSED,
-            None,
-        ),
-        (
-            [signal(SignalKind.DISMISS, "", 1), signal(SignalKind.SEVERITY, "trivial", 2)],
-            LabelState.CORRECTED,
-            "trivial",
-        ),
-        (
-            [signal(SignalKind.DISMISS, "", 1), signal(SignalKind.ADDRESSED, "", 2)],
-            LabelState.DISMISSED,
-            None,
-        ),
-    ],
-)
+UP, DOWN, SEV, DISMISS = SignalKind.REACTION, SignalKind.REACTION, SignalKind.SEVERITY, SignalKind.DISMISS
+PUSH = signal(SignalKind.ADDRESSED, by="", role="")  # an addressing push: no author, no role
+
+# The label rule, case by case: (trusted signals on a major finding, label state, label).
+LABEL_RULE = {
+    "no signal": ([], LabelState.UNLABELLED, None),
+    "replies and resolution say nothing": (
+        [signal(SignalKind.REPLY, "hm"), signal(SignalKind.RESOLVED, "true", 1)],
+        LabelState.UNLABELLED,
+        None,
+    ),
+    "a 👍 confirms": ([signal(UP, "+1")], LabelState.CONFIRMED, "major"),
+    "a revoked 👍 says nothing": ([signal(UP, "")], LabelState.UNLABELLED, None),
+    "a 👎 alone disputes": ([signal(DOWN, "-1")], LabelState.DISPUTED, None),
+    "👍s and a 👎 of the same rank dispute": (
+        [signal(UP, "+1", 0, "ana"), signal(UP, "+1", 1, "bo"), signal(DOWN, "-1", 2, "cy")],
+        LabelState.DISPUTED,
+        None,
+    ),
+    "a maintainer's 👍 outranks a developer's 👎": (
+        [signal(UP, "+1", 0, "mo", "maintainer"), signal(DOWN, "-1", 1, "cy")],
+        LabelState.CONFIRMED,
+        "major",
+    ),
+    "one reviewer's later reaction replaces their earlier one": (
+        [signal(DOWN, "-1", 0), signal(UP, "+1", 1)],
+        LabelState.CONFIRMED,
+        "major",
+    ),
+    "a push that addresses it confirms": ([PUSH], LabelState.CONFIRMED, "major"),
+    "addressed outranks a 👎": ([signal(DOWN, "-1"), PUSH], LabelState.CONFIRMED, "major"),
+    "a command outranks a 👎": (
+        [signal(DOWN, "-1"), signal(SEV, "minor", 1, "bo")],
+        LabelState.CORRECTED,
+        "minor",
+    ),
+    "a command outranks addressed": ([signal(DISMISS, "", 1), PUSH], LabelState.DISMISSED, None),
+    "/severity of the bot's own severity confirms": ([signal(SEV, "major")], LabelState.CONFIRMED, "major"),
+    "one reviewer's later command replaces their earlier one": (
+        [signal(SEV, "minor", 1), signal(DISMISS, "", 2)],
+        LabelState.DISMISSED,
+        None,
+    ),
+    "... in either order": (
+        [signal(DISMISS, "", 1), signal(SEV, "trivial", 2)],
+        LabelState.CORRECTED,
+        "trivial",
+    ),
+    "two developers agreeing": (
+        [signal(SEV, "minor", 0, "ana"), signal(SEV, "minor", 1, "bo")],
+        LabelState.CORRECTED,
+        "minor",
+    ),
+    "two developers' corrections to different severities dispute": (
+        [signal(SEV, "minor", 0, "ana"), signal(SEV, "trivial", 1, "bo")],
+        LabelState.DISPUTED,
+        None,
+    ),
+    "a correction and a dismissal of the same rank dispute": (
+        [signal(SEV, "minor", 0, "ana"), signal(DISMISS, "", 1, "bo")],
+        LabelState.DISPUTED,
+        None,
+    ),
+    "a maintainer's correction outranks a developer's, even an earlier one": (
+        [signal(SEV, "critical", 0, "mo", "maintainer"), signal(SEV, "trivial", 1, "cy")],
+        LabelState.CORRECTED,
+        "critical",
+    ),
+    "an owner's correction outranks a maintainer's dismissal": (
+        [signal(SEV, "minor", 0, "ow", "owner"), signal(DISMISS, "", 1, "mo", "maintainer")],
+        LabelState.CORRECTED,
+        "minor",
+    ),
+}
+
+
+@pytest.mark.parametrize(("signals", "state", "label"), LABEL_RULE.values(), ids=LABEL_RULE.keys())
 def test_label_state(signals: list[Feedback], state: LabelState, label: str | None) -> None:
     result = label_state("major", signals)
     assert result.state == state
     assert (result.severity.value if result.severity else None) == label
+
+
+def cli_env(engine: sa.Engine) -> dict[str, str]:
+    """The environment of a ``reviewbot`` command on ``engine``'s database (PostgreSQL needs a key)."""
+    database = engine.url.render_as_string(hide_password=False)
+    return {
+        **os.environ,
+        "REVIEWBOT_DATABASE_URL": database,
+        "REVIEWBOT_SECRET_KEY": Fernet.generate_key().decode(),
+    }
 
 
 def add_finding(engine: sa.Engine, severity: str = "major", model: str = "base") -> int:
@@ -115,10 +170,10 @@ def add_finding(engine: sa.Engine, severity: str = "major", model: str = "base")
 def test_the_same_source_updates_its_row(engine: sa.Engine) -> None:
     finding = add_finding(engine)
     with session_scope(engine) as session:
-        record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "gitlab:award:7")
+        record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "gitlab:award:7", role="developer")
     with session_scope(engine) as session:  # revoked
-        record_signal(session, finding, SignalKind.REACTION, "", "ana", "gitlab:award:7")
-        record_signal(session, finding, SignalKind.REACTION, "-1", "bo", "gitlab:award:8")
+        record_signal(session, finding, SignalKind.REACTION, "", "ana", "gitlab:award:7", role="developer")
+        record_signal(session, finding, SignalKind.REACTION, "-1", "bo", "gitlab:award:8", role="developer")
     with Session(engine) as session:
         rows = session.exec(select(Feedback).order_by(Feedback.source_event_id)).all()
         assert [(r.value, r.author) for r in rows] == [("", "ana"), ("-1", "bo")]
@@ -128,9 +183,9 @@ def test_the_same_source_updates_its_row(engine: sa.Engine) -> None:
 def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_path: Path) -> None:
     confirmed, corrected, dismissed, silent = (add_finding(engine) for _ in range(4))
     with session_scope(engine) as session:
-        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1")
-        record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1")
-        record_signal(session, dismissed, SignalKind.DISMISS, "trusted input", "bo", "d1")
+        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1", role="developer")
+        record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1", role="developer")
+        record_signal(session, dismissed, SignalKind.DISMISS, "trusted input", "bo", "d1", role="developer")
     examples = list(severity_examples(labelled_findings(engine)))
     assert [(e["meta"]["finding_id"], e["answer"]["issue_type"]) for e in examples] == [
         (confirmed, "major"),
@@ -140,7 +195,7 @@ def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_pa
     assert examples[1]["meta"]["label_state"] == "corrected"
     assert examples[1]["meta"]["model_version"] == "base"
 
-    env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    env = cli_env(engine)
     out = tmp_path / "severity.jsonl"
     command = [sys.executable, "-m", "bot.cli", "feedback", "export", "--task", "severity", "--out", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -166,7 +221,7 @@ def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
     ]
     with session_scope(engine) as session:
         record_signal(session, ids[0], SignalKind.REACTION, "+1", "ana", "r0")
-        record_signal(session, ids[1], SignalKind.SEVERITY, "minor", "bo", "r1")
+        record_signal(session, ids[1], SignalKind.SEVERITY, "minor", "bo", "r1", role="developer")
         record_signal(session, ids[2], SignalKind.ADDRESSED, "", "", "r2")
     rows = feedback_stats(labelled_findings(engine))
     assert rows[0] == {
@@ -182,8 +237,8 @@ def test_stats_per_model_version_and_severity(engine: sa.Engine) -> None:
 def test_stats_plot_acceptance_per_model_version(engine: sa.Engine, tmp_path: Path) -> None:
     finding = add_finding(engine, "major", "severity-v1")
     with session_scope(engine) as session:
-        record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "r0")
-    env = {**os.environ, "REVIEWBOT_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+        record_signal(session, finding, SignalKind.REACTION, "+1", "ana", "r0", role="developer")
+    env = cli_env(engine)
     env["COLUMNS"] = "200"  # one line per row
     plot = tmp_path / "acceptance.png"
     command = [sys.executable, "-m", "bot.cli", "feedback", "stats", "--plot", str(plot)]
@@ -241,13 +296,14 @@ def test_acceptance_figures_on_metrics(engine: sa.Engine) -> None:
     from fastapi.testclient import TestClient
 
     from bot.api import create_app
+    from bot.config import load_settings
     from tests.api.test_webhooks import Recorder
 
     up = add_finding(engine, "major", "severity-v3")
     add_finding(engine, "major", "severity-v3")  # a finding nobody reacted to
     with session_scope(engine) as session:
-        record_signal(session, up, SignalKind.REACTION, "+1", "ana", "m1")
-    with TestClient(create_app(engine, Recorder())) as client:
+        record_signal(session, up, SignalKind.REACTION, "+1", "ana", "m1", role="developer")
+    with TestClient(create_app(engine, Recorder(), load_settings(public_metrics=True))) as client:
         exposed = client.get("/metrics").text
     labels = 'model_version="severity-v3",project="g/app",severity="major"'
     assert f"reviewbot_findings{{{labels}}} 2.0" in exposed

@@ -1,7 +1,8 @@
 """The flywheel end to end on CPU: the teacher double, the real vLLM server with the tiny student,
 real LoRA fine-tuning. The student starts at about chance on a task it was never taught (a review's
 first word decides its severity) and must reach 0.8 on the held-out set within three rounds; each
-adapter is hot-loaded into vLLM under a new name, the best is promoted, and reviews then use it."""
+adapter is hot-loaded into vLLM under a new name, the best is promoted (the ``--heldout`` file is the
+golden set too, and it does not regress there), and reviews then use it."""
 
 from __future__ import annotations
 
@@ -110,6 +111,15 @@ def test_the_flywheel_teaches_the_student(
     assert {v.adapter_name for v in versions} <= {m["id"] for m in served}  # each hot-loaded
     [active] = [v for v in versions if v.status == ModelStatus.ACTIVE]
     assert active.metrics["heldout"] == max(scores[1:])
+    # The --heldout file is golden set v1: every round scored on it through vLLM, the promoted one recorded.
+    assert [r["golden_version"] for r in run.rounds] == [1, 1, 1, 1]
+    # The same examples as the held-out set here; vLLM's batching may flip an answer or two.
+    assert [r["golden"] for r in run.rounds] == pytest.approx(scores, abs=0.05)
+    assert (active.metrics["golden"], active.metrics["golden_version"]) == (
+        pytest.approx(max(scores[1:]), abs=0.05),
+        1,
+    )
+    assert "golden set v1" in (run.outcome or "")
     # Three rounds, each exam (24) and batch of new examples (96) asked for in parts of at most 8192 tokens.
     assert teacher.calls["exam"] == 3 * len(parts(24, 8192, EXAM_OVERHEAD)) == 6
     assert teacher.calls["grade"] == 3 * len(parts(96, 8192, GRADE_OVERHEAD)) == 18
@@ -136,6 +146,8 @@ def test_the_flywheel_teaches_the_student(
     assert (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG"
     listing = reviewbot(env, "models", "list", "--format", "json", cwd=tmp_path)
     assert [v["status"] for v in json.loads(listing.stdout)].count("active") == 1
+    golden_sets = reviewbot(env, "flywheel", "golden", "list", "--format", "json", cwd=tmp_path)
+    assert [(g["version"], g["size"]) for g in json.loads(golden_sets.stdout)] == [(1, 48)]
 
 
 @pytest.mark.vllm

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.diff import FileStatus, LineKind, parse_diff
+from bot.events import Role
 from bot.forges import github as github_forge
 from bot.forges.base import SUMMARY_MARKER, BotComment, ForgeError, InlineComment, Placement, finding_marker
 from bot.forges.github import GitHubForge
@@ -75,7 +76,7 @@ def test_app_installation_auth(fake: FakeGitHub, url: str) -> None:
     forge = GitHubForge(url, REPO, app_id=42, private_key=pem, installation_id=99, seconds_between_writes=0)
     assert forge.bot_username == login == "reviewbot-app[bot]"
     assert forge.merge_request(7).title == "Simplify total"  # with the installation token
-    assert forge.upsert_summary(7, f"summary {SUMMARY_MARKER}", None).startswith("issuecomment-")
+    assert forge.upsert_summary(7, f"summary\n{SUMMARY_MARKER}", None).startswith("issuecomment-")
     assert [c.user for c in fake.issue_comments.values()] == [login]
     assert fake.count("POST", "/app/installations/99/access_tokens") == 1
 
@@ -236,10 +237,10 @@ def test_bot_comments_finds_only_the_bots_marked_comments_across_pages(
 ) -> None:
     fake.graphql_page = 40
     ids = [
-        fake.add_review_comment(REPO, 7, BOT, f"x {finding_marker(f'{i:08x}')}", "src/app.py")
+        fake.add_review_comment(REPO, 7, BOT, f"x\n{finding_marker(f'{i:08x}')}", "src/app.py")
         for i in range(130)
     ]
-    fake.add_review_comment(REPO, 7, "alice", f"quoting {finding_marker('ffff0000')}", "src/app.py")
+    fake.add_review_comment(REPO, 7, "alice", f"quoting\n{finding_marker('ffff0000')}", "src/app.py")
     fake.add_review_comment(REPO, 7, BOT, "an unmarked comment", "src/app.py")
     summary = fake.add_issue_comment(REPO, 7, BOT, f"Summary\n{SUMMARY_MARKER}")
     fake.add_issue_comment(REPO, 7, "alice", f"{SUMMARY_MARKER} copied")
@@ -259,17 +260,17 @@ def test_bot_comments_finds_only_the_bots_marked_comments_across_pages(
 
 
 def test_upsert_summary_creates_then_edits_in_place(forge: GitHubForge, fake: FakeGitHub) -> None:
-    first = forge.upsert_summary(7, f"one {SUMMARY_MARKER}", None)
+    first = forge.upsert_summary(7, f"one\n{SUMMARY_MARKER}", None)
     [existing] = forge.bot_comments(7)
-    second = forge.upsert_summary(7, f"two {SUMMARY_MARKER}", existing)
+    second = forge.upsert_summary(7, f"two\n{SUMMARY_MARKER}", existing)
 
     assert first == second == existing.comment_id
-    assert [c.body for c in fake.issue_comments.values()] == [f"two {SUMMARY_MARKER}"]
+    assert [c.body for c in fake.issue_comments.values()] == [f"two\n{SUMMARY_MARKER}"]
 
     fake.issue_comments.clear()  # someone deleted it: a new one is posted
-    third = forge.upsert_summary(7, f"three {SUMMARY_MARKER}", existing)
+    third = forge.upsert_summary(7, f"three\n{SUMMARY_MARKER}", existing)
     assert third != first
-    assert [c.body for c in fake.issue_comments.values()] == [f"three {SUMMARY_MARKER}"]
+    assert [c.body for c in fake.issue_comments.values()] == [f"three\n{SUMMARY_MARKER}"]
 
 
 def test_update_comment_edits_review_and_pr_comments(forge: GitHubForge, fake: FakeGitHub) -> None:
@@ -278,11 +279,11 @@ def test_update_comment_edits_review_and_pr_comments(forge: GitHubForge, fake: F
     forge.post_review(mr, diff, [finding("eeee0001", "src/app.py", 2), finding("eeee0002", "nowhere.py", 1)])
     inline, general = forge.bot_comments(7)
 
-    forge.update_comment(7, inline, f"edited {finding_marker('eeee0001')}")
-    forge.update_comment(7, general, f"edited too {finding_marker('eeee0002')}")
+    forge.update_comment(7, inline, f"edited\n{finding_marker('eeee0001')}")
+    forge.update_comment(7, general, f"edited too\n{finding_marker('eeee0002')}")
 
-    assert [c.body for c in fake.review_comments.values()] == [f"edited {finding_marker('eeee0001')}"]
-    assert [c.body for c in fake.issue_comments.values()] == [f"edited too {finding_marker('eeee0002')}"]
+    assert [c.body for c in fake.review_comments.values()] == [f"edited\n{finding_marker('eeee0001')}"]
+    assert [c.body for c in fake.issue_comments.values()] == [f"edited too\n{finding_marker('eeee0002')}"]
 
 
 def test_resolve_comment_resolves_the_thread_or_marks_a_pr_comment_outdated(
@@ -331,12 +332,12 @@ def test_a_secondary_rate_limit_on_the_review_is_waited_out_and_posted_once(
 def test_a_long_secondary_rate_limit_goes_back_to_the_caller(forge: GitHubForge, fake: FakeGitHub) -> None:
     fake.secondary_limit = 2
     summary = BotComment(
-        forge.upsert_summary(7, f"a {SUMMARY_MARKER}", None), None, "summary", None, "", False
+        forge.upsert_summary(7, f"a\n{SUMMARY_MARKER}", None), None, "summary", None, "", False
     )
-    forge.upsert_summary(7, f"b {SUMMARY_MARKER}", summary)
+    forge.upsert_summary(7, f"b\n{SUMMARY_MARKER}", summary)
 
     with pytest.raises(ForgeError) as error:
-        forge.upsert_summary(7, f"c {SUMMARY_MARKER}", summary)
+        forge.upsert_summary(7, f"c\n{SUMMARY_MARKER}", summary)
 
     assert error.value.retryable
     assert error.value.retry_after_s == 60
@@ -413,7 +414,48 @@ def test_acknowledge_a_reviewers_command(forge: GitHubForge, fake: FakeGitHub) -
 
     forge.acknowledge(7, str(command), ours.comment_id, "Noted: dismissed.")
 
-    assert fake.review_comments[command].reactions == {"eyes": 1}
+    assert fake.review_comments[command].reactions == [("reviewbot", "eyes")]
     [answer] = [c for c in fake.review_comments.values() if c.user == BOT and c.in_reply_to_id]
     assert answer.in_reply_to_id == int(ours.comment_id)
     assert answer.body == "Noted: dismissed."
+
+
+@pytest.mark.parametrize(
+    ("permission", "role"),
+    [
+        ("read", Role.GUEST),
+        ("triage", Role.REPORTER),
+        ("write", Role.DEVELOPER),
+        ("maintain", Role.MAINTAINER),
+        ("admin", Role.OWNER),
+    ],
+)
+def test_member_role_is_the_repository_permission(
+    forge: GitHubForge, fake: FakeGitHub, permission: str, role: Role
+) -> None:
+    fake.add_collaborator(REPO, "bo", permission)
+    assert forge.member_role("bo") is role
+
+
+def test_anyone_reads_a_public_repository_and_an_unknown_user_has_no_role(forge: GitHubForge) -> None:
+    assert forge.member_role("alice") is Role.GUEST
+    assert forge.member_role("nobody") is Role.NONE
+
+
+def test_reactions_are_polled_with_their_users(forge: GitHubForge, fake: FakeGitHub) -> None:
+    ours = fake.add_review_comment(
+        REPO, 7, BOT, "finding <!-- reviewbot:finding:ffffffffffffffff -->", "a.py"
+    )
+    quiet = fake.add_review_comment(
+        REPO, 7, BOT, "finding <!-- reviewbot:finding:eeeeeeeeeeeeeeee -->", "a.py"
+    )
+    fake.react(ours, "alice", "+1")
+    fake.react(ours, "bo", "-1")
+    fake.react(ours, "bo", "laugh")
+    polled, _ = forge.poll_feedback(7)
+    assert polled is not None
+    assert polled.reactions == {
+        str(ours): frozenset({("alice", "+1"), ("bo", "-1")}),
+        str(quiet): frozenset(),
+    }
+    assert fake.count("GET", f"/repos/{REPO}/pulls/comments/{quiet}/reactions") == 0  # no 👍/👎: not asked

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from bot.diff import FileStatus, parse_diff
+from bot.events import Role
 from bot.forges.base import SUMMARY_MARKER, BotComment, ForgeError, InlineComment, Placement, finding_marker
 from bot.forges.gitlab import GitLabForge
 from bot.models import Side
@@ -250,11 +251,13 @@ def test_bot_comments_are_the_bots_marked_notes_on_every_page(fake: FakeGitLab, 
     bot, alice = user(fake, "reviewbot"), user(fake, "alice")
     for n in range(25):
         fake.add_note(mr, alice, f"human note {n}")
-    fake.add_note(mr, alice, f"copied {finding_marker('ab' * 8)}", resolvable=True)  # a human quoting the bot
+    fake.add_note(
+        mr, alice, f"copied\n{finding_marker('ab' * 8)}", resolvable=True
+    )  # a human quoting the bot
     fake.add_note(mr, bot, "bot note without a marker")
-    first = fake.add_note(mr, bot, f"first {finding_marker('12345678')}", resolvable=True)
-    second = fake.add_note(mr, bot, f"second {finding_marker('abcdef0123456789')}", resolvable=True)
-    summary = fake.add_note(mr, bot, f"summary {SUMMARY_MARKER}")
+    first = fake.add_note(mr, bot, f"first\n{finding_marker('12345678')}", resolvable=True)
+    second = fake.add_note(mr, bot, f"second\n{finding_marker('abcdef0123456789')}", resolvable=True)
+    summary = fake.add_note(mr, bot, f"summary\n{SUMMARY_MARKER}")
     second.resolved = True
 
     found = forge.bot_comments(mr.iid)
@@ -272,24 +275,24 @@ def test_bot_comments_are_the_bots_marked_notes_on_every_page(fake: FakeGitLab, 
 def test_summary_is_created_then_edited_in_place(fake: FakeGitLab, forge: GitLabForge) -> None:
     mr = open_mr(fake)
 
-    note_id = forge.upsert_summary(mr.iid, f"3 findings {SUMMARY_MARKER}", None)
+    note_id = forge.upsert_summary(mr.iid, f"3 findings\n{SUMMARY_MARKER}", None)
     [existing] = forge.bot_comments(mr.iid)
-    again = forge.upsert_summary(mr.iid, f"1 finding {SUMMARY_MARKER}", existing)
+    again = forge.upsert_summary(mr.iid, f"1 finding\n{SUMMARY_MARKER}", existing)
 
     assert again == note_id == existing.comment_id
-    assert [n.body for _, n in mr.notes()] == [f"1 finding {SUMMARY_MARKER}"]
+    assert [n.body for _, n in mr.notes()] == [f"1 finding\n{SUMMARY_MARKER}"]
 
 
 def test_a_deleted_summary_is_posted_again(fake: FakeGitLab, forge: GitLabForge) -> None:
     mr = open_mr(fake)
-    forge.upsert_summary(mr.iid, f"old {SUMMARY_MARKER}", None)
+    forge.upsert_summary(mr.iid, f"old\n{SUMMARY_MARKER}", None)
     [existing] = forge.bot_comments(mr.iid)
     mr.discussions.clear()  # a maintainer deleted it
 
-    new_id = forge.upsert_summary(mr.iid, f"new {SUMMARY_MARKER}", existing)
+    new_id = forge.upsert_summary(mr.iid, f"new\n{SUMMARY_MARKER}", existing)
 
     assert new_id != existing.comment_id
-    assert [(str(n.id), n.body) for _, n in mr.notes()] == [(new_id, f"new {SUMMARY_MARKER}")]
+    assert [(str(n.id), n.body) for _, n in mr.notes()] == [(new_id, f"new\n{SUMMARY_MARKER}")]
 
 
 def test_update_and_resolve_a_finding(fake: FakeGitLab, forge: GitLabForge) -> None:
@@ -298,7 +301,7 @@ def test_update_and_resolve_a_finding(fake: FakeGitLab, forge: GitLabForge) -> N
     forge.post_review(ours, parse_diff(forge.diff(ours)), [finding("app.py", 5)])
     [comment] = forge.bot_comments(mr.iid)
 
-    forge.update_comment(mr.iid, comment, f"edited {finding_marker(comment.fingerprint or '')}")
+    forge.update_comment(mr.iid, comment, f"edited\n{finding_marker(comment.fingerprint or '')}")
     forge.resolve_comment(mr.iid, comment)
 
     [after] = forge.bot_comments(mr.iid)
@@ -417,3 +420,27 @@ def test_acknowledge_a_reviewers_command(fake: FakeGitLab, forge: GitLabForge) -
 
     assert command.awards == [(user(fake, "reviewbot"), "eyes")]
     assert [n.body for n in discussion.notes[2:]] == ["Noted: severity minor."] * 2
+
+
+@pytest.mark.parametrize(
+    ("level", "inherited", "role"),
+    [
+        (10, False, Role.GUEST),
+        (15, False, Role.GUEST),  # Planner: a guest who plans
+        (20, False, Role.REPORTER),
+        (30, True, Role.DEVELOPER),  # a member of the project's group
+        (40, False, Role.MAINTAINER),
+        (50, True, Role.OWNER),
+        (5, False, Role.NONE),  # Minimal Access
+    ],
+)
+def test_member_role_is_the_access_level_inherited_or_not(
+    fake: FakeGitLab, forge: GitLabForge, level: int, inherited: bool, role: Role
+) -> None:
+    fake.add_member(fake.projects[0], user(fake, "alice"), level, inherited=inherited)
+    assert forge.member_role("alice") is role
+
+
+def test_a_stranger_or_unknown_user_has_no_role(forge: GitLabForge) -> None:
+    assert forge.member_role("alice") is Role.NONE  # a user, not a member
+    assert forge.member_role("nobody") is Role.NONE

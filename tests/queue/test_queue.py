@@ -14,6 +14,7 @@ from bot.forges.base import Forge, ForgeError
 from bot.models import Project, Review, ReviewStatus
 from bot.queue import Queue
 from tests.support.db import session_scope
+from tests.support.secrets import project_row
 
 
 def failing_forge(retryable: bool):  # type: ignore[no-untyped-def]
@@ -25,7 +26,7 @@ def failing_forge(retryable: bool):  # type: ignore[no-untyped-def]
 
 def add_review(engine: sa.Engine, **fields: object) -> int:
     with session_scope(engine) as session:
-        project = Project(forge="gitlab", forge_url="http://forge.test", path="g/app", webhook_secret="s")
+        project = project_row("s", forge="gitlab", forge_url="http://forge.test", path="g/app")
         session.add(project)
         session.flush()
         review = Review(project_id=project.id, mr_number=3, head_sha="c" * 40, **fields)
@@ -146,3 +147,79 @@ def test_redis_down_is_a_clear_error(engine: sa.Engine) -> None:
     )
     with pytest.raises(Exception, match=r"(?i)connect"):
         queue.enqueue_review(1)
+
+
+class _Exploit:
+    """What an attacker who can write to Redis would queue against a pickling worker."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_the_worker_refuses_jobs_it_did_not_write(tmp_path: Path) -> None:
+    """A real worker on a real Redis queue: a pickle and a JSON job with a forged signature are refused
+    (and logged); the genuine job behind them runs."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import time
+
+    from bot import db
+    from bot.queue import make_huey
+    from bot.secrets import secret_box
+    from tests.support.secrets import SECRET_KEY, settings_with_key
+
+    queue_url, database_url = "redis://127.0.0.1:6379/12", f"sqlite:///{tmp_path}/bot.db"
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    settings = settings_with_key(database_url=database_url, queue_url=queue_url)
+    huey = make_huey(queue_url, secret_box(settings).queue_key())
+    huey.flush()
+    marker = tmp_path / "pwned"
+    huey.storage.enqueue(pickle.dumps(_Exploit(marker)))
+    forged = b'{"$":"message","v":["x","feedback",null,0,0,null,{"$":"tuple","v":[1,1,"x"]},{}]}'
+    huey.storage.enqueue(b"0" * 64 + b":" + forged)
+    review_id = add_review(engine)
+    Queue(settings, engine).enqueue_review(review_id)  # genuine: runs, and fails for want of a token
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GITLAB_TOKEN", "GITHUB_TOKEN")}
+    env.update(
+        REVIEWBOT_DATABASE_URL=database_url, REVIEWBOT_QUEUE_URL=queue_url, REVIEWBOT_SECRET_KEY=SECRET_KEY
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "worker", "--workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while review_row(engine, review_id).status != ReviewStatus.FAILED and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0]
+        huey.flush()
+    assert review_row(engine, review_id).status == ReviewStatus.FAILED, output
+    assert not marker.exists()
+    assert output.count("refused a queued job that this reviewbot did not write") == 2, output
+
+
+def test_jobs_round_trip_as_signed_json() -> None:
+    from bot.events import Signal, SignalKind
+    from bot.queue.codec import ForgedJob, SignedJsonSerializer
+
+    signal = Signal(SignalKind.SEVERITY, "minor", "ana", "e1", comment_id="5", mr_number=3)
+    data = (1, {"task": None, "$": 2}, [signal], datetime(2024, 1, 2, tzinfo=UTC))
+    serializer = SignedJsonSerializer(b"key")
+    raw = serializer.serialize(data)
+    assert b"ana" in raw  # JSON, readable; never a pickle
+    assert serializer.deserialize(raw) == data
+    with pytest.raises(ForgedJob):
+        SignedJsonSerializer(b"another key").deserialize(raw)
+    with pytest.raises(TypeError):
+        serializer.serialize(object())

@@ -25,6 +25,7 @@ from tests.support.db import session_scope
 from tests.support.fake_gitlab import FakeGitLab, MergeRequest, change
 from tests.support.fixtures import FIXTURES
 from tests.support.live_server import live_server
+from tests.support.secrets import project_row, settings_with_key
 from tests.support.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.vllm
@@ -83,15 +84,15 @@ def test_review_then_push(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     fake, url = gitlab
-    monkeypatch.setenv("TEST_GITLAB_TOKEN", "bot-token")
+    monkeypatch.setenv("REVIEWBOT_TOKEN_GITLAB", "bot-token")
     with session_scope(engine) as session:
         session.add(
-            Project(
-                forge="gitlab", forge_url=url, path="group/app", webhook_secret=SECRET,
-                token_env="TEST_GITLAB_TOKEN", bot_username="reviewbot", severity_threshold="trivial",
+            project_row(
+                SECRET, forge="gitlab", forge_url=url, path="group/app",
+                token_env="REVIEWBOT_TOKEN_GITLAB", bot_username="reviewbot", severity_threshold="trivial",
             )
         )  # fmt: skip
-    settings = load_settings(
+    settings = settings_with_key(
         student_base_url=vllm_server.base_url,
         student_model="tiny-student",
         queue_url=f"sqlite:///{tmp_path}/q.db",
@@ -104,7 +105,7 @@ def test_review_then_push(
         author=fake.users["alice-token"],
     )
 
-    with TestClient(create_app(engine, queue)) as client:
+    with TestClient(create_app(engine, queue, settings)) as client:
         first = deliver(client, mr, "open")
         run_jobs(queue)
         with Session(engine) as session:

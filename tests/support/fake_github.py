@@ -12,7 +12,9 @@ and point the client's ``base_url`` at it. It enforces the rules the bot must re
 - tokens map to users (unknown: 401); an App authenticates with a JWT (any signature is accepted)
   and gets installation tokens for its ``slug[bot]`` user, which ``GET /user`` refuses like GitHub;
 - more than ``secondary_limit`` content-creating requests in a minute answer 403 secondary rate limit;
-- ``fail()`` makes the next requests to a path answer 429, 5xx or 403 secondary rate limit.
+- ``fail()`` makes the next requests to a path answer 429, 5xx or 403 secondary rate limit;
+- a collaborator's permission is what ``add_collaborator`` gave; any other user reads (a public
+  repository); reactions are listed with their users.
 
 One rule of its own, stricter than GitHub: a review comment with the legacy ``position`` is refused.
 """
@@ -85,7 +87,7 @@ class ReviewComment:
     user: str
     commit_id: str
     in_reply_to_id: int | None = None
-    reactions: dict[str, int] = field(default_factory=dict)
+    reactions: list[tuple[str, str]] = field(default_factory=list)  # (login, content), oldest first
 
 
 @dataclass
@@ -95,7 +97,7 @@ class IssueComment:
     pr: int
     body: str
     user: str
-    reactions: dict[str, int] = field(default_factory=dict)
+    reactions: list[tuple[str, str]] = field(default_factory=list)  # (login, content), oldest first
 
 
 @dataclass
@@ -122,6 +124,7 @@ class FakeGitHub:
         self.graphql_page = graphql_page
         self.requests: list[Recorded] = []
         self.users: dict[str, str] = {}  # login -> type ("User" or "Bot")
+        self.permissions: dict[tuple[str, str], str] = {}  # (repo, login) -> role name; others read
         self.tokens: dict[str, str] = {}  # token -> login
         self.apps: dict[str, tuple[str, set[int]]] = {}  # app id -> (slug, installation ids)
         self.pulls: dict[tuple[str, int], PullRequest] = {}
@@ -142,6 +145,21 @@ class FakeGitHub:
         if token is not None:
             self.tokens[token] = login
         return login
+
+    def add_collaborator(self, repo: str, login: str, role: str) -> str:
+        """``login`` (added as a user) with ``role`` on ``repo``: read, triage, write, maintain or admin."""
+        self.add_user(login)
+        self.permissions[(repo, login)] = role
+        return login
+
+    def react(self, comment_id: int, login: str, content: str) -> None:
+        """``login`` reacts to a review comment; GitHub keeps one reaction of each content per user."""
+        reactions = self.review_comments[comment_id].reactions
+        if (login, content) not in reactions:
+            reactions.append((login, content))
+
+    def unreact(self, comment_id: int, login: str, content: str) -> None:
+        self.review_comments[comment_id].reactions.remove((login, content))
 
     def add_app(self, app_id: int, slug: str, installation_id: int) -> str:
         """Registers an App with one installation; returns its bot user's login."""
@@ -309,10 +327,31 @@ class FakeGitHub:
             if comment is None or comment.repo != f"{owner}/{name}":
                 return _not_found()
             content = (await request.json())["content"]
-            comment.reactions[content] = comment.reactions.get(content, 0) + 1
+            if (request.state.login, content) not in comment.reactions:
+                comment.reactions.append((request.state.login, content))
             return JSONResponse(
                 {"id": next(self._ids), "content": content, "user": _user_json(request.state.login)}, 201
             )
+
+        @app.get("/repos/{owner}/{name}/pulls/comments/{comment_id}/reactions")
+        async def reactions(request: Request, owner: str, name: str, comment_id: int) -> Response:
+            comment = self.review_comments.get(comment_id)
+            if comment is None or comment.repo != f"{owner}/{name}":
+                return _not_found()
+            items = [
+                {"id": index, "content": content, "user": _user_json(login), "created_at": _STAMP}
+                for index, (login, content) in enumerate(comment.reactions, 1)
+            ]
+            return _page(request, items)
+
+        @app.get("/repos/{owner}/{name}/collaborators/{login}/permission")
+        async def permission(request: Request, owner: str, name: str, login: str) -> Response:
+            del request
+            if login not in self.users:
+                return _error(404, f"{login} is not a user")
+            role = self.permissions.get((f"{owner}/{name}", login), "read")  # a public repository
+            legacy = {"maintain": "write", "triage": "read"}.get(role, role)
+            return JSONResponse({"permission": legacy, "role_name": role, "user": _user_json(login)})
 
         @app.post("/repos/{owner}/{name}/pulls/{number}/comments/{comment_id}/replies", status_code=201)
         async def reply(request: Request, owner: str, name: str, number: int, comment_id: int) -> Response:
@@ -380,7 +419,8 @@ class FakeGitHub:
             if comment is None or comment.repo != f"{owner}/{name}":
                 return _not_found()
             content = (await request.json())["content"]
-            comment.reactions[content] = comment.reactions.get(content, 0) + 1
+            if (request.state.login, content) not in comment.reactions:
+                comment.reactions.append((request.state.login, content))
             return JSONResponse(
                 {"id": next(self._ids), "content": content, "user": _user_json(request.state.login)}, 201
             )
@@ -586,7 +626,8 @@ def _pull_json(pr: PullRequest, base: str) -> dict[str, Any]:
 
 
 def _review_comment_json(c: ReviewComment, base: str) -> dict[str, Any]:
-    reactions = {key: c.reactions.get(key, 0) for key in ("+1", "-1", "laugh", "confused", "heart", "hooray")}
+    contents = [content for _, content in c.reactions]
+    reactions = {key: contents.count(key) for key in ("+1", "-1", "laugh", "confused", "heart", "hooray")}
     data: dict[str, Any] = {
         "id": c.id,
         "url": f"{base}/repos/{c.repo}/pulls/comments/{c.id}",

@@ -7,6 +7,8 @@ It keeps GitLab's rules that the bot must get right:
 - A ``text`` position needs the latest diff version's SHAs and GitLab's line rule: an added line
   takes ``new_line`` only, a removed line ``old_line`` only, a context line both, at numbers the
   latest diff shows; anything else gets ``400 {"message": {"line_code": ["can't be blank"]}}``.
+- Members: ``members/all`` holds the project's own members and those inherited from its group
+  (``add_member``), ``members`` only its own; anyone else is 404.
 - Lists are paginated like GitLab's (``page``/``per_page``, ``X-Page``, ``X-Next-Page``, ``X-Total``,
   ``Link``), 20 per page unless asked, 100 at most.
 
@@ -179,6 +181,8 @@ class Project:
     id: int
     path: str
     merge_requests: dict[int, MergeRequest] = field(default_factory=dict)
+    members: dict[int, int] = field(default_factory=dict)  # user id -> access level, its own members
+    inherited: dict[int, int] = field(default_factory=dict)  # user id -> access level, from its group
 
 
 @dataclass
@@ -215,6 +219,11 @@ class FakeGitLab:
         project = Project(next(self._ids), path)
         self.projects.append(project)
         return project
+
+    def add_member(self, project: Project, user: User, access_level: int, *, inherited: bool = False) -> User:
+        """``user`` a member of ``project`` at ``access_level`` (10 Guest … 50 Owner), or of its group."""
+        (project.inherited if inherited else project.members)[user.id] = access_level
+        return user
 
     def add_merge_request(
         self,
@@ -318,6 +327,24 @@ class FakeGitLab:
         async def current_user(request: Request) -> dict[str, Any]:
             user: User = request.state.user
             return user.api(_base_url(request))
+
+        @app.get("/api/v4/users")
+        async def users(request: Request) -> Response:
+            wanted = request.query_params.get("username")
+            found = [u for u in self.users.values() if wanted in (None, u.username)]
+            return _page(request, [u.api(_base_url(request)) for u in found], self.per_page)
+
+        @app.get("/api/v4/projects/{ref:path}/members/all/{user_id:int}")
+        @app.get("/api/v4/projects/{ref:path}/members/{user_id:int}")
+        async def member(request: Request, ref: str, user_id: int) -> Response:
+            project = self._project(ref)
+            levels = project.members
+            if "/members/all/" in request.url.path:
+                levels = {**project.inherited, **project.members}
+            user = next((u for u in self.users.values() if u.id == user_id), None)
+            if user is None or user_id not in levels:
+                raise NotFound("404 Not found")
+            return JSONResponse({**user.api(_base_url(request)), "access_level": levels[user_id]})
 
         @app.get(mrs)
         async def merge_request(request: Request, ref: str, iid: int) -> dict[str, Any]:

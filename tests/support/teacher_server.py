@@ -1,7 +1,9 @@
 """A test double of the hosted teacher: an OpenAI-compatible chat server that writes exams, grades
 them and judges explanations from the labelled synthetic task in ``severity_task`` (it knows the
 rule: a review's first word decides its severity). It reads the product's prompts the way a real
-teacher would — the JSON lines they hold — and aims new examples at the markers the student missed.
+teacher should: its task from the instructions outside the fenced data blocks, the material (JSON
+lines, the explanations to compare) from inside them, and it aims new examples at the markers the
+student missed.
 
 ``faults`` makes the next calls misbehave, in order: ``"invalid_json"``, ``"wrong_labels"``,
 ``"empty"``, ``"duplicates"``, ``"no_feedback"``, ``"http_500"``.
@@ -26,6 +28,18 @@ from tests.support.live_server import live_server
 from tests.support.severity_task import MARKERS, make_example
 
 MODEL = "teacher-test"
+# A fenced data block of prompts.data_block: a fence, its label, the body, the same fence alone.
+BLOCK = re.compile(r"^(`{3,})([^\n]*)\n(.*?)\n\1$", re.MULTILINE | re.DOTALL)
+
+
+def instructions(prompt: str) -> str:
+    """The prompt without its data blocks: what the teacher is asked to do."""
+    return BLOCK.sub("", prompt)
+
+
+def data_blocks(prompt: str) -> dict[str, str]:
+    """The prompt's data blocks, by label."""
+    return {match[2]: match[3] for match in BLOCK.finditer(prompt)}
 
 
 @dataclass
@@ -53,17 +67,16 @@ class Teacher:
         return items
 
     def exam(self, prompt: str) -> dict[str, Any]:
-        count = int(re.search(r"Write (\d+) new exam questions", prompt)[1])  # type: ignore[index]
+        count = int(re.search(r"Write (\d+) new exam questions", instructions(prompt))[1])  # type: ignore[index]
         return {"items": self._items(count)}
 
     def grade(self, prompt: str) -> dict[str, Any]:
-        results = [
-            json.loads(line) for line in prompt.splitlines() if line.startswith("{") and '"expected"' in line
-        ]
+        block = data_blocks(prompt)["data: exam results"]
+        results = [json.loads(line) for line in block.splitlines()]
         wrong = [r for r in results if r["correct"] is not True]
         self.weak_markers = sorted({r["question"]["review"].split()[0] for r in wrong})
         accuracy = 1 - len(wrong) / len(results) if results else 0.0
-        count = int(re.search(r'"examples", (\d+) new training examples', prompt)[1])  # type: ignore[index]
+        count = int(re.search(r'"examples", (\d+) new training examples', instructions(prompt))[1])  # type: ignore[index]
         mistakes = ", ".join(f"{m} ({MARKERS[m]})" for m in self.weak_markers if m in MARKERS) or "none"
         return {
             "score": max(1, min(10, 1 + round(9 * accuracy))),
@@ -72,8 +85,8 @@ class Teacher:
         }
 
     def preference(self, prompt: str) -> dict[str, Any]:
-        a = prompt.split("Explanation A:\n", 1)[1].split("\n\nExplanation B:", 1)[0]
-        b = prompt.split("Explanation B:\n", 1)[1].split("\n\nAnswer with JSON", 1)[0]
+        blocks = data_blocks(prompt)
+        a, b = blocks["data: explanation A"], blocks["data: explanation B"]
         return {"preferred": "tie" if len(a) == len(b) else ("A" if len(a) < len(b) else "B")}  # shorter wins
 
     def explain(self, prompt: str) -> dict[str, Any]:
@@ -81,10 +94,11 @@ class Teacher:
         return {"explanation": "A reference model's explanation of the issue."}
 
     def answer(self, prompt: str) -> tuple[int, Any]:
+        task = instructions(prompt)  # what a data block says is not the task
         kind = (
-            "exam" if "Write an exam" in prompt
-            else "grade" if "Grade the exam" in prompt
-            else "explain" if prompt.startswith("Task: explain")  # as the reference model
+            "exam" if "Write an exam" in task
+            else "grade" if "Grade the exam" in task
+            else "explain" if task.startswith("Task: explain")  # as the reference model
             else "preference"
         )  # fmt: skip
         with self.lock:

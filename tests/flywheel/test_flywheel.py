@@ -42,7 +42,7 @@ from flywheel.take import Attempt
 from tests.feedback.test_labels import add_finding
 from tests.support.db import session_scope
 from tests.support.scripted_server import Reply, Script, completion, scripted_server
-from tests.support.secrets import SECRET_KEY
+from tests.support.secrets import SECRET_KEY, settings_with_key
 from tests.support.severity_task import MARKERS, make_examples
 from tests.support.teacher_server import MODEL, Teacher, data_blocks, instructions, teacher_server
 from tests.support.tiny_model import TinyStudent
@@ -683,7 +683,7 @@ def one_round(
     with Session(engine) as session:
         data.store(session, SEVERITY, examples(8, seed=1), ExampleSource.FEEDBACK, split=ExampleSplit.HELDOUT)
     with scripted_server(Student(gold)) as student_url, teacher_server(Teacher()) as teacher_url:
-        yield load_settings(
+        yield settings_with_key(
             database_url=engine.url.render_as_string(hide_password=False),
             queue_url=f"sqlite:///{tmp_path / 'queue.db'}",
             student_base_url=student_url, student_model=BASE, student_weights=str(tiny_student.path),
@@ -788,7 +788,7 @@ def test_the_trainer_queue_starts_a_run_when_enough_feedback_arrived(
 ) -> None:
     from flywheel.jobs import TrainerQueue
 
-    settings = load_settings(
+    settings = settings_with_key(
         database_url=engine.url.render_as_string(hide_password=False),
         queue_url=f"sqlite:///{tmp_path / 'queue.db'}",
         teacher_base_url="http://127.0.0.1:1/v1",

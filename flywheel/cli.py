@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, col, select
 
-from bot.cli.common import Format, command_group, fail, open_engine
+from bot.cli.common import Format, FormatOption, command_group, fail, open_engine
 from bot.config import ConfigError
 from bot.llm import LLMError
 from bot.models import FlywheelRun, Task
@@ -42,6 +42,11 @@ FAILED = 1  # a run that failed, a promotion refused, nothing to act on; bad con
 class TrainedTask(StrEnum):
     SEVERITY = Task.SEVERITY.value
     EXPLANATION = Task.EXPLANATION.value
+
+
+TaskFilter = Annotated[
+    TrainedTask | None, typer.Option(metavar="TASK", help="Only this task: severity or explanation.")
+]
 
 
 def _when(value: datetime | None) -> str:
@@ -108,9 +113,7 @@ def _best(run: FlywheelRun) -> str:
 def status(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(metavar="N", min=1, help="Most recent runs shown.")] = 10,
-    output: Annotated[
-        Format, typer.Option("--format", metavar="table|json", help="Output format.")
-    ] = Format.TABLE,
+    output: FormatOption = Format.TABLE,
 ) -> None:
     """The latest flywheel runs: state, rounds, held-out scores, what they changed."""
     _, engine = open_engine(ctx)
@@ -214,12 +217,8 @@ def golden_add(
 @golden_app.command("list")
 def golden_list(
     ctx: typer.Context,
-    task: Annotated[
-        TrainedTask | None, typer.Option(metavar="TASK", help="Only this task: severity or explanation.")
-    ] = None,
-    output: Annotated[
-        Format, typer.Option("--format", metavar="table|json", help="Output format.")
-    ] = Format.TABLE,
+    task: TaskFilter = None,
+    output: FormatOption = Format.TABLE,
 ) -> None:
     """Every golden set version: task, version, size, source file, when it was added."""
     from flywheel import golden
@@ -239,12 +238,8 @@ def golden_list(
 @models_app.command("list")
 def list_models(
     ctx: typer.Context,
-    task: Annotated[
-        TrainedTask | None, typer.Option(metavar="TASK", help="Only this task: severity or explanation.")
-    ] = None,
-    output: Annotated[
-        Format, typer.Option("--format", metavar="table|json", help="Output format.")
-    ] = Format.TABLE,
+    task: TaskFilter = None,
+    output: FormatOption = Format.TABLE,
 ) -> None:
     """Every adapter version: task, status, held-out and golden scores, when it was made and promoted."""
     from flywheel.registry import golden_of, heldout_of, versions

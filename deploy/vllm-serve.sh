@@ -9,6 +9,8 @@
 #   SERVED_NAME        name clients use for the base model       (default: MODEL)
 #   HOST, PORT         listen address                             (default: 127.0.0.1:8000)
 #   MAX_LORA_RANK      largest adapter rank accepted              (default: 64)
+#   MAX_LORAS          adapters held in one batch at once         (default: 4; vLLM's own default, 1,
+#                      makes the severity, explanation and candidate adapters evict each other)
 #   MAX_MODEL_LEN      context length                             (default: 8192)
 #   LORA_MODULES       space-separated NAME=PATH adapters to load at start
 #   VLLM_API_KEY       require this bearer token from clients
@@ -25,7 +27,7 @@ fi
 args=(--model "$model" --served-model-name "${SERVED_NAME:-$model}"
       --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"
       --max-model-len "${MAX_MODEL_LEN:-8192}"
-      --enable-lora --max-lora-rank "${MAX_LORA_RANK:-64}"
+      --enable-lora --max-lora-rank "${MAX_LORA_RANK:-64}" --max-loras "${MAX_LORAS:-4}"
       # Compact JSON in structured answers: fewer tokens, and no whitespace loops from a weak model.
       --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}')
 if [ -n "${LORA_MODULES:-}" ]; then

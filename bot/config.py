@@ -114,7 +114,22 @@ class Settings(BaseSettings):
         50, ge=1, description="new labelled examples from reviewers that start a run (trainer queue)"
     )
     promotion_margin: float = Field(
-        0.02, ge=0, description="held-out gain over the active version a candidate needs to be promoted"
+        0.02,
+        ge=0,
+        description="gain over the model in use a candidate needs, as a lower confidence bound on the test "
+        "items: mean cost per item for severity (1 = one one-step under-rating), win rate otherwise; "
+        "also the golden-set regression allowed",
+    )
+    promotion_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="one-sided error level of the promotion gate's lower bound"
+    )
+    promotion_min_items: int = Field(
+        200, ge=1, description="test items below which nothing is promoted automatically"
+    )
+    severity_costs: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="cost of rating gold severity G as P, JSON cells over the default matrix, e.g. "
+        '{"critical": {"trivial": 20}} (flywheel.metrics.DEFAULT_COSTS)',
     )
 
     @field_validator("log_level", mode="before")

@@ -3,6 +3,7 @@ versions. Registered with the CLI through the ``reviewbot.commands`` entry point
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from enum import StrEnum
@@ -51,6 +52,24 @@ TaskFilter = Annotated[
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+SEVERITY_COLUMNS = ("cost", "macro-F1", "kappa", "recall crit/maj")
+
+
+def _severity_cells(figures: Any) -> tuple[str, str, str, str]:
+    """A score's harm-weighted metrics (``flywheel.metrics``) as table cells; blank without them."""
+    if not isinstance(figures, dict):
+        return "", "", "", ""
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float | int) else "-"
+
+    recall = figures.get("recall", {})
+    return (
+        cell(figures.get("cost")), cell(figures.get("macro_f1")), cell(figures.get("kappa")),
+        f"{cell(recall.get('critical'))}/{cell(recall.get('major'))}",
+    )  # fmt: skip
 
 
 @flywheel_app.command("run")
@@ -153,13 +172,14 @@ def report(
         fail(f"no flywheel run {run_id}; see `reviewbot flywheel status`", FAILED)
     path = plot_run(flywheel_run, output or Path(f"flywheel-run-{run_id}.png"))
     table = Table(
-        "round", "model", "held-out", "golden", "exam", "grade", "new", "curriculum", "loss", "seconds"
-    )
+        "round", "model", "dev", *SEVERITY_COLUMNS, "golden", "exam", "grade", "new", "curriculum", "loss",
+        "seconds",
+    )  # fmt: skip
     for r in flywheel_run.rounds:
         train: dict[str, Any] = r.get("train", {})
         loss, gold = train.get("loss"), r.get("golden")
         table.add_row(
-            str(r["round"]), r["model"], f"{r['heldout']:.3f}",
+            str(r["round"]), r["model"], f"{r['heldout']:.3f}", *_severity_cells(r.get("heldout_metrics")),
             f"{gold:.3f} (v{r['golden_version']})" if isinstance(gold, float | int) else "",
             f"{r['exam_score']:.0%}" if "exam_score" in r else "", str(r.get("teacher_score", "")),
             str(r.get("new_examples", "")), str(r.get("curriculum", "")),
@@ -250,16 +270,27 @@ def list_models(
     if output is Format.JSON:
         typer.echo(json.dumps([v.model_dump(mode="json") for v in rows], indent=2))
         return
-    table = Table("name", "task", "status", "held-out", "baseline", "golden", "created", "promoted")
+    table = Table(
+        "name", "task", "status", "dev", *SEVERITY_COLUMNS, "baseline", "golden", "test gain (bound)",
+        "created", "promoted",
+    )  # fmt: skip
     for v in rows:
         score, baseline, gold = heldout_of(v), v.metrics.get("baseline"), golden_of(v)
         table.add_row(
             v.adapter_name, v.task, v.status, f"{score:.3f}" if score is not None else "",
+            *_severity_cells(v.metrics.get("heldout_metrics")),
             f"{baseline:.3f}" if isinstance(baseline, float | int) else "",
-            f"{gold.value:.3f} (v{gold.version})" if gold else "",
+            f"{gold.value:.3f} (v{gold.version})" if gold else "", _test_cell(v.metrics.get("test")),
             _when(v.created_at), _when(v.promoted_at),
         )  # fmt: skip
     out.print(table)
+
+
+def _test_cell(test: Any) -> str:
+    """The gate's figures from the run's test part: the gain and its lower confidence bound."""
+    if not isinstance(test, dict):
+        return ""
+    return f"{test['gain']:.3f} ({test['gain_lower_bound']:.3f}) on {test['items']}"
 
 
 @models_app.command("promote")
@@ -267,21 +298,45 @@ def promote(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter version, e.g. severity-v7.")],
     force: Annotated[
-        bool, typer.Option(help="Skip the held-out and golden gates (REVIEWBOT_PROMOTION_MARGIN).")
+        bool, typer.Option(help="Skip the comparison with the model in use and the gate.")
     ] = False,
 ) -> None:
-    """Make NAME the version reviews use, if it beats the active one by the margin on the held-out set
-    and falls behind it by no more than the margin on the same golden set version."""
-    from flywheel.registry import PromotionRefused
+    """Make NAME the version reviews use, if the promotion gate passes.
+
+    NAME and the model in use, both served by vLLM, answer the test items of the run that made NAME
+    and the golden set; NAME must beat it beyond chance by REVIEWBOT_PROMOTION_MARGIN on at least
+    REVIEWBOT_PROMOTION_MIN_ITEMS items, keep its critical and major recall, and not regress on the
+    golden set by more than the margin.
+    """
+    from flywheel import gate
+    from flywheel.data import DataError
+    from flywheel.metrics import cost_matrix
+    from flywheel.registry import PromotionRefused, judge
     from flywheel.registry import promote as promote_version
 
     settings, engine = open_engine(ctx)
+    try:
+        costs = cost_matrix(settings.severity_costs)
+    except ValueError as exc:
+        fail(f"REVIEWBOT_SEVERITY_COSTS: {exc}")
     with Session(engine) as session:
         try:
-            version = promote_version(session, name, settings.promotion_margin, force=force)
-        except (LookupError, PromotionRefused) as exc:
+            verdict = (
+                None
+                if force
+                else asyncio.run(judge(settings, session, name, gate.Rule.from_settings(settings), costs))
+            )
+            version = promote_version(session, name, verdict, force=force)
+        except (LookupError, PromotionRefused, DataError) as exc:
             fail(str(exc), FAILED)
-    out.print(f"{version.adapter_name} is now the {version.task} model", highlight=False)
+        except LLMError as exc:
+            fail(
+                f"cannot compare {name} with the model in use: the models must be served by vLLM "
+                f"({exc}); --force skips the comparison",
+                FAILED,
+            )
+    says = f"{version.adapter_name} is now the {version.task} model"
+    out.print(says + (f": {verdict.reason}" if verdict else ""), highlight=False)
 
 
 @models_app.command("rollback")

@@ -1,10 +1,12 @@
 """The flywheel loop: exam → take → evaluate → curriculum → fine-tune → held-out evaluation, round
-after round, until the held-out score stops improving by ε for k rounds or a budget (rounds, wall
-time, teacher tokens) is spent. Every round is recorded on the run as it ends; at the end the best
-new adapter is promoted if it beats what the review pipeline uses by the margin on the held-out set
-and does not fall behind it by more than the margin on the admin's golden set (``golden``). A run
-without a golden set trains and registers its adapters but promotes none: reviewers' labels fill
-the held-out split, so that gate alone is one reviewers could move.
+after round, until the dev score stops improving by ε for k rounds or a budget (rounds, wall time,
+teacher tokens) is spent. The held-out set is split by example key (``gate.split_heldout``): its dev
+part scores round 0 and every round, and so chooses the best round and stops the run; its test part
+is answered once, at the end, by the best adapter and the model in use, and the ``gate`` decides on
+those paired answers (a lower confidence bound of the gain above the margin, enough items, no
+critical/major recall drop, no regression beyond the margin on the admin's golden set). Every round
+is recorded on the run as it ends. A run without a golden set trains and registers its adapters but
+promotes none: reviewers' labels fill the held-out split, so that gate alone is one reviewers could move.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,13 @@ from bot.config import ConfigError, Settings
 from bot.llm import LLMClient, check_teacher
 from bot.models import ExampleSource, ExampleSplit, FlywheelRun, RunStatus, Task
 from bot.serving import load_missing_adapters, served_models
-from flywheel import data, golden, registry
+from flywheel import data, gate, golden, registry
 from flywheel.curriculum import build_curriculum
 from flywheel.data import Example
 from flywheel.evaluate import Grade, Score, grade_exam, score
 from flywheel.exam import Exam, write_exam
 from flywheel.finetune import Chat, FinetuneConfig, FinetuneResult, finetune, read_result, write_job
+from flywheel.metrics import Costs, cost_matrix
 from flywheel.spec import TaskSpec, spec_for
 from flywheel.take import Attempt, take_exam
 
@@ -57,7 +60,8 @@ class Plan:
     new_examples: int
     epsilon: float
     patience: int
-    margin: float
+    rule: gate.Rule
+    costs: Costs  # severity's cost matrix
     heldout_share: float
     finetune: FinetuneConfig
     seed_files: tuple[Path, ...] = ()
@@ -84,6 +88,10 @@ class Plan:
                 f"fine-tuning needs {', '.join(missing)}: install the trainer's extra, "
                 "pip install 'reviewbot[train]' (or set REVIEWBOT_FINETUNE_LAUNCHER to a Python that has it)"
             )
+        try:
+            costs = cost_matrix(settings.severity_costs)
+        except ValueError as exc:
+            raise ConfigError(f"REVIEWBOT_SEVERITY_COSTS: {exc}") from None
         if tuning.rank > settings.max_lora_rank:
             raise ConfigError(
                 f"REVIEWBOT_FINETUNE: rank {tuning.rank} is above REVIEWBOT_MAX_LORA_RANK "
@@ -98,7 +106,8 @@ class Plan:
             new_examples=settings.flywheel_new_examples,
             epsilon=settings.flywheel_epsilon,
             patience=settings.flywheel_patience,
-            margin=settings.promotion_margin,
+            rule=gate.Rule.from_settings(settings),
+            costs=costs,
             heldout_share=settings.flywheel_heldout_share,
             finetune=tuning,
             seed_files=tuple(seed_files),
@@ -148,13 +157,23 @@ def timed(timings: dict[str, float], step: str) -> Iterator[None]:
 
 
 def round_zero(
-    model: str, score: Score, gold: Score | None = None, golden_version: int | None = None
+    model: str, score: Score, gold: Score | None = None, golden_version: int | None = None, test_size: int = 0
 ) -> dict[str, Any]:
-    """The run's first entry: the model in use when it began, on the held-out and golden sets."""
+    """The run's first entry: the model in use when it began, on the dev part of the held-out set
+    (``heldout``) and on the golden set; the sizes of the dev and test parts."""
     return {
         "round": 0, "model": model, "heldout": score.value, "detail": score.summary(),
         "golden": gold.value if gold else None, "golden_version": golden_version,
+        **severity_figures(score, gold), "split": {"dev": len(score.verdicts), "test": test_size},
     }  # fmt: skip
+
+
+def severity_figures(held: Score, gold: Score | None) -> dict[str, Any]:
+    """The harm-weighted metrics (``metrics``) of a dev and a golden score, when the task has them."""
+    return {
+        "heldout_metrics": held.severity.to_json() if held.severity else None,
+        "golden_metrics": gold.severity.to_json() if gold and gold.severity else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,7 @@ class RoundRecord:
     timings: dict[str, float]  # seconds per step
     golden: float | None = None  # the adapter's score on the golden set, when the run has one
     golden_version: int | None = None  # that golden set's version
+    figures: dict[str, Any] = field(default_factory=dict)  # severity_figures() of the round's scores
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -224,6 +244,7 @@ class RoundRecord:
             "timings": {step: round(seconds, 2) for step, seconds in self.timings.items()},
             "golden": self.golden,
             "golden_version": self.golden_version,
+            **self.figures,
         }
 
 
@@ -240,6 +261,7 @@ class Flywheel:
         self.baseline_model = ""  # the model in use when the run began: set by round 0
         self.golden: golden.Golden | None = None  # the newest golden set when the run began
         self.golden_baseline: Score | None = None  # the model in use on it: set by round 0
+        self.judges: list[Example] = []  # dev, test and golden items: their near-copies are never trained on
         self.teacher_model = settings.teacher_model or ""
         self.base_weights = settings.student_weights or settings.student_model
         self.adapters_dir = settings.flywheel_dir / "adapters"
@@ -269,17 +291,18 @@ class Flywheel:
     async def _run(self, teacher: LLMClient) -> str:
         started = time.monotonic()
         async with teacher, LLMClient.student(self.settings) as student:
-            heldout = self._prepare_data()
+            heldout, test = self._prepare_data()
             self.golden = self._golden_set()
+            self.judges = [*heldout, *test, *(self.golden.examples if self.golden else [])]
             await load_missing_adapters(self.engine, student)
             self.baseline_model = served_models(self.settings, self.engine)[self.plan.task]
             baseline = await self._heldout_score(student, teacher, self.baseline_model, heldout)
             self.golden_baseline = await self._golden_score(student, teacher, self.baseline_model)
             version = self.golden.version if self.golden else None
-            self._record(round_zero(self.baseline_model, baseline, self.golden_baseline, version))
+            self._record(round_zero(self.baseline_model, baseline, self.golden_baseline, version, len(test)))
             self.report.say(
                 f"round 0: {self.baseline_model} scores {baseline.value:.3f} "
-                f"on {len(heldout)} held-out examples{self._on_golden(self.golden_baseline)}"
+                f"on {len(heldout)} dev examples{self._on_golden(self.golden_baseline)}"
             )
             scores, last, best = [baseline.value], None, None
             for number in range(1, self.plan.max_rounds + 1):
@@ -297,7 +320,7 @@ class Flywheel:
                         f"in {self.plan.patience} rounds"
                     )
                     break
-            return self._promote_best(best, baseline.value)
+            return await self._promote_best(student, teacher, best, test)
 
     async def _round(
         self,
@@ -335,6 +358,7 @@ class Flywheel:
             curriculum=len(curriculum), heldout=held.value, detail=held.summary(),
             train=TrainStats.of(trained), teacher_tokens=self.teacher_tokens, timings=timings,
             golden=gold.value if gold else None, golden_version=self.golden.version if self.golden else None,
+            figures=severity_figures(held, gold),
         )  # fmt: skip
         self._record(record.to_json())
         return record
@@ -416,7 +440,7 @@ class Flywheel:
                 run_id=self.run_id, round_number=number,
             )  # fmt: skip
         excluded = {e.key for e in heldout} | self._golden_keys  # never trained on what judges it
-        curriculum = build_curriculum(known.train, grade.new.examples, excluded)
+        curriculum = build_curriculum(known.train, grade.new.examples, excluded, judges=self.judges)
         data.write_jsonl(round_dir / "curriculum.jsonl", curriculum)
         return curriculum
 
@@ -453,7 +477,7 @@ class Flywheel:
             "heldout": held.value, "heldout_size": len(heldout),
             "baseline": baseline.value, "baseline_model": self.baseline_model,
             "run_id": self.run_id, "round": number, "train_loss": TrainStats.of(trained).loss,
-            **self._golden_metrics(gold),
+            **self._golden_metrics(gold), **severity_figures(held, gold),
         }  # fmt: skip
         with Session(self.engine) as session:
             row = session.merge(version)
@@ -467,8 +491,9 @@ class Flywheel:
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _prepare_data(self) -> list[Example]:
-        """Store reviewers' feedback and the given files as examples; return the held-out set."""
+    def _prepare_data(self) -> tuple[list[Example], list[Example]]:
+        """Store reviewers' feedback and the given files as examples; return the held-out set's
+        dev and test parts."""
         with Session(self.engine) as session:
             added = data.store(
                 session, self.spec, data.feedback_examples(self.engine, self.spec), ExampleSource.FEEDBACK,
@@ -493,12 +518,19 @@ class Flywheel:
                 f"no held-out {self.spec.task} examples to judge a new adapter by: collect reviewers' "
                 "feedback, or give a file with --heldout (or --seed, of which a share is held out)"
             )
+        dev, test = gate.split_heldout(known.heldout)
+        if not dev or not test:
+            raise data.DataError(
+                f"{len(known.heldout)} held-out {self.spec.task} examples cannot be split into a dev part "
+                "to choose a round by and a test part to promote by: give more (--heldout or --seed)"
+            )
         data.write_jsonl(self.run_dir / "heldout.jsonl", known.heldout)
+        data.write_jsonl(self.run_dir / registry.TEST_FILE, test)
         self.report.say(
-            f"data: {added} new examples stored; "
-            f"{len(known.train)} for training, {len(known.heldout)} held out"
+            f"data: {added} new examples stored; {len(known.train)} for training, "
+            f"{len(known.heldout)} held out ({len(dev)} dev, {len(test)} test)"
         )
-        return known.heldout
+        return dev, test
 
     def _golden_set(self) -> golden.Golden | None:
         """Store the ``--heldout`` files, together, as the task's newest golden set (the same files
@@ -560,8 +592,9 @@ class Flywheel:
     ) -> Score:
         attempts = await self._answer(student, model, heldout, f"{label}: {model}")
         result = await score(
-            self.spec, attempts, teacher, self.teacher_model, random.Random(1), self.settings.reference_model
-        )
+            self.spec, attempts, teacher, self.teacher_model, random.Random(1), self.settings.reference_model,
+            self.plan.costs,
+        )  # fmt: skip
         self.teacher_tokens += result.teacher_tokens
         return result
 
@@ -628,33 +661,39 @@ class Flywheel:
             session.refresh(run)
             return run
 
-    def _promote_best(self, best: RoundRecord | None, baseline: float) -> str:
+    async def _promote_best(
+        self, student: LLMClient, teacher: LLMClient, best: RoundRecord | None, test: list[Example]
+    ) -> str:
         if best is None:
             outcome = f"no round ran; {self.baseline_model} stays"
-        elif self.golden is None or self.golden_baseline is None:
+        elif self.golden is None or self.golden_baseline is None or best.golden is None:
             outcome = (
                 f"{self.baseline_model} stays, {best.model} is registered but not promoted: "
                 f"{golden.missing_message(self.plan.task)}"
             )
         else:
-            outcome = self._promote(best, baseline, self.golden, self.golden_baseline)
+            scores = [await self._heldout_score(student, teacher, m, test, "test examples")
+                      for m in (best.model, self.baseline_model)]  # fmt: skip
+            gold = gate.GoldenScores(self.golden.version, best.golden, self.golden_baseline.value)
+            verdict = gate.judge(
+                (best.model, scores[0]), (self.baseline_model, scores[1]), self.plan.rule, gold
+            )
+            outcome = self._promote(best.model, verdict)
         self.report.say(outcome)
         return outcome
 
-    def _promote(self, best: RoundRecord, baseline: float, gold: golden.Golden, gold_baseline: Score) -> str:
-        """Promote ``best`` if it passes both gates against the model in use, as round 0 measured it."""
-        reference = registry.GoldenScore(gold_baseline.value, gold.version, self.baseline_model)
+    def _promote(self, name: str, verdict: gate.Verdict) -> str:
+        """Record the test verdict on the candidate, and promote it if the verdict passed."""
         with Session(self.engine) as session:
+            version = registry.find(session, name)
+            version.metrics = {**version.metrics, "test": {**verdict.figures, "passed": verdict.passed}}
+            session.add(version)
+            session.commit()
             try:
-                registry.promote(
-                    session, best.model, self.plan.margin, reference=baseline, golden_reference=reference
-                )
+                registry.promote(session, name, verdict)
             except registry.PromotionRefused as exc:
                 return f"{self.baseline_model} stays: {exc}"
-        return (
-            f"promoted {best.model}: held-out {best.heldout:.3f}, was {baseline:.3f}; golden set "
-            f"v{gold.version} {best.golden:.3f}, was {gold_baseline.value:.3f} ({self.baseline_model})"
-        )
+        return f"promoted {name}: {verdict.reason}"
 
 
 def run_flywheel(

@@ -3,7 +3,9 @@ a split decided once (a held-out example stays held out), written as JSONL for e
 
 An example is ``{"question": {...}, "answer": {...}, "difficulty": 1-5 (optional), "meta": {...}}``,
 the format of ``reviewbot feedback export``. Its key is a digest of its question, so the same
-question is one example however often it is seen.
+question is one example however often it is seen. Its split is decided by its group
+(``group_key``), blind to line numbers, so a finding re-posted with shifted lines lands on the same
+side as its first copy.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlmodel import Session, col, select
 from bot.feedback.labels import LabelState, labelled_findings, severity_examples
 from bot.llm import validation_problems
 from bot.models import ExampleSource, ExampleSplit, Task, TrainingExample
+from flywheel.dedupe import line_blind_text
 from flywheel.spec import TaskSpec
 
 # Reviewers' and models' texts reach the teacher cut to these lengths (and inside data blocks, see
@@ -42,6 +45,14 @@ def question_key(question: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(normal, ensure_ascii=False).encode()).hexdigest()[:32]
 
 
+def group_key(question: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """What decides an example's split: a reviewer's finding's fingerprint (its path, anchored code
+    and review: stable when a push shifts lines), else its question read blind to line numbers."""
+    fingerprint = meta.get("fingerprint")
+    identity = f"finding {fingerprint}" if fingerprint else f"question {line_blind_text(question)}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class Example:
     question: dict[str, Any]
@@ -52,6 +63,10 @@ class Example:
     @property
     def key(self) -> str:
         return question_key(self.question)
+
+    @property
+    def group(self) -> str:
+        return group_key(self.question, self.meta)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"question": self.question, "answer": self.answer}
@@ -113,14 +128,15 @@ def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
 
 
 def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
-    """Labelled examples from reviewers' feedback: confirmed and corrected findings."""
+    """Labelled examples from reviewers' feedback: findings whose severity a ``/severity`` command
+    confirmed or corrected (a 👍 or an addressing push judges no severity, nor endorses an explanation)."""
     findings = list(labelled_findings(engine))
     if spec.task == Task.SEVERITY:
         return [
             parse_example(spec, value, f"finding {value['meta']['finding_id']}")
             for value in severity_examples(findings)
         ]
-    # A confirmed finding endorses its explanation too; a corrected one's explanation argued a wrong severity.
+    # An explicitly confirmed finding endorses its explanation too; a corrected one's argued a wrong severity.
     return [
         parse_example(
             spec,
@@ -131,7 +147,11 @@ def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
                     "issue_type": i.finding.severity,
                 },
                 "answer": {"explanation": i.finding.explanation},
-                "meta": {"finding_id": i.finding.id, "model_version": i.finding.model_version},
+                "meta": {
+                    "finding_id": i.finding.id,
+                    "fingerprint": i.finding.fingerprint,
+                    "model_version": i.finding.model_version,
+                },
             },
             f"finding {i.finding.id}",
         )
@@ -176,7 +196,7 @@ def complaints(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def split_for(key: str, heldout_share: float) -> ExampleSplit:
-    """Decided by the key alone, so an example lands in the same split on every machine and run."""
+    """Decided by the (group) key alone, so an example lands in the same split on every machine and run."""
     return ExampleSplit.HELDOUT if int(key[:8], 16) / 0xFFFFFFFF < heldout_share else ExampleSplit.TRAIN
 
 
@@ -192,12 +212,12 @@ def store(
     round_number: int | None = None,
 ) -> int:
     """Add the examples not stored yet; returns how many were new. The split is ``split`` if given,
-    else by key for reviewers' and seed data, and train for the teacher's (it saw the answers).
+    train for the teacher's (it saw the answers), else that of the example's group when one of the
+    group is stored (held out if any is), else by group key.
     A reviewer's later correction of a stored example replaces its answer."""
-    existing = {
-        row.key: row
-        for row in session.exec(select(TrainingExample).where(TrainingExample.task == spec.task.value)).all()
-    }
+    rows = session.exec(select(TrainingExample).where(TrainingExample.task == spec.task.value)).all()
+    existing = {row.key: row for row in rows}
+    sides = _group_sides(rows)
     added = 0
     for example in examples:
         row = existing.get(example.key)
@@ -206,9 +226,14 @@ def store(
                 row.answer, row.meta = example.answer, example.meta
                 session.add(row)
             continue
-        chosen = split or (
-            ExampleSplit.TRAIN if source == ExampleSource.TEACHER else split_for(example.key, heldout_share)
-        )
+        chosen: str
+        if split is not None:
+            chosen = split
+        elif source == ExampleSource.TEACHER:
+            chosen = ExampleSplit.TRAIN
+        else:
+            chosen = sides.get(example.group) or split_for(example.group, heldout_share)
+        sides.setdefault(example.group, chosen)
         row = TrainingExample(
             task=spec.task.value,
             key=example.key,
@@ -226,6 +251,17 @@ def store(
         added += 1
     session.commit()
     return added
+
+
+def _group_sides(rows: Iterable[TrainingExample]) -> dict[str, str]:
+    """The split of each stored group: held out if any of its examples is (rows stored before splits
+    went by group may sit on both sides)."""
+    sides: dict[str, str] = {}
+    for row in rows:
+        group = group_key(row.question, row.meta)
+        if sides.get(group) != ExampleSplit.HELDOUT:
+            sides[group] = row.split
+    return sides
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Step 3: grading. The code scores classification answers (exact match); the teacher judges
-explanations pairwise against a reference, as in the seed. The teacher then grades the exam as a
-whole — a proficiency score 1–10, feedback on the weaknesses, and new examples aimed at them."""
+"""Step 3: grading. The code scores classification answers (exact match, and for severity the
+harm-weighted ``metrics``); the teacher judges explanations pairwise against a reference, as in the
+seed. The teacher then grades the exam as a whole — a proficiency score 1–10, feedback on the
+weaknesses, and new examples aimed at them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.llm import LLMClient, LLMError
+from bot.models import Task
 from flywheel.data import Example, clipped
 from flywheel.exam import DATA_SAMPLE, Items, TeacherError, ask_in_parts, items_of, parse_items, parts, sample
+from flywheel.metrics import Costs, SeverityMetrics, item_cost, severity_metrics
 from flywheel.spec import TaskSpec
 from flywheel.take import Attempt
 from prompts import render
@@ -31,6 +34,9 @@ class Score:
     by_label: dict[str, tuple[int, int]] = field(default_factory=dict)  # expected label -> (right, total)
     failed: int = 0  # calls that got no answer
     teacher_tokens: int = 0
+    keys: list[str] = field(default_factory=list)  # per attempt, the example's key: the gate pairs by it
+    losses: list[float] = field(default_factory=list)  # per attempt: its cost (severity), else 1 - verdict
+    severity: SeverityMetrics | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -41,19 +47,28 @@ class Score:
         }
 
 
-def accuracy(attempts: Sequence[Attempt]) -> Score:
+def accuracy(attempts: Sequence[Attempt], costs: Costs | None = None) -> Score:
+    """Exact match, per label; with ``costs`` (severity), the harm-weighted metrics and losses."""
     verdicts = [WIN if a.correct else LOSS for a in attempts]
     by_label: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for attempt, verdict in zip(attempts, verdicts, strict=True):
         label = str(next(iter(attempt.example.answer.values())))
         by_label[label][0] += int(verdict)
         by_label[label][1] += 1
+    pairs = [(_label(a.example.answer), _label(a.answer) if a.answer else None) for a in attempts]
     return Score(
         sum(verdicts) / len(verdicts) if verdicts else 0.0,
         verdicts,
         {label: (right, total) for label, (right, total) in by_label.items()},
         sum(a.answer is None for a in attempts),
+        keys=[a.example.key for a in attempts],
+        losses=[item_cost(costs, g, p) for g, p in pairs] if costs else [WIN - v for v in verdicts],
+        severity=severity_metrics(pairs, costs) if costs else None,
     )
+
+
+def _label(answer: dict[str, Any]) -> str:
+    return str(next(iter(answer.values())))
 
 
 async def preference(
@@ -83,6 +98,8 @@ async def preference(
         verdicts,
         failed=sum(a.answer is None for a in attempts),
         teacher_tokens=sum(tokens for _, tokens in judged),
+        keys=[a.example.key for a in attempts],
+        losses=[WIN - v for v in verdicts],
     )
 
 
@@ -112,11 +129,13 @@ async def score(
     teacher_model: str,
     rng: random.Random,
     reference_model: str | None = None,
+    costs: Costs | None = None,
 ) -> Score:
-    """The task's measure: accuracy by the code, or the teacher's pairwise preference against the
-    examples' answers (or, with ``reference_model``, against that model's answers)."""
+    """The task's measure: accuracy by the code (with severity's ``costs``), or the teacher's
+    pairwise preference against the examples' answers (or, with ``reference_model``, against that
+    model's answers)."""
     if spec.classification:
-        return accuracy(attempts)
+        return accuracy(attempts, costs if spec.task == Task.SEVERITY else None)
     if teacher is None:
         raise LLMError(f"the {spec.task} task is judged by the teacher, and none is configured")
     if reference_model:

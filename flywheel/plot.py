@@ -21,7 +21,7 @@ def plot_run(run: FlywheelRun, out: Path) -> Path:
         axes.axhline(baseline["heldout"], color="grey", linestyle="--", label=f"before: {baseline['model']}")
     numbers = [r["round"] for r in rounds]
     held = [r for r in run.rounds if "heldout" in r]  # round 0 too: where the run started from
-    axes.plot([r["round"] for r in held], [r["heldout"] for r in held], "o-", label="held-out score")
+    axes.plot([r["round"] for r in held], [r["heldout"] for r in held], "o-", label="dev score (held-out)")
     gold = [r for r in run.rounds if r.get("golden") is not None]  # runs with a golden set
     if gold:
         label = f"golden set v{gold[0]['golden_version']}"

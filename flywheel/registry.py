@@ -2,29 +2,40 @@
 serve stale prefix-cache blocks after an adapter is reloaded under the same name), is loaded into the
 running vLLM, and becomes the one the review pipeline uses for its task only when promoted.
 
-The promotion gates: a candidate's held-out score must beat the active version's (or, with none
-active, the base model's, measured when the candidate was evaluated) by a margin; and, since
-reviewers' labels can move that held-out set, its score on the admin's golden set (``golden``) must
-not fall below the model in use's, on the same golden version, by more than the margin.
+Promotion follows the ``gate``'s verdict, made from both models' answers on the same items: a run's
+test part at the end of the run, or, for ``models promote``, fresh answers through vLLM (``judge``)
+on that run's test items and the admin's golden set. Scores recorded on different sets are never
+compared.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from bot.config import Settings
 from bot.llm import LLMClient
 from bot.models import ModelStatus, ModelVersion, Task, utcnow
+from flywheel import data, gate, golden
+from flywheel.data import Example
+from flywheel.evaluate import Score, score
 from flywheel.finetune import check_vllm_compatible
+from flywheel.metrics import Costs
+from flywheel.spec import TaskSpec, spec_for
+from flywheel.take import take_exam
+
+TEST_FILE = "test.jsonl"  # a run's test items, in its folder
 
 
 class PromotionRefused(ValueError):
-    """The candidate does not pass a gate; the message gives the scores and what to do."""
+    """The candidate does not pass the gate; the message gives the figures and what to do."""
 
 
 @dataclass(frozen=True)
@@ -101,93 +112,75 @@ def golden_of(version: ModelVersion) -> GoldenScore | None:
 
 
 def promote(
-    session: Session,
-    name: str,
-    margin: float,
-    *,
-    force: bool = False,
-    reference: float | None = None,
-    golden_reference: GoldenScore | None = None,
+    session: Session, name: str, verdict: gate.Verdict | None = None, *, force: bool = False
 ) -> ModelVersion:
-    """Make ``name`` the version its task uses; the one active before is retired. ``reference`` and
-    ``golden_reference`` are the model in use's held-out and golden scores, measured on the same sets
-    (a flywheel run's round 0); without them, the recorded scores decide (``_reference``,
-    ``_golden_reference``). ``force`` skips both gates."""
+    """Make ``name`` the version its task uses; the one active before is retired. ``verdict`` is the
+    gate's, from both models scored on the same items (a run's test part, or ``judge``); ``force``
+    skips it."""
+    version = find(session, name)
+    if version.status == ModelStatus.ACTIVE:
+        return version
+    if not force:
+        if verdict is None:
+            raise PromotionRefused(f"{name} was not compared with the model in use; use --force to skip")
+        if not verdict.passed:
+            raise PromotionRefused(verdict.reason)
+    return _activate(session, version, active_version(session, Task(version.task)))
+
+
+def find(session: Session, name: str) -> ModelVersion:
     version = session.exec(select(ModelVersion).where(ModelVersion.adapter_name == name)).first()
     if version is None:
         raise LookupError(f"no model version named {name!r}; see `reviewbot models list`")
-    if version.status == ModelStatus.ACTIVE:
-        return version
-    current = active_version(session, Task(version.task))
-    if not force:
-        _check_gate(version, margin, *_reference(version, current, reference))
-        _check_golden(version, margin, golden_reference or _golden_reference(version, current))
-    return _activate(session, version, current)
+    return version
 
 
-def _reference(
-    candidate: ModelVersion, current: ModelVersion | None, given: float | None
-) -> tuple[float | None, str]:
-    """The score the candidate must beat and whose it is: ``given`` (the model in use, measured by
-    the run), else the active version's, else the base model's as measured beside the candidate."""
-    if given is not None:
-        return given, f"the model in use ({current.adapter_name if current else 'base'})"
-    if current is not None:
-        return heldout_of(current), f"the active {current.adapter_name}"
-    baseline = candidate.metrics.get("baseline")
-    score = float(baseline) if isinstance(baseline, int | float) else None
-    return score, f"the base model {candidate.metrics.get('baseline_model', '')}".rstrip()
-
-
-def _check_gate(candidate: ModelVersion, margin: float, reference: float | None, against: str) -> None:
-    """Raise PromotionRefused unless the candidate's held-out score beats ``reference`` by ``margin``
-    (with no reference to beat, any score passes)."""
-    name, score = candidate.adapter_name, heldout_of(candidate)
-    if score is None:
-        raise PromotionRefused(f"{name} has no held-out score; evaluate it first or use --force")
-    if reference is not None and score < reference + margin:
-        raise PromotionRefused(
-            f"{name} scores {score:.3f} on the held-out set; {against} scores {reference:.3f}, "
-            f"and promotion needs {reference + margin:.3f} (margin {margin:g})"
+async def judge(
+    settings: Settings, session: Session, name: str, rule: gate.Rule, costs: Costs
+) -> gate.Verdict:
+    """A manual promotion's gate: ``name`` and the model in use, both served by vLLM, answer the
+    test items of the run that made ``name`` (the golden set when that file is gone) and the golden
+    set, and the same gate as a run's decides."""
+    version = find(session, name)
+    task = Task(version.task)
+    gold = golden.newest(session, task)
+    if gold is None:
+        raise PromotionRefused(f"{golden.missing_message(task)}, or use --force")
+    current = active_version(session, task)
+    in_use = current.adapter_name if current else settings.student_model
+    test_file = settings.flywheel_dir / "runs" / str(version.metrics.get("run_id")) / TEST_FILE
+    spec = spec_for(task)
+    items = data.read_jsonl(test_file, spec) if test_file.is_file() else gold.examples
+    async with AsyncExitStack() as stack:
+        student = await stack.enter_async_context(LLMClient.student(settings))
+        teacher = (
+            await stack.enter_async_context(LLMClient.teacher(settings))
+            if settings.teacher_base_url
+            else None
         )
+        scores = [
+            await _measure(student, teacher, settings, spec, model, examples, costs)
+            for model in (name, in_use)
+            for examples in (items, gold.examples)
+        ]
+    golden_scores = gate.GoldenScores(gold.version, scores[1].value, scores[3].value)
+    return gate.judge((name, scores[0]), (in_use, scores[2]), rule, golden_scores)
 
 
-def _golden_reference(candidate: ModelVersion, current: ModelVersion | None) -> GoldenScore | None:
-    """The model in use's golden score: measured beside the candidate, if the model in use then is
-    still in use; else the active version's own recorded score."""
-    measured, version = candidate.metrics.get("golden_baseline"), candidate.metrics.get("golden_version")
-    baseline_model = str(candidate.metrics.get("baseline_model") or "the base model")
-    then_in_use = current is None or baseline_model == current.adapter_name
-    if then_in_use and isinstance(measured, int | float) and isinstance(version, int):
-        return GoldenScore(float(measured), version, baseline_model)
-    return golden_of(current) if current is not None else None
-
-
-def _check_golden(candidate: ModelVersion, margin: float, reference: GoldenScore | None) -> None:
-    """Raise PromotionRefused unless the candidate's golden score is at most ``margin`` below the
-    model in use's, both measured on the same version of the golden set."""
-    name, score = candidate.adapter_name, golden_of(candidate)
-    if score is None:
-        raise PromotionRefused(
-            f"{name} has no golden held-out score: add a golden set (`reviewbot flywheel golden add`) "
-            "and train with it, or use --force"
-        )
-    if reference is None:
-        raise PromotionRefused(
-            f"{name} scores {score.value:.3f} on golden set v{score.version}, and the model in use has no "
-            "golden score to compare with; a flywheel run scores it, or use --force"
-        )
-    if reference.version != score.version:
-        raise PromotionRefused(
-            f"{name} was scored on golden set v{score.version} and {reference.model} on "
-            f"v{reference.version}: the scores are not comparable; run the flywheel again, or use --force"
-        )
-    if score.value < reference.value - margin:
-        raise PromotionRefused(
-            f"{name} scores {score.value:.3f} on golden set v{score.version}; {reference.model} scores "
-            f"{reference.value:.3f}, and promotion needs {reference.value - margin:.3f} "
-            f"(a regression of margin {margin:g} at most)"
-        )
+async def _measure(
+    student: LLMClient,
+    teacher: LLMClient | None,
+    settings: Settings,
+    spec: TaskSpec,
+    model: str,
+    examples: list[Example],
+    costs: Costs,
+) -> Score:
+    sitting = await take_exam(student, model, spec, examples)
+    return await score(
+        spec, sitting.attempts, teacher, settings.teacher_model or "", random.Random(1),
+        settings.reference_model, costs,
+    )  # fmt: skip
 
 
 def _activate(session: Session, version: ModelVersion, current: ModelVersion | None) -> ModelVersion:

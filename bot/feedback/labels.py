@@ -1,5 +1,11 @@
 """Each finding's label, from its trusted reviewers' signals, and the labelled examples the flywheel
-trains on."""
+trains on.
+
+Only a command is severity truth: ``/severity X`` corrects (or, when X is the bot's, explicitly
+confirms) the severity. A 👍 or a push that addresses the finding says the finding was valid, not that
+its severity was right: a weak label, for acceptance figures, never a training or held-out example
+(the model would otherwise be judged on its own answers).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ from bot.models import Feedback, Finding, Project, Review, Severity
 
 
 class LabelState(StrEnum):
-    CONFIRMED = "confirmed"
-    CORRECTED = "corrected"
+    CONFIRMED = "confirmed"  # /severity of the bot's own severity
+    CORRECTED = "corrected"  # /severity of another one
+    ACCEPTED = "accepted"  # 👍 or addressed: the finding was valid; its severity is not judged
     DISMISSED = "dismissed"
     DISPUTED = "disputed"
     UNLABELLED = "unlabelled"
@@ -29,27 +36,30 @@ class LabelState(StrEnum):
 @dataclass(frozen=True)
 class Label:
     state: LabelState
-    severity: Severity | None  # the label for training: None unless confirmed or corrected
+    severity: Severity | None  # the hard label for training: None unless confirmed or corrected
 
 
-DISMISS, DOUBT = "dismiss", "doubt"  # what a vote may say besides a severity: not an issue; wrong somehow
+# What a vote may say besides a severity: not an issue; the finding is valid; wrong somehow.
+DISMISS, VALID, DOUBT = "dismiss", "valid", "doubt"
 Answer = Severity | str
 
-# How strongly a kind of signal speaks: a command outranks an addressing push, which outranks a reaction.
-COMMAND, ADDRESSED, REACTION = 2, 1, 0
+# How strongly a kind of signal speaks: a command outranks a reaction, which outranks an addressing
+# push (a line may change for reasons of its own, so a trusted 👎 still disputes the finding).
+COMMAND, REACTION, ADDRESSED = 2, 1, 0
 
 
-def vote(signal: Feedback, finding_severity: Severity) -> tuple[int, Answer] | None:
+def vote(signal: Feedback) -> tuple[int, Answer] | None:
     """What one signal says about its finding, and how strongly; None for what says nothing (a reply,
-    a thread resolved, a revoked reaction). The one place that gives each kind its meaning."""
+    a thread resolved, a revoked reaction). The one place that gives each kind its meaning: only a
+    command names a severity."""
     if signal.kind == SignalKind.SEVERITY:
         return COMMAND, Severity(signal.value)
     if signal.kind == SignalKind.DISMISS:
         return COMMAND, DISMISS
     if signal.kind == SignalKind.ADDRESSED:
-        return ADDRESSED, finding_severity
+        return ADDRESSED, VALID
     if signal.kind == SignalKind.REACTION and signal.value == UP:
-        return REACTION, finding_severity
+        return REACTION, VALID
     if signal.kind == SignalKind.REACTION and signal.value == DOWN:
         return REACTION, DOUBT
     return None
@@ -59,17 +69,17 @@ def label_state(finding_severity: str, signals: Sequence[Feedback]) -> Label:
     """The label that ``signals`` — the trusted ones (``bot.feedback.roles.may_label``) — give a finding:
 
     1. Each reviewer speaks once per strength: their latest command, their latest reaction.
-    2. The strongest votes decide: commands over an addressing push over reactions; among votes of
-       one strength, the highest role (a maintainer's correction outranks a developer's).
+    2. The strongest votes decide: commands over reactions over an addressing push; among votes of
+       one strength, the highest role (a maintainer's correction outranks a developer's; any trusted
+       👎 outranks a push, which has no author).
     3. If those deciding votes agree: ``/dismiss`` → dismissed; a severity → corrected to it
-       (confirmed when it is the bot's; 👍 and addressed say the bot's); 👎 alone → disputed.
+       (confirmed when it is the bot's); 👍 or addressed → accepted, with no severity; 👎 → disputed.
        If they disagree (👍 and 👎, two severities, a severity and a dismissal) → disputed.
     4. No vote at all: unlabelled.
     """
-    severity = Severity(finding_severity)
     latest: dict[tuple[str, int], tuple[Feedback, Answer]] = {}
     for signal in sorted(signals, key=lambda s: (s.created_at, s.id or 0)):
-        said = vote(signal, severity)
+        said = vote(signal)
         if said is not None:
             latest[(signal.author, said[0])] = (signal, said[1])
     if not latest:
@@ -84,8 +94,11 @@ def label_state(finding_severity: str, signals: Sequence[Feedback]) -> Label:
         return Label(LabelState.DISMISSED, None)
     if answer == DOUBT:
         return Label(LabelState.DISPUTED, None)
+    if answer == VALID:
+        return Label(LabelState.ACCEPTED, None)
     corrected = Severity(answer)
-    return Label(LabelState.CONFIRMED if corrected == severity else LabelState.CORRECTED, corrected)
+    confirmed = corrected == Severity(finding_severity)
+    return Label(LabelState.CONFIRMED if confirmed else LabelState.CORRECTED, corrected)
 
 
 def _rank(signal: Feedback) -> int:
@@ -130,7 +143,9 @@ def labelled_findings(
 
 
 def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str, Any]]:
-    """The flywheel's format for the severity task: confirmed and corrected findings only."""
+    """The flywheel's format for the severity task: hard labels only (findings confirmed or corrected
+    by ``/severity``). ``meta.fingerprint`` is the finding's line-number-blind identity, which keeps
+    a re-posted finding on the same side of the train/held-out split."""
     for item in findings:
         if item.label.severity is None:
             continue
@@ -139,6 +154,7 @@ def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str,
             "answer": {"issue_type": item.label.severity.value},
             "meta": {
                 "finding_id": item.finding.id,
+                "fingerprint": item.finding.fingerprint,
                 "project": item.project.path,
                 "model_version": item.finding.model_version,
                 "label_state": item.label.state.value,

@@ -176,7 +176,7 @@ def test_gitlab_awards_and_replies(setup: tuple[TestClient, Queue, int], engine:
     client, queue, _ = setup
     assert gitlab(client, "Emoji Hook", award("gitlab-501")).status_code == 200
     assert signals(engine, "gitlab") == [("reaction", "+1", "ana")]
-    assert label(engine, "gitlab", queue) == "confirmed"
+    assert label(engine, "gitlab", queue) == "accepted"  # a 👍: valid; its severity not judged
     assert (
         gitlab(client, "Emoji Hook", award("gitlab-501", action="revoke")).status_code == 200
     )  # same award id
@@ -239,7 +239,7 @@ def test_feedback_that_outruns_its_finding_waits(
         finding = session.exec(select(Finding).where(Finding.forge_comment_id == "gitlab-501")).one()
         finding.forge_comment_id = "gitlab-999"
     queue.huey.execute(queue.huey.dequeue())
-    assert label(engine, "gitlab", queue) == "confirmed"
+    assert label(engine, "gitlab", queue) == "accepted"
     with Session(engine) as session:
         assert session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome == "recorded reaction"
 
@@ -403,7 +403,7 @@ def test_a_polled_github_reaction_is_stored_with_its_user_and_role(reactions: Po
     reactions.fake.react(reactions.ours, "dev", "+1")
     assert reactions.queue.poll_feedback() == 1
     assert polled_rows(reactions.engine) == [("dev", "+1", "developer")]  # the role, read in the poll
-    assert polled_label(reactions) == "confirmed"
+    assert polled_label(reactions) == "accepted"
 
 
 def test_unchanged_github_reactions_are_answered_with_a_304_and_store_nothing(
@@ -445,14 +445,14 @@ def test_many_untrusted_thumbs_neither_confirm_nor_dispute(reactions: PolledReac
         ("helper[bot]", "-1", "developer"),  # may write, but a bot: never labels
         ("stranger", "-1", "guest"),
     ]
-    assert polled_label(reactions) == "confirmed"
+    assert polled_label(reactions) == "accepted"
 
 
 def test_a_maintainers_thumb_outranks_a_developers(reactions: PolledReactions) -> None:
     reactions.fake.react(reactions.ours, "dev", "-1")
     reactions.fake.react(reactions.ours, "max", "+1")
     reactions.queue.poll_feedback()
-    assert polled_label(reactions) == "confirmed"
+    assert polled_label(reactions) == "accepted"
 
 
 def test_roles_are_read_once_per_user_in_a_few_minutes(reactions: PolledReactions) -> None:
@@ -920,7 +920,7 @@ class QuickReviewer:
 # What each reaction records: (the feedback row's kind and value, the delivery's outcome, the label).
 RECORDED = {
     "command": ("severity", "minor", "recorded severity", "corrected"),
-    "award": ("reaction", "+1", "recorded reaction", "confirmed"),
+    "award": ("reaction", "+1", "recorded reaction", "accepted"),
 }
 
 

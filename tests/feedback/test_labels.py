@@ -58,7 +58,8 @@ def signal(
 UP, DOWN, SEV, DISMISS = SignalKind.REACTION, SignalKind.REACTION, SignalKind.SEVERITY, SignalKind.DISMISS
 PUSH = signal(SignalKind.ADDRESSED, by="", role="")  # an addressing push: no author, no role
 
-# The label rule, case by case: (trusted signals on a major finding, label state, label).
+# The label rule, case by case: (trusted signals on a major finding, label state, label). Only a
+# command gives a severity label; a 👍 or a push says the finding was valid, not that "major" is right.
 LABEL_RULE = {
     "no signal": ([], LabelState.UNLABELLED, None),
     "replies and resolution say nothing": (
@@ -66,7 +67,7 @@ LABEL_RULE = {
         LabelState.UNLABELLED,
         None,
     ),
-    "a 👍 confirms": ([signal(UP, "+1")], LabelState.CONFIRMED, "major"),
+    "a 👍 accepts the finding, not its severity": ([signal(UP, "+1")], LabelState.ACCEPTED, None),
     "a revoked 👍 says nothing": ([signal(UP, "")], LabelState.UNLABELLED, None),
     "a 👎 alone disputes": ([signal(DOWN, "-1")], LabelState.DISPUTED, None),
     "👍s and a 👎 of the same rank dispute": (
@@ -76,16 +77,32 @@ LABEL_RULE = {
     ),
     "a maintainer's 👍 outranks a developer's 👎": (
         [signal(UP, "+1", 0, "mo", "maintainer"), signal(DOWN, "-1", 1, "cy")],
-        LabelState.CONFIRMED,
-        "major",
+        LabelState.ACCEPTED,
+        None,
     ),
     "one reviewer's later reaction replaces their earlier one": (
         [signal(DOWN, "-1", 0), signal(UP, "+1", 1)],
+        LabelState.ACCEPTED,
+        None,
+    ),
+    "a push that addresses it accepts the finding, not its severity": ([PUSH], LabelState.ACCEPTED, None),
+    "a 👎 outranks addressed": ([signal(DOWN, "-1"), PUSH], LabelState.DISPUTED, None),
+    "... pushed after the 👎 too": (
+        [signal(DOWN, "-1"), signal(SignalKind.ADDRESSED, "", 5, "", "")],
+        LabelState.DISPUTED,
+        None,
+    ),
+    "a 👍 and a push accept": ([signal(UP, "+1"), PUSH], LabelState.ACCEPTED, None),
+    "/severity of the bot's own severity outranks a 👍 and a push": (
+        [signal(UP, "+1", 0, "ana"), PUSH, signal(SEV, "major", 1, "bo")],
         LabelState.CONFIRMED,
         "major",
     ),
-    "a push that addresses it confirms": ([PUSH], LabelState.CONFIRMED, "major"),
-    "addressed outranks a 👎": ([signal(DOWN, "-1"), PUSH], LabelState.CONFIRMED, "major"),
+    "a correction outranks a 👍 and a push": (
+        [signal(UP, "+1", 0, "ana"), PUSH, signal(SEV, "minor", 1, "bo")],
+        LabelState.CORRECTED,
+        "minor",
+    ),
     "a command outranks a 👎": (
         [signal(DOWN, "-1"), signal(SEV, "minor", 1, "bo")],
         LabelState.CORRECTED,
@@ -180,11 +197,15 @@ def test_the_same_source_updates_its_row(engine: sa.Engine) -> None:
         assert session.exec(select(func.count()).select_from(Feedback)).one() == 2
 
 
-def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_path: Path) -> None:
-    confirmed, corrected, dismissed, silent = (add_finding(engine) for _ in range(4))
+def test_export_holds_only_hard_labels(engine: sa.Engine, tmp_path: Path) -> None:
+    """Only findings whose severity a reviewer named: a 👍 or an addressing push (the finding was
+    valid) is no severity label, else the model would be judged on its own answers."""
+    confirmed, corrected, liked, addressed, dismissed, silent = (add_finding(engine) for _ in range(6))
     with session_scope(engine) as session:
-        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1", role="developer")
+        record_signal(session, confirmed, SignalKind.SEVERITY, "major", "ana", "a1", role="developer")
         record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1", role="developer")
+        record_signal(session, liked, SignalKind.REACTION, "+1", "ana", "l1", role="developer")
+        record_signal(session, addressed, SignalKind.ADDRESSED, "", "", "p1")
         record_signal(session, dismissed, SignalKind.DISMISS, "trusted input", "bo", "d1", role="developer")
     examples = list(severity_examples(labelled_findings(engine)))
     assert [(e["meta"]["finding_id"], e["answer"]["issue_type"]) for e in examples] == [
@@ -194,6 +215,7 @@ def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_pa
     assert examples[1]["question"] == {"code": "  3 +f = open(p)", "review": "The handle is never closed."}
     assert examples[1]["meta"]["label_state"] == "corrected"
     assert examples[1]["meta"]["model_version"] == "base"
+    assert examples[1]["meta"]["fingerprint"] == "f" * 16  # the split's line-number-blind group
 
     env = cli_env(engine)
     out = tmp_path / "severity.jsonl"
@@ -210,6 +232,8 @@ def test_export_holds_confirmed_and_corrected_findings(engine: sa.Engine, tmp_pa
     assert states == {
         confirmed: "confirmed",
         corrected: "corrected",
+        liked: "accepted",
+        addressed: "accepted",
         dismissed: "dismissed",
         silent: "unlabelled",
     }

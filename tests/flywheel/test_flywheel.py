@@ -33,10 +33,12 @@ from bot.models import (
 )
 from flywheel import data, golden, registry
 from flywheel.curriculum import build_curriculum
-from flywheel.cycle import Plan, RoundRecord, TrainStats, round_zero, run_flywheel, stalled
+from flywheel.cycle import Plan, RoundRecord, TrainStats, round_zero, run_flywheel, severity_figures, stalled
 from flywheel.data import DataError, Example
 from flywheel.evaluate import Grade, accuracy, grade_exam, preference, score
 from flywheel.exam import Exam, TeacherError, write_exam
+from flywheel.gate import Verdict, split_heldout
+from flywheel.metrics import DEFAULT_COSTS
 from flywheel.spec import spec_for
 from flywheel.take import Attempt
 from tests.feedback.test_labels import add_finding
@@ -135,7 +137,7 @@ def test_feedback_export_is_read_back_and_a_later_correction_wins(engine: sa.Eng
     with session_scope(engine) as session:  # two different questions
         session.get(Finding, corrected).review = "The handle leaks on error."  # type: ignore[union-attr]
     with session_scope(engine) as session:
-        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1", role="developer")
+        record_signal(session, confirmed, SignalKind.SEVERITY, "major", "ana", "a1", role="developer")
         record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1", role="developer")
     out = tmp_path / "export.jsonl"
     env = {
@@ -155,7 +157,7 @@ def test_feedback_export_is_read_back_and_a_later_correction_wins(engine: sa.Eng
     with Session(engine) as session:
         data.store(session, SEVERITY, from_db, ExampleSource.FEEDBACK, split=ExampleSplit.TRAIN)
     with session_scope(engine) as session:
-        record_signal(session, confirmed, SignalKind.SEVERITY, "trivial", "cy", "c2", role="developer")
+        record_signal(session, confirmed, SignalKind.SEVERITY, "trivial", "ana", "c2", role="developer")
     with Session(engine) as session:
         data.store(session, SEVERITY, data.feedback_examples(engine, SEVERITY), ExampleSource.FEEDBACK)
         stored = data.task_data(session, SEVERITY).train
@@ -382,31 +384,8 @@ def test_the_curriculum_dedupes_keeps_held_out_out_and_goes_easy_to_hard() -> No
 # --- registry -------------------------------------------------------------------------------------
 
 
-def version(
-    session: Session,
-    name: str,
-    heldout: float,
-    baseline: float = 0.25,
-    golden: float | None = None,
-    golden_version: int | None = 1,
-    baseline_model: str = "base",
-    golden_baseline: float | None = None,
-) -> ModelVersion:
-    """A candidate as a run records it: by default as good on golden set v1 as on the held-out set,
-    and the model in use as good on both too; ``golden_version`` None: scored on no golden set."""
-    scores = {
-        "golden": heldout if golden is None else golden, "golden_version": golden_version,
-        "golden_baseline": baseline if golden_baseline is None else golden_baseline,
-    } if golden_version else {}  # fmt: skip
-    row = ModelVersion(
-        task="severity",
-        adapter_name=name,
-        path=f"/a/{name}",
-        base_model="b",
-        metrics={
-            "heldout": heldout, "baseline": baseline, "baseline_model": baseline_model, **scores,
-        },
-    )  # fmt: skip
+def version(session: Session, name: str, **metrics: Any) -> ModelVersion:
+    row = ModelVersion(task="severity", adapter_name=name, path=f"/a/{name}", base_model="b", metrics=metrics)
     session.add(row)
     session.commit()
     return row
@@ -415,74 +394,36 @@ def version(
 def test_names_are_never_reused(engine: sa.Engine, tmp_path: Path) -> None:
     with Session(engine) as session:
         assert registry.next_adapter_name(session, Task.SEVERITY, tmp_path) == "severity-v1"
-        version(session, "severity-v2", 0.5)
+        version(session, "severity-v2")
         (tmp_path / "severity-v7").mkdir()  # a run that failed after training
         assert registry.next_adapter_name(session, Task.SEVERITY, tmp_path) == "severity-v8"
 
 
-def test_promotion_needs_the_margin_and_rollback_walks_back(engine: sa.Engine) -> None:
+PASSED, REFUSED = Verdict(True, "better", {}), Verdict(False, "not better beyond chance: ...", {})
+
+
+def test_promotion_follows_the_gates_verdict_and_rollback_walks_back(engine: sa.Engine) -> None:
     with Session(engine) as session:
-        for name, score in (
-            ("severity-v1", 0.5),
-            ("severity-v2", 0.51),
-            ("severity-v3", 0.7),
-            ("severity-v4", 0.9),
-        ):
-            version(session, name, score)
-        with pytest.raises(registry.PromotionRefused, match=r"the base model base scores 0.250"):
-            registry.promote(session, "severity-v1", margin=0.3)
-        registry.promote(session, "severity-v1", margin=0.02)
-        with pytest.raises(registry.PromotionRefused, match=r"severity-v2 scores 0.510 .* needs 0.520"):
-            registry.promote(session, "severity-v2", margin=0.02)
-        registry.promote(session, "severity-v2", margin=0.02, force=True)
-        registry.promote(session, "severity-v3", margin=0.02)
+        for name in ("severity-v1", "severity-v2", "severity-v3", "severity-v4"):
+            version(session, name)
+        with pytest.raises(registry.PromotionRefused, match="not better beyond chance"):
+            registry.promote(session, "severity-v1", REFUSED)
+        with pytest.raises(registry.PromotionRefused, match="not compared with the model in use"):
+            registry.promote(session, "severity-v1")
+        registry.promote(session, "severity-v1", PASSED)
+        registry.promote(session, "severity-v2", force=True)
+        registry.promote(session, "severity-v3", PASSED)
         assert registry.active_version(session, Task.SEVERITY).adapter_name == "severity-v3"  # type: ignore[union-attr]
         assert registry.rollback(session, Task.SEVERITY).adapter_name == "severity-v2"  # type: ignore[union-attr]
-        registry.promote(session, "severity-v4", margin=0.02)
+        registry.promote(session, "severity-v4", PASSED)
         # v3 was rolled back: walking back from v4 skips it.
         assert registry.rollback(session, Task.SEVERITY).adapter_name == "severity-v2"  # type: ignore[union-attr]
         assert registry.rollback(session, Task.SEVERITY).adapter_name == "severity-v1"  # type: ignore[union-attr]
         assert registry.rollback(session, Task.SEVERITY) is None
         with pytest.raises(LookupError, match="base model is in use"):
             registry.rollback(session, Task.SEVERITY)
-        # A run measures the model in use on today's held-out set and passes that score.
-        with pytest.raises(registry.PromotionRefused, match=r"model in use \(base\) scores 0.950"):
-            registry.promote(session, "severity-v4", margin=0.02, reference=0.95)
         statuses = {v.adapter_name: v.status for v in registry.versions(session)}
     assert statuses["severity-v3"] == ModelStatus.ROLLED_BACK
-
-
-def test_promotion_needs_no_regression_on_the_same_golden_set(engine: sa.Engine) -> None:
-    with Session(engine) as session:
-        version(session, "severity-v1", 0.5, golden=0.8)
-        registry.promote(session, "severity-v1", margin=0.02)
-        # Better on the held-out set reviewers' labels fill, worse on the admin's golden set.
-        version(session, "severity-v2", 0.9, golden=0.7, baseline=0.5, baseline_model="severity-v1",
-                golden_baseline=0.8)  # fmt: skip
-        with pytest.raises(
-            registry.PromotionRefused,
-            match=r"severity-v2 scores 0.700 on golden set v1; severity-v1 scores 0.800, "
-            r"and promotion needs 0.780",
-        ):
-            registry.promote(session, "severity-v2", margin=0.02)
-        # The active version's own golden score is on another version of the set.
-        version(session, "severity-v3", 0.9, golden=0.9, golden_version=2)
-        with pytest.raises(
-            registry.PromotionRefused, match=r"severity-v3 was scored on golden set v2 and severity-v1 on v1"
-        ):
-            registry.promote(session, "severity-v3", margin=0.02)
-        version(session, "severity-v4", 0.9, golden_version=None)
-        with pytest.raises(registry.PromotionRefused, match=r"severity-v4 has no golden held-out score"):
-            registry.promote(session, "severity-v4", margin=0.02)
-        # Within the margin is no regression; measured beside the active version, on its own set.
-        version(session, "severity-v5", 0.9, golden=0.79, baseline=0.5, baseline_model="severity-v1",
-                golden_baseline=0.8)  # fmt: skip
-        registry.promote(session, "severity-v5", margin=0.02)
-        version(session, "severity-v6", 0.95, golden=0.6, golden_version=2, baseline=0.6,
-                baseline_model="severity-v5")  # fmt: skip
-        registry.promote(session, "severity-v6", margin=0.02)
-        registry.promote(session, "severity-v4", margin=0.02, force=True)
-        assert registry.active_version(session, Task.SEVERITY).adapter_name == "severity-v4"  # type: ignore[union-attr]
 
 
 # --- golden sets ----------------------------------------------------------------------------------
@@ -538,12 +479,46 @@ def test_golden_sets_are_added_and_listed_and_gate_a_manual_promotion(
     )
     listed = json.loads(reviewbot("flywheel", "golden", "list", "--format", "json").stdout)
     assert [(s["task"], s["version"], s["size"]) for s in listed] == [("severity", 1, 6)]
+    with Session(engine) as session:  # closed: an open transaction would block the CLI on PostgreSQL
+        gold = golden.newest(session, Task.SEVERITY)
+    assert gold is not None
+    env["REVIEWBOT_STUDENT_MODEL"] = BASE
+    env["REVIEWBOT_FLYWHEEL_DIR"] = str(tmp_path / "fw")
+    env["REVIEWBOT_PROMOTION_MIN_ITEMS"] = "6"  # the sizes here; 200 by default
+    env["REVIEWBOT_STUDENT_BASE_URL"] = f"http://127.0.0.1:{free_port()}/v1"
     with Session(engine) as session:
-        version(session, "severity-v1", 0.9, golden=0.1, baseline=0.25)
-    refused = reviewbot("models", "promote", "severity-v1")
-    assert refused.returncode == 1
-    assert "severity-v1 scores 0.100 on golden set v1" in " ".join(refused.stderr.split())
-    assert reviewbot("models", "promote", "severity-v1", "--force").returncode == 0
+        version(session, "severity-v1", run_id=1)  # its run's test items, on disk
+        version(session, "severity-v2")  # no run: judged on the golden set
+    data.write_jsonl(tmp_path / "fw" / "runs" / "1" / "test.jsonl", examples(6, seed=4))
+
+    def said(result: subprocess.CompletedProcess[str]) -> str:
+        return " ".join((result.stdout + result.stderr).split())
+
+    down = reviewbot("models", "promote", "severity-v1")
+    assert down.returncode == 1
+    assert "the models must be served by vLLM" in said(down)
+    # Both models answer now: v1 is right on its run's test items and wrong on every golden one.
+    with scripted_server(Student(gold.examples)) as url:
+        env["REVIEWBOT_STUDENT_BASE_URL"] = url
+        refused = reviewbot("models", "promote", "severity-v1")
+        assert refused.returncode == 1
+        assert f"severity-v1 scores 0.000 on golden set v1; {BASE} scores 1.000" in said(refused)
+        assert "not better beyond chance: severity-v2 gains -" in said(
+            reviewbot("models", "promote", "severity-v2")
+        )
+    with scripted_server(Student([])) as url:  # now the adapters are right on the golden set as well
+        env["REVIEWBOT_STUDENT_BASE_URL"] = url
+        env["REVIEWBOT_PROMOTION_MIN_ITEMS"] = "7"
+        few = reviewbot("models", "promote", "severity-v1")
+        assert "only 6 test items, and automatic promotion needs 7" in said(few)
+        env["REVIEWBOT_PROMOTION_MIN_ITEMS"] = "6"
+        promoted = reviewbot("models", "promote", "severity-v1")
+        assert promoted.returncode == 0, said(promoted)
+        assert "severity-v1 is now the severity model: severity-v1 gains" in said(promoted)
+        assert f"over {BASE} on 6 test items" in said(promoted)
+    assert reviewbot("models", "promote", "severity-v2", "--force").returncode == 0
+    listed = reviewbot("models", "list")
+    assert "recall crit/maj" in said(listed)
 
 
 def test_an_adapter_vllm_cannot_load_is_not_registered(engine: sa.Engine, tmp_path: Path) -> None:
@@ -597,14 +572,21 @@ def test_a_round_is_recorded_in_the_format_the_report_reads() -> None:
         "curriculum", "heldout", "detail", "train", "teacher_tokens", "timings", "golden", "golden_version",
     ]  # fmt: skip
     baseline = accuracy(attempts(["critical", "minor"]))
-    assert round_zero("base", baseline) == {
+    assert round_zero("base", baseline, test_size=3) == {
         "round": 0, "model": "base", "heldout": 0.5, "detail": baseline.summary(),
-        "golden": None, "golden_version": None,
+        "golden": None, "golden_version": None, "heldout_metrics": None, "golden_metrics": None,
+        "split": {"dev": 2, "test": 3},
     }  # fmt: skip
+    costed = accuracy(attempts(["critical", "minor"]), DEFAULT_COSTS)
+    assert round_zero("base", costed)["heldout_metrics"] == costed.severity.to_json()  # type: ignore[union-attr]
+    assert RoundRecord(**{**record.__dict__, "figures": severity_figures(costed, None)}).to_json()[
+        "heldout_metrics"
+    ]["cost"] == pytest.approx((0 + 5) / 2)  # the second example is critical, rated minor
     gold = accuracy(attempts(["critical"]))
     assert {k: v for k, v in round_zero("base", baseline, gold, 2).items() if k.startswith("golden")} == {
         "golden": 1.0,
         "golden_version": 2,
+        "golden_metrics": None,  # accuracy without the cost matrix: no severity metrics
     }
 
 
@@ -632,7 +614,13 @@ def test_an_unreachable_teacher_fails_the_run_and_promotes_nothing(engine: sa.En
         run = session.exec(select(FlywheelRun)).one()
         assert run.status == RunStatus.FAILED
         assert "teacher model server" in (run.error or "")
-        assert run.rounds[0]["heldout"] == pytest.approx(2 / 8)  # round 0 was scored: 2 minor examples of 8
+        # Round 0 was scored on the dev part only (the test part waits for the end of the run).
+        dev, test = split_heldout(examples(8))
+        minor = sum(e.answer["issue_type"] == "minor" for e in dev) / len(dev)
+        assert (run.rounds[0]["heldout"], run.rounds[0]["split"]) == (
+            minor,
+            {"dev": len(dev), "test": len(test)},
+        )
         assert registry.versions(session) == []
         # The --heldout file is the golden set too, scored in round 0.
         stored = golden.newest(session, Task.SEVERITY)
@@ -675,14 +663,22 @@ def golden_examples(count: int) -> list[Example]:
     ]
 
 
+HELDOUT = examples(8, seed=1)  # 5 dev, 3 test
+
+
 @contextmanager
 def one_round(
-    engine: sa.Engine, tmp_path: Path, tiny_student: TinyStudent, gold: list[Example]
+    engine: sa.Engine,
+    tmp_path: Path,
+    tiny_student: TinyStudent,
+    gold: list[Example],
+    script: Student | None = None,
+    min_items: int = 1,  # below the default 200: these runs have 3 test items
 ) -> Iterator[Settings]:
     """Settings for a one-round run against the student double, with reviewers' held-out labels stored."""
     with Session(engine) as session:
-        data.store(session, SEVERITY, examples(8, seed=1), ExampleSource.FEEDBACK, split=ExampleSplit.HELDOUT)
-    with scripted_server(Student(gold)) as student_url, teacher_server(Teacher()) as teacher_url:
+        data.store(session, SEVERITY, HELDOUT, ExampleSource.FEEDBACK, split=ExampleSplit.HELDOUT)
+    with scripted_server(script or Student(gold)) as student_url, teacher_server(Teacher()) as teacher_url:
         yield settings_with_key(
             database_url=engine.url.render_as_string(hide_password=False),
             queue_url=f"sqlite:///{tmp_path / 'queue.db'}",
@@ -690,6 +686,7 @@ def one_round(
             teacher_base_url=teacher_url, teacher_model=MODEL, flywheel_dir=tmp_path / "fw",
             finetune={"rank": 4, "alpha": 8, "epochs": 1, "batch_size": 4},
             flywheel_exam_size=4, flywheel_new_examples=4, flywheel_max_rounds=1,
+            promotion_min_items=min_items,
         )  # fmt: skip
 
 
@@ -712,18 +709,67 @@ def test_an_adapter_that_regresses_on_the_golden_set_is_not_promoted(
     with Session(engine) as session:
         [candidate] = registry.versions(session)
     assert candidate.status == ModelStatus.CANDIDATE
-    assert {k: v for k, v in candidate.metrics.items() if k.startswith("golden")} == {
+    assert {
+        k: v for k, v in candidate.metrics.items() if k.startswith("golden") and k != "golden_metrics"
+    } == {
         "golden": 0.0,
         "golden_version": 1,
         "golden_size": 6,
         "golden_baseline": 1.0,
     }
+    assert candidate.metrics["golden_metrics"]["recall"]["critical"] == 0.0  # every golden item wrong
+    assert (candidate.metrics["test"]["passed"], candidate.metrics["test"]["items"]) == (False, 3)
     # The golden questions were neither asked in the exam nor trained on.
     gold_keys = {e.key for e in gold}
     assert first["exam"]["duplicates"] == 2
     round_dir = tmp_path / "fw" / "runs" / str(run.id) / "round-1"
     for written in ("exam.jsonl", "curriculum.jsonl"):
         assert not gold_keys & {e.key for e in data.read_jsonl(round_dir / written, SEVERITY)}
+
+
+@pytest.mark.parametrize("min_items", [1, 200])
+def test_a_run_chooses_by_dev_and_promotes_by_the_test_part_once_at_the_end(
+    engine: sa.Engine, tiny_student: TinyStudent, tmp_path: Path, min_items: int
+) -> None:
+    with Session(engine) as session:
+        golden.add(session, Task.SEVERITY, golden_examples(4), "golden.jsonl")
+    script = Student([])  # every adapter right, the base model wrong, on every question
+    with one_round(engine, tmp_path, tiny_student, [], script, min_items) as settings:
+        run = run_flywheel(settings, engine, Plan.from_settings(settings, Task.SEVERITY))
+    dev, test = split_heldout(HELDOUT)
+    zero, first = run.rounds
+    assert zero["split"] == {"dev": 5, "test": 3}
+    assert (zero["detail"]["size"], first["detail"]["size"]) == (5, 5)  # rounds are scored on dev
+    assert (zero["heldout_metrics"]["recall"]["critical"], first["heldout_metrics"]["cost"]) == (0.0, 0.0)
+    assert first["heldout_metrics"]["kappa"] == 1.0
+    # The test part: answered once per model, after the round (its adapter loaded before).
+    asked = [
+        (i, r["model"]) for i, r in enumerate(script.requests) for e in test
+        if e.question["review"] in str(r.get("messages", ""))
+    ]  # fmt: skip
+    loaded = max(i for i, r in enumerate(script.requests) if str(r["path"]).endswith("/load_lora_adapter"))
+    last_dev = max(
+        i
+        for i, r in enumerate(script.requests)
+        for e in dev
+        if e.question["review"] in str(r.get("messages", ""))
+    )
+    assert sorted(model for _, model in asked) == sorted([BASE, "severity-v1"] * 3)
+    assert min(i for i, _ in asked) > max(loaded, last_dev)
+    with Session(engine) as session:
+        [candidate] = registry.versions(session)
+    assert candidate.metrics["test"]["items"] == 3
+    assert candidate.metrics["test"]["candidate"]["severity"]["cost"] == 0.0
+    assert run.outcome is not None
+    if min_items == 1:
+        assert run.outcome.startswith("promoted severity-v1: severity-v1 gains")
+        assert candidate.status == ModelStatus.ACTIVE
+    else:
+        assert run.outcome.startswith(
+            f"{BASE} stays: only 3 test items, and automatic promotion needs 200 "
+            "(REVIEWBOT_PROMOTION_MIN_ITEMS): nothing is promoted automatically"
+        )
+        assert candidate.status == ModelStatus.CANDIDATE
 
 
 def test_an_automatic_run_without_a_golden_set_trains_but_does_not_promote(
@@ -798,7 +844,7 @@ def test_the_trainer_queue_starts_a_run_when_enough_feedback_arrived(
     trainer = TrainerQueue(settings, engine)
     first = add_finding(engine)
     with session_scope(engine) as session:
-        record_signal(session, first, SignalKind.REACTION, "+1", "ana", "a1", role="developer")
+        record_signal(session, first, SignalKind.SEVERITY, "major", "ana", "a1", role="developer")
     assert trainer.flywheel_when_due() == []
     second = add_finding(engine)
     with session_scope(engine) as session:
@@ -857,7 +903,7 @@ def test_confirmed_findings_teach_the_explanation_task(engine: sa.Engine) -> Non
     with session_scope(engine) as session:
         for finding_id in (confirmed, corrected):
             session.get(Finding, finding_id).explanation = f"Explained {finding_id}."  # type: ignore[union-attr]
-        record_signal(session, confirmed, SignalKind.REACTION, "+1", "ana", "a1", role="developer")
+        record_signal(session, confirmed, SignalKind.SEVERITY, "major", "ana", "a1", role="developer")
         record_signal(session, corrected, SignalKind.SEVERITY, "minor", "bo", "c1", role="developer")
     [example] = data.feedback_examples(engine, spec_for(Task.EXPLANATION))
     assert example.question["issue_type"] == "major"

@@ -60,6 +60,7 @@ def flywheel_env(
         "REVIEWBOT_FLYWHEEL_EXAM_SIZE": "24",
         "REVIEWBOT_FLYWHEEL_NEW_EXAMPLES": "96",
         "REVIEWBOT_PROMOTION_MARGIN": "0.05",
+        "REVIEWBOT_PROMOTION_MIN_ITEMS": "10",  # the test part of 48 held-out examples; 200 by default
         "REVIEWBOT_LLM_CONCURRENCY": "32",
     }
 
@@ -113,12 +114,10 @@ def test_the_flywheel_teaches_the_student(
     assert active.metrics["heldout"] == max(scores[1:])
     # The --heldout file is golden set v1: every round scored on it through vLLM, the promoted one recorded.
     assert [r["golden_version"] for r in run.rounds] == [1, 1, 1, 1]
-    # The same examples as the held-out set here; vLLM's batching may flip an answer or two.
-    assert [r["golden"] for r in run.rounds] == pytest.approx(scores, abs=0.05)
-    assert (active.metrics["golden"], active.metrics["golden_version"]) == (
-        pytest.approx(max(scores[1:]), abs=0.05),
-        1,
-    )
+    # The same examples as the held-out set here, whose dev part scores the rounds: the best is good on both.
+    assert active.metrics["golden"] >= 0.75, [r["golden"] for r in run.rounds]
+    assert active.metrics["golden_version"] == 1
+    assert (active.metrics["test"]["passed"], active.metrics["test"]["items"]) == (True, 28)
     assert "golden set v1" in (run.outcome or "")
     # Three rounds, each exam (24) and batch of new examples (96) asked for in parts of at most 8192 tokens.
     assert teacher.calls["exam"] == 3 * len(parts(24, 8192, EXAM_OVERHEAD)) == 6

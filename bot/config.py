@@ -83,6 +83,26 @@ class Settings(BaseSettings):
     review_chunk_tokens: int = Field(
         2500, ge=200, description="most tokens of diff sent to the model in one find call"
     )
+    review_max_calls: int = Field(
+        400, ge=1, description="model calls one review may make; what is left is listed as skipped"
+    )
+    review_deadline_s: float = Field(
+        900.0, gt=0, description="wall time one review may take; what is left is listed as skipped"
+    )
+    review_max_attempts: int = Field(
+        5, ge=1, description="runs of one review (crashes and retries) before it is marked failed"
+    )
+    lease_ttl_s: float = Field(
+        60.0, ge=5, description="a running review's lease; renewed every third of it, taken over once past"
+    )
+    reconcile_minutes: int = Field(
+        5, ge=1, description="how often open merge requests are listed to catch a lost webhook"
+    )
+    retention_days: int | None = Field(
+        90,
+        ge=1,
+        description="rows no feature needs, older than this, are pruned daily; unset: never",
+    )
 
     # The flywheel (trainer).
     flywheel_dir: Path = Field(

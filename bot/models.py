@@ -65,6 +65,11 @@ class ReviewStatus(StrEnum):
     SUPERSEDED = "superseded"  # the MR moved to a newer head before this review ran
 
 
+class FindingStatus(StrEnum):
+    PENDING = "pending"  # recorded before posting: a crash leaves it to the retry, never unmatched
+    POSTED = "posted"  # on the forge, with its comment id
+
+
 class Side(StrEnum):
     NEW = "new"  # added or context line, numbered in the new file
     OLD = "old"  # removed line, numbered in the old file
@@ -117,6 +122,10 @@ class Project(SQLModel, table=True):
         max_length=16,
         description="least role whose signals label findings; None: the forge's default",
     )
+    reconciled_at: datetime | None = _when(
+        default=None,
+        description="its last reconciliation poll; MRs updated since are checked next",
+    )
     author_labels: bool = Field(
         default=False, sa_column_kwargs={"server_default": sa.false()},
         description="whether the MR author's signals label the findings of their own MR",
@@ -125,7 +134,10 @@ class Project(SQLModel, table=True):
 
 
 class Review(SQLModel, table=True):
-    __table_args__ = (sa.Index("ix_review_project_mr", "project_id", "mr_number"),)
+    __table_args__ = (
+        sa.Index("ix_review_project_mr", "project_id", "mr_number"),
+        sa.Index("ix_review_status", "status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="project.id")
@@ -145,6 +157,15 @@ class Review(SQLModel, table=True):
     finished_at: datetime | None = _when(default=None)
     mr_closed_at: datetime | None = _when(
         default=None, description="when its merge request was merged or closed; feedback polling ends after"
+    )
+    attempts: int = Field(
+        default=0,
+        sa_column_kwargs={"server_default": "0"},
+        description="runs started (REVIEW_MAX_ATTEMPTS)",
+    )
+    lease_until: datetime | None = _when(
+        default=None,
+        description="its worker's lease, renewed by a heartbeat; past it, taken over",
     )
 
 
@@ -170,6 +191,11 @@ class Finding(SQLModel, table=True):
         default=None, max_length=128, index=True, description="GitLab discussion id; replies arrive by it"
     )
     model_version: str = Field(max_length=128)
+    status: str = Field(
+        default=FindingStatus.POSTED,
+        max_length=16,
+        sa_column_kwargs={"server_default": "posted"},
+    )
     created_at: datetime = _when(default_factory=utcnow)
 
 
@@ -268,3 +294,23 @@ class GoldenExample(SQLModel, table=True):
     key: str = Field(max_length=64, description="digest of the question, as for training examples")
     question: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     answer: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class Outbox(SQLModel, table=True):
+    """A job written in the same transaction as what caused it; a relay moves it to the queue and
+    stamps ``sent_at``, so a job is never lost when the queue is down (``bot.outbox``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=32, description="review, feedback, acknowledge or roles")
+    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _when(default_factory=utcnow)
+    sent_at: datetime | None = _when(default=None, index=True)
+
+
+class Lease(SQLModel, table=True):
+    """A named lease with an expiry, held by one process at a time: a merge request's review lock,
+    the periodic jobs' leader. Renewed by a heartbeat; an expired one is taken over."""
+
+    name: str = Field(primary_key=True, max_length=256)
+    owner: str = Field(max_length=128)
+    expires_at: datetime = _when()

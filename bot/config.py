@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     reconcile_minutes: int = Field(
         5, ge=1, description="how often open merge requests are listed to catch a lost webhook"
     )
+    period_scale: float = Field(
+        1.0, gt=0, description="multiplies periodic jobs' periods and retry delays (tests shorten them)"
+    )
     retention_days: int | None = Field(
         90,
         ge=1,

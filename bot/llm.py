@@ -2,7 +2,9 @@
 
 Every call asks for JSON matching a pydantic model (``response_format`` json_schema), validates the
 reply, retries transient failures (connection errors, timeouts, 429, 5xx) with exponential backoff,
-and fails with an ``LLMError`` whose message names the server URL and the reason.
+and fails with an ``LLMError`` whose message names the server URL and the reason; a prompt longer
+than the model's context is refused as ``LLMTooLong``, so the caller can split it and try again.
+``max_model_len`` and ``count_tokens`` read the context length and exact prompt sizes from vLLM.
 All calls of one client share a concurrency bound, so a burst of requests reaches vLLM as one batch
 without flooding it.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +32,8 @@ T = TypeVar("T", bound=BaseModel)
 V = TypeVar("V")
 
 MAX_RETRY_AFTER_S = 60.0
+# How vLLM words a prompt longer than the model's context (the message changed across versions).
+_TOO_LONG = re.compile(r"maximum (context|model) length", re.IGNORECASE)
 
 
 class LLMError(Exception):
@@ -41,6 +46,10 @@ class LLMUnavailable(LLMError):
 
 class LLMRejected(LLMError):
     """The server refused the request (4xx other than 429): unknown model, bad adapter, bad input."""
+
+
+class LLMTooLong(LLMRejected):
+    """The server refused the prompt as longer than the model's context (HTTP 400)."""
 
 
 class LLMBadAnswer(LLMError):
@@ -120,6 +129,7 @@ class LLMClient:
         )
         self._api_key = api_key
         self._slots = asyncio.Semaphore(concurrency)
+        self._has_tokenizer = True  # until the server says it has no ``/tokenize``
 
     @classmethod
     def student(cls, settings: Settings) -> LLMClient:
@@ -268,26 +278,65 @@ class LLMClient:
         page = await self._with_retries(lambda: self._client.models.list())
         return [m.id for m in page.data]
 
+    async def max_model_len(self, model: str) -> int | None:
+        """The context length ``model`` is served with (prompt and answer together), from the cards
+        of ``/v1/models``: vLLM puts ``max_model_len`` on the base model's card, and an adapter
+        (whose card has none) shares its base model's; None when the server does not say."""
+        page = await self._with_retries(lambda: self._client.models.list())
+        lengths = {card.id: getattr(card, "max_model_len", None) for card in page.data}  # extra fields
+        parents = {card.id: getattr(card, "parent", None) for card in page.data}
+        if model not in lengths:
+            return None
+        value = lengths[model] or lengths.get(parents[model] or "")
+        if value is None and len({v for v in lengths.values() if v}) == 1:  # one base model served
+            value = next(v for v in lengths.values() if v)
+        return value if isinstance(value, int) and value > 0 else None
+
+    async def count_tokens(self, model: str, messages: Sequence[ChatCompletionMessageParam]) -> int | None:
+        """The prompt tokens of ``messages`` for ``model``, chat template included, by the server's
+        ``POST /tokenize`` (vLLM); None when the server has none (asked once per client)."""
+        if not self._has_tokenizer:
+            return None
+        url = f"{self.base_url.removesuffix('/v1')}/tokenize"
+        response = await self._post(url, {"model": model, "messages": list(messages)})
+        if response.status_code in (404, 405, 501):
+            self._has_tokenizer = False
+            return None
+        if response.status_code >= 400:
+            raise LLMRejected(
+                f"{self._where()} refused to count tokens: HTTP {response.status_code} {response.text[:500]}"
+            )
+        try:
+            count = response.json().get("count")
+        except (ValueError, AttributeError):
+            count = None
+        if not isinstance(count, int):
+            raise LLMBadAnswer(
+                f"{self._where()}: /tokenize answered without a count: {response.text[:200]!r}"
+            )
+        return count
+
     async def load_lora_adapter(self, name: str, path: str) -> None:
         """Make vLLM serve the adapter at ``path`` (a path on the vLLM host) as ``name``.
 
         Needs the server started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
         """
-        url = f"{self.base_url}/load_lora_adapter"
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-                response = await http.post(
-                    url,
-                    json={"lora_name": name, "lora_path": path},
-                    headers={"Authorization": f"Bearer {self._api_key}"},
-                )
-        except httpx.HTTPError as exc:
-            raise LLMUnavailable(f"{self._where()} unreachable: {_root_cause(exc)}") from exc
+        response = await self._post(
+            f"{self.base_url}/load_lora_adapter", {"lora_name": name, "lora_path": path}
+        )
         if response.status_code >= 400:
             raise LLMRejected(
                 f"{self._where()} refused adapter {name!r} from {path}: "
                 f"HTTP {response.status_code} {response.text[:500]}"
             )
+
+    async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """One POST to a vLLM endpoint the OpenAI SDK does not know (no retries: callers decide)."""
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+                return await http.post(url, json=body, headers={"Authorization": f"Bearer {self._api_key}"})
+        except httpx.HTTPError as exc:
+            raise LLMUnavailable(f"{self._where()} unreachable: {_root_cause(exc)}") from exc
 
     async def _with_retries(self, call: Callable[[], Any]) -> Any:
         attempt = 0
@@ -305,6 +354,9 @@ class LLMClient:
                 reason = f"HTTP {exc.status_code}: {exc.message}"
                 delay = _retry_after(exc)
                 failure = exc
+            except openai.BadRequestError as exc:
+                refused = LLMTooLong if _TOO_LONG.search(str(exc)) else LLMRejected
+                raise refused(f"{self._where()} refused the request: {exc.message}") from exc
             except openai.APIStatusError as exc:
                 raise LLMRejected(f"{self._where()} refused the request: {exc.message}") from exc
             if attempt >= self.max_retries:

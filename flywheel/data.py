@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from bot.feedback.labels import LabelState, labelled_findings, severity_examples
+from bot.events import SignalKind
+from bot.feedback.labels import HARD_LABEL_KINDS, LabelState, labelled_findings, severity_examples
 from bot.llm import validation_problems
 from bot.models import ExampleSource, ExampleSplit, Task, TrainingExample
 from flywheel.dedupe import line_blind_text
@@ -130,7 +131,7 @@ def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
 def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
     """Labelled examples from reviewers' feedback: findings whose severity a ``/severity`` command
     confirmed or corrected (a 👍 or an addressing push judges no severity, nor endorses an explanation)."""
-    findings = list(labelled_findings(engine))
+    findings = list(labelled_findings(engine, with_signal_of=HARD_LABEL_KINDS))
     if spec.task == Task.SEVERITY:
         return [
             parse_example(spec, value, f"finding {value['meta']['finding_id']}")
@@ -177,7 +178,11 @@ def complaints(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
     wrong, for the teacher to aim questions at. Only the reasons of reviewers who may label are
     given, and every text is cut to length: the prompt still puts them in a data block."""
     rejected = [
-        i for i in labelled_findings(engine) if i.label.state in (LabelState.DISMISSED, LabelState.DISPUTED)
+        i
+        for i in labelled_findings(
+            engine, with_signal_of={SignalKind.DISMISS, SignalKind.SEVERITY, SignalKind.REACTION}
+        )
+        if i.label.state in (LabelState.DISMISSED, LabelState.DISPUTED)
     ]
     return [
         {

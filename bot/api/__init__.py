@@ -1,10 +1,10 @@
 """The HTTP service (FastAPI): webhook intake (``webhooks``), ``/healthz``, ``/metrics`` and the schema.
 
-The API never does slow work in a request: it verifies, records and enqueues. It hands work to the
-queue through the ``Jobs`` protocol and never imports the review pipeline. Only the webhooks and
-``/healthz`` are public: ``/metrics`` (unless ``REVIEWBOT_PUBLIC_METRICS``) and ``/openapi.json``
-need ``Authorization: Bearer REVIEWBOT_ADMIN_TOKEN`` and are refused when no token is set; the
-interactive ``/docs`` and ``/redoc`` pages are off.
+The API never does slow work in a request: it verifies, records and stages jobs in the outbox. It
+wakes the queue's relay through the ``Jobs`` protocol and never imports the review pipeline. Only
+the webhooks and ``/healthz`` are public: ``/metrics`` (unless ``REVIEWBOT_PUBLIC_METRICS``) and
+``/openapi.json`` need ``Authorization: Bearer REVIEWBOT_ADMIN_TOKEN`` and are refused when no token
+is set; the interactive ``/docs`` and ``/redoc`` pages are off.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.registry import REGISTRY
 
 from bot import __version__
-from bot.api.webhooks import Jobs, webhook_router
+from bot.api.webhooks import Jobs, WebhookIntake
 from bot.config import Settings, load_settings
 from bot.feedback.stats import FeedbackCollector
 from bot.secrets import secret_box
@@ -29,7 +29,8 @@ def create_app(engine: sa.Engine, jobs: Jobs, settings: Settings | None = None) 
     token and the intake's limits."""
     settings = settings or load_settings()
     app = FastAPI(title="reviewbot", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(webhook_router(engine, jobs, secret_box(settings), settings.intake_concurrency))
+    box, concurrency = secret_box(settings), settings.intake_concurrency
+    app.add_middleware(WebhookIntake, engine=engine, jobs=jobs, box=box, concurrency=concurrency)
     admin = Depends(_admin_only(settings))
 
     @app.get("/healthz")

@@ -1,4 +1,4 @@
-"""Webhook intake: verify, record the delivery, decide, enqueue, answer — never waiting on a forge or a model.
+"""Webhook intake: verify, record, decide, stage jobs, answer — never waiting on a forge or a model.
 
 The steps, in order (DESIGN.md §6): too many deliveries in flight (503, ``Retry-After``) → size limit
 (413) → the credential, checked against secrets held in memory (``ProjectSecrets``), constant-time,
@@ -7,6 +7,12 @@ before any database query (401, nothing stored) → JSON (400) → the project: 
 secret matches, the one the payload names, so projects sharing one secret (GitHub Apps, organisation
 and group hooks) all work (404 when none) → delivery dedupe (a repeat answers 200 and does nothing) →
 dispatch: record a close, ignore (with the reason), record feedback, or queue a review.
+
+What a delivery causes is written in its own transaction: its jobs are outbox rows (``bot.outbox``)
+that the relay sends to the queue after the commit (``Jobs.wake``), so a queue that is down loses no
+job, and a delivery answered is a delivery recorded. The checks up to the project need no database:
+a small body is verified on the event loop. The writes go to one thread that commits the deliveries
+arriving together in one transaction (``bot.api.group_commit``) and answers each after its commit.
 Everything forge-specific is in ``bot.forges.WEBHOOK_FORMATS``; this module never looks inside a payload.
 """
 
@@ -14,23 +20,29 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bot import metrics
+from bot.api.group_commit import GroupCommit
 from bot.events import Signal, WebhookEvent
 from bot.feedback.signals import apply_signal, quoted_findings
 from bot.forges import WEBHOOK_FORMATS, WebhookFormat
 from bot.models import Delivery, ForgeKind, Project, Review, ReviewStatus, utcnow
+from bot.outbox import Job, stage
 from bot.secrets import SecretBox
 
 log = logging.getLogger(__name__)
@@ -48,18 +60,18 @@ _OUTCOMES = {
 RETRY_AFTER_S = 5
 MAX_AGE_S = 60.0  # secrets in memory are read again this often: a rotated secret stops working by then
 REFRESHES_BURST, REFRESHES_PER_S = 10, 1.0  # reloads on a miss: a burst, then at most one per second
+INLINE_BODY_BYTES = 256 * 1024  # a body up to this is verified on the event loop; larger, in a thread
+_DELIVERY: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
+_REVIEW: sa.Table = Review.__table__  # type: ignore[attr-defined]
+_PROJECTS: sa.Table = Project.__table__  # type: ignore[attr-defined]
+_ProjectRow = sa.Row[Any, Any, Any]  # id, enabled, bot_username
 
 
 class Jobs(Protocol):
-    """What the intake hands work to (the queue)."""
+    """What the intake hands work to: jobs are outbox rows written with the delivery
+    (``bot.outbox.stage``); ``wake`` says, after the commit, that there are rows to send."""
 
-    def enqueue_review(self, review_id: int) -> None: ...
-
-    def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None: ...
-
-    def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None: ...
-
-    def enqueue_roles(self, project_id: int) -> None: ...
+    def wake(self) -> None: ...
 
 
 class _Refused(Exception):
@@ -104,6 +116,10 @@ class ProjectSecrets:
         self._fresh()
         return self._by_secret.get(kind, {})
 
+    def fresh(self) -> bool:
+        """Whether the secrets in memory are recent enough to use without reading them again."""
+        return time.monotonic() - self._loaded_at <= MAX_AGE_S
+
     def reload_on_miss(self) -> bool:
         """Read the secrets again if the rate limit allows; whether it did."""
         with self._lock:
@@ -144,43 +160,45 @@ class ProjectSecrets:
         self._by_key, self._by_secret, self._loaded_at = by_key, by_secret, time.monotonic()
 
 
-def handle_delivery(
-    engine: sa.Engine,
-    jobs: Jobs,
+@dataclass(frozen=True)
+class Verified:
+    """A delivery whose credential matched a project, parsed: ready to be recorded."""
+
+    kind: ForgeKind
+    delivery_id: str
+    project_id: int
+    event: WebhookEvent
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The answer to a delivery, and whether its transaction staged jobs (the queue is woken)."""
+
+    answer: JSONResponse
+    staged: bool = False
+
+
+def verify(
     secrets: ProjectSecrets,
     webhook: WebhookFormat,
     headers: Mapping[str, str],
     body: bytes,
-    key: str | None = None,
-) -> JSONResponse:
-    """Everything after the size check; runs in a worker thread (database calls block)."""
-    try:
-        project_id, event = _authenticated(secrets, webhook, headers, body, key)
-        with Session(engine) as session:
-            project = session.get(Project, project_id)
-            if project is None:  # removed since the secrets were read
-                raise _Refused(404, f"project {event.project_path!r} is not registered here")
-            delivery = _record_delivery(session, webhook, headers, body)
-            return _dispatch(session, jobs, project, delivery, event)
-    except _Refused as refused:
-        return _answer(refused.status, refused.detail)
-
-
-def _authenticated(
-    secrets: ProjectSecrets, webhook: WebhookFormat, headers: Mapping[str, str], body: bytes, key: str | None
-) -> tuple[int, WebhookEvent]:
-    """The project that signed ``body`` and its event; a miss is tried once more with the secrets read
-    again (a project just added, a secret just rotated)."""
+    key: str | None,
+    reload: bool = True,
+) -> Verified:
+    """The delivery's project and event, or ``_Refused``; a miss is tried once more with the secrets
+    read again (a project just added, a secret just rotated) unless ``reload`` is False."""
     if not headers.get(webhook.credential_header):
         raise _Refused(
             401, f"no {webhook.credential_header} header: deliveries must carry the webhook secret"
         )
     try:
-        return _project_of(secrets, webhook, headers, body, key)
+        project_id, event = _project_of(secrets, webhook, headers, body, key)
     except _Refused as refused:
-        if refused.status not in (401, 404) or not secrets.reload_on_miss():
+        if refused.status not in (401, 404) or not reload or not secrets.reload_on_miss():
             raise
-    return _project_of(secrets, webhook, headers, body, key)
+        project_id, event = _project_of(secrets, webhook, headers, body, key)
+    return Verified(webhook.kind, webhook.delivery_id(headers, body), project_id, event)
 
 
 def _project_of(
@@ -226,20 +244,81 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return payload
 
 
-def _record_delivery(
-    session: Session, webhook: WebhookFormat, headers: Mapping[str, str], body: bytes
-) -> Delivery:
-    """The delivery's row; a delivery seen before is answered as a duplicate and does nothing."""
-    delivery = Delivery(forge=webhook.kind, delivery_id=webhook.delivery_id(headers, body))
-    session.add(delivery)
-    try:
-        session.flush()
-    except sa.exc.IntegrityError:
-        raise _Refused(200, "duplicate delivery, already handled") from None
-    return delivery
+def record(session: Session, verified: Verified) -> Recorded:
+    """Record the delivery and act on it in ``session``'s transaction (the caller commits): a repeat
+    does nothing; jobs are staged in the outbox. Runs in the intake's writer thread, several
+    deliveries to a transaction, so it never raises for one delivery's sake (a refusal is an answer)."""
+    project = _project(session, verified.project_id)
+    event = verified.event
+    if project is None:  # removed since the secrets were read
+        return Recorded(_answer(404, f"project {event.project_path!r} is not registered here"))
+    ignored = _why_ignored(project, event)
+    closed = f"recorded: merge request {event.number} merged or closed" if event.closed else None
+    delivery_id = _insert_delivery(session, verified, f"ignored: {ignored}" if ignored else closed or "")
+    if delivery_id is None:
+        return Recorded(_answer(200, "duplicate delivery, already handled"))
+    if event.closed is not None and event.number is not None:  # a fact, whoever caused it
+        _mark_closed(session, project.id, event.number, event.closed)
+    if ignored is not None:
+        log.debug("%s delivery %s ignored: %s", verified.kind, verified.delivery_id, ignored)
+        return Recorded(_answer(200, f"ignored: {ignored}"))
+    if event.signal is not None:
+        return _feedback(session, project.id, delivery_id, event.signal)
+    if closed is not None:
+        return Recorded(_answer(200, f"{closed}; feedback polling ends a few days from now"))
+    return _queue_review(session, project.id, delivery_id, event)
 
 
-def _why_ignored(project: Project, event: WebhookEvent) -> str | None:
+def _project(session: Session, project_id: int) -> _ProjectRow | None:
+    """What the intake needs of a project (read once per transaction, however many of its
+    deliveries the transaction holds); None when it was removed."""
+    projects: dict[int, _ProjectRow | None] = session.info.setdefault("intake projects", {})
+    if project_id not in projects:
+        projects[project_id] = session.connection().execute(_PROJECT, {"project": project_id}).first()
+    return projects[project_id]
+
+
+# The intake's own statements, built once with bound parameters: building and compiling them per
+# delivery cost more than running them. ON CONFLICT DO NOTHING makes a repeat a row not returned,
+# not an error that would end a transaction other deliveries share.
+_INSERT_DELIVERY = {
+    dialect: insert(_DELIVERY)
+    .values({name: sa.bindparam(name) for name in ("forge", "delivery_id", "received_at", "outcome")})
+    .on_conflict_do_nothing(index_elements=["forge", "delivery_id"])
+    .returning(_DELIVERY.c.id)
+    for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+_PROJECT = sa.select(_PROJECTS.c.id, _PROJECTS.c.enabled, _PROJECTS.c.bot_username).where(
+    _PROJECTS.c.id == sa.bindparam("project")
+)
+_SET_OUTCOME = (
+    sa.update(_DELIVERY)
+    .where(_DELIVERY.c.id == sa.bindparam("delivery"))
+    .values(outcome=sa.bindparam("new_outcome"))
+)
+_INSERT_REVIEW = sa.insert(_REVIEW).returning(_REVIEW.c.id)
+
+
+def _insert_delivery(session: Session, verified: Verified, outcome: str) -> int | None:
+    """The new delivery's id; None when it was seen before."""
+    connection = session.connection()
+    values = {
+        "forge": verified.kind.value,
+        "delivery_id": verified.delivery_id,
+        "received_at": utcnow(),
+        "outcome": outcome,
+    }
+    new_id: int | None = connection.execute(
+        _INSERT_DELIVERY[connection.dialect.name], values
+    ).scalar_one_or_none()
+    return new_id
+
+
+def _set_outcome(session: Session, delivery_id: int, outcome: str) -> None:
+    session.connection().execute(_SET_OUTCOME, {"delivery": delivery_id, "new_outcome": outcome})
+
+
+def _why_ignored(project: _ProjectRow, event: WebhookEvent) -> str | None:
     if event.ignored is not None:
         return event.ignored
     if not project.enabled:
@@ -249,43 +328,18 @@ def _why_ignored(project: Project, event: WebhookEvent) -> str | None:
     return None
 
 
-def _dispatch(
-    session: Session, jobs: Jobs, project: Project, delivery: Delivery, event: WebhookEvent
-) -> JSONResponse:
-    assert project.id is not None
-    if event.closed is not None and event.number is not None:  # a fact, whoever caused it
-        _mark_closed(session, project.id, event.number, event.closed)
-    ignored = _why_ignored(project, event)
-    if ignored is not None:
-        delivery.outcome = f"ignored: {ignored}"
-        session.commit()
-        log.info("%s delivery %s ignored: %s", delivery.forge, delivery.delivery_id, ignored)
-        return _answer(200, f"ignored: {ignored}")
-    if event.signal is not None:
-        return _feedback(session, jobs, project.id, delivery, event.signal)
-    if event.closed:
-        delivery.outcome = f"recorded: merge request {event.number} merged or closed"
-        session.commit()
-        return _answer(200, f"{delivery.outcome}; feedback polling ends a few days from now")
-    return _queue_review(session, jobs, project.id, delivery, event)
-
-
-def _queue_review(
-    session: Session, jobs: Jobs, project_id: int, delivery: Delivery, event: WebhookEvent
-) -> JSONResponse:
+def _queue_review(session: Session, project_id: int, delivery_id: int, event: WebhookEvent) -> Recorded:
     assert event.number is not None
     assert event.head_sha is not None
     review = Review(project_id=project_id, mr_number=event.number, head_sha=event.head_sha)
-    session.add(review)
-    session.flush()
-    review_id = review.id
-    assert review_id is not None
-    delivery.outcome = f"review {review_id} queued"
-    session.commit()
-    # Queued only once the row is committed: the job must find it. Should enqueueing fail, the
-    # review stays QUEUED in the database and the stale-job sweep enqueues it again.
-    jobs.enqueue_review(review_id)
-    return _answer(202, "review queued", review_id=review_id, review_status=ReviewStatus.QUEUED.value)
+    values = review.model_dump(exclude={"id"})  # the model's defaults
+    review_id: int = session.connection().execute(_INSERT_REVIEW, values).scalar_one()
+    stage(session, Job.REVIEW, review_id)  # sent once this transaction commits
+    _set_outcome(session, delivery_id, f"review {review_id} queued")
+    return Recorded(
+        _answer(202, "review queued", review_id=review_id, review_status=ReviewStatus.QUEUED.value),
+        staged=True,
+    )
 
 
 def _mark_closed(session: Session, project_id: int, number: int, closed: bool) -> None:
@@ -297,19 +351,17 @@ def _mark_closed(session: Session, project_id: int, number: int, closed: bool) -
     )
 
 
-def _feedback(
-    session: Session, jobs: Jobs, project_id: int, delivery: Delivery, signal: Signal
-) -> JSONResponse:
+def _feedback(session: Session, project_id: int, delivery_id: int, signal: Signal) -> Recorded:
     applied = apply_signal(session, project_id, signal)
     if applied is not None:
         finding, changed = applied
-        delivery.outcome = f"recorded {signal.kind}"
-        session.commit()
+        _set_outcome(session, delivery_id, f"recorded {signal.kind}")
         if changed and signal.is_command:
             assert finding.id is not None
-            jobs.enqueue_acknowledgement(finding.id, signal)
-        jobs.enqueue_roles(project_id)  # its author's role, read from the forge: until then it labels nothing
-        return _answer(200, f"feedback recorded: {signal.describe()}")
+            stage(session, Job.ACKNOWLEDGE, finding.id, signal)
+        # Its author's role, read from the forge: until then the signal labels nothing.
+        stage(session, Job.ROLES, project_id)
+        return Recorded(_answer(200, f"feedback recorded: {signal.describe()}"), staged=True)
     if signal.quote is not None and signal.mr_number is not None:
         # Only a review still being posted can add the finding a quote is about; with none in flight the
         # quote is of someone else's comment, or of several findings: said now rather than retried.
@@ -323,15 +375,14 @@ def _feedback(
         if pending is None:
             found = len(quoted_findings(session, project_id, signal.mr_number, signal.quote))
             why = f"quotes {found} findings of the bot" if found else "quotes no finding of the bot"
-            delivery.outcome = f"ignored: pull request comment {why}"
-            session.commit()
-            return _answer(200, f"ignored: pull request comment {why}: {signal.describe()}")
+            _set_outcome(session, delivery_id, f"ignored: pull request comment {why}")
+            return Recorded(_answer(200, f"ignored: pull request comment {why}: {signal.describe()}"))
     # Its finding may not be recorded yet (the review job is still posting): the queue tries again.
-    delivery.outcome = "feedback waiting for its finding"
-    session.commit()
-    assert delivery.id is not None
-    jobs.enqueue_feedback(project_id, delivery.id, signal)
-    return _answer(202, f"feedback queued until its finding is known: {signal.describe()}")
+    _set_outcome(session, delivery_id, "feedback waiting for its finding")
+    stage(session, Job.FEEDBACK, project_id, delivery_id, signal)
+    return Recorded(
+        _answer(202, f"feedback queued until its finding is known: {signal.describe()}"), staged=True
+    )
 
 
 async def _read_body(request: Request) -> bytes | None:
@@ -347,49 +398,78 @@ async def _read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def webhook_router(engine: sa.Engine, jobs: Jobs, box: SecretBox, concurrency: int) -> APIRouter:
+class WebhookIntake:
     """``POST /webhooks/gitlab`` and ``/webhooks/github`` (shared by the forge's projects), and
-    ``/webhooks/gitlab/KEY``, ``/webhooks/github/KEY`` (one project's own); at most ``concurrency``
-    deliveries are handled at once, the rest answered 503 with ``Retry-After``."""
-    routes = APIRouter()
-    secrets = ProjectSecrets(engine, box)
-    in_flight = 0  # the event loop is one thread: no lock needed
+    ``/webhooks/gitlab/KEY``, ``/webhooks/github/KEY`` (one project's own), as a plain ASGI layer in
+    front of ``app`` (which gets every other request): FastAPI's routing, dependency and exception
+    layers cost more per delivery than the intake's own work. At most ``concurrency`` deliveries are
+    handled at once, the rest answered 503 with ``Retry-After``."""
 
-    async def receive(request: Request, webhook: WebhookFormat, key: str | None = None) -> JSONResponse:
-        nonlocal in_flight
-        if in_flight >= concurrency:
+    def __init__(self, app: ASGIApp, engine: sa.Engine, jobs: Jobs, box: SecretBox, concurrency: int) -> None:
+        self.app, self.concurrency = app, concurrency
+        self.secrets = ProjectSecrets(engine, box)
+        self.writer = GroupCommit(engine, record, lambda batch: _wake(jobs, batch))
+        self.in_flight = 0  # the event loop is one thread: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _ROUTE.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            response = _answer(405, "Method Not Allowed")
+            response.headers["Allow"] = "POST"
+        else:
+            webhook = WEBHOOK_FORMATS[ForgeKind(route["forge"])]
+            response = await self.handle(Request(scope, receive), webhook, route["key"])
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request, webhook: WebhookFormat, key: str | None) -> JSONResponse:
+        if self.in_flight >= self.concurrency:
             response = _answer(503, "too many deliveries at once; try again shortly")
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             metrics.DELIVERIES.labels(webhook.kind.value, _OUTCOMES[503]).inc()
             return response
-        in_flight += 1
+        self.in_flight += 1
         try:
-            response = await _receive(request, webhook, key)
+            with metrics.ACK_SECONDS.labels(webhook.kind.value).time():
+                response = await self._handle(request, webhook, key)
         finally:
-            in_flight -= 1
+            self.in_flight -= 1
         metrics.DELIVERIES.labels(webhook.kind.value, _OUTCOMES.get(response.status_code, "other")).inc()
         return response
 
-    async def _receive(request: Request, webhook: WebhookFormat, key: str | None) -> JSONResponse:
-        with metrics.ACK_SECONDS.labels(webhook.kind.value).time():
-            body = await _read_body(request)
-            if body is None:
-                return _answer(413, f"payload larger than {MAX_BODY_BYTES} bytes")
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            return await run_in_threadpool(
-                handle_delivery, engine, jobs, secrets, webhook, headers, body, key
-            )
-
-    for kind in ForgeKind:
-        _routes_of(routes, receive, WEBHOOK_FORMATS[kind])
-    return routes
+    async def _handle(self, request: Request, webhook: WebhookFormat, key: str | None) -> JSONResponse:
+        body = await _read_body(request)
+        if body is None:
+            return _answer(413, f"payload larger than {MAX_BODY_BYTES} bytes")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            verified = await _verified(self.secrets, webhook, headers, body, key)
+        except _Refused as refused:
+            return _answer(refused.status, refused.detail)
+        return (await self.writer.submit(verified)).answer
 
 
-def _routes_of(routes: APIRouter, receive: Any, webhook: WebhookFormat) -> None:
-    @routes.post(f"/webhooks/{webhook.kind.value}", status_code=202, name=f"{webhook.kind.value}_webhook")
-    async def shared(request: Request) -> JSONResponse:
-        return await receive(request, webhook)  # type: ignore[no-any-return]
+_ROUTE = re.compile(rf"/webhooks/(?P<forge>{'|'.join(kind.value for kind in ForgeKind)})(?:/(?P<key>[^/]+))?")
 
-    @routes.post(f"/webhooks/{webhook.kind.value}/{{project_key}}", status_code=202)
-    async def own(request: Request, project_key: str) -> JSONResponse:
-        return await receive(request, webhook, project_key)  # type: ignore[no-any-return]
+
+async def _verified(
+    secrets: ProjectSecrets, webhook: WebhookFormat, headers: Mapping[str, str], body: bytes, key: str | None
+) -> Verified:
+    """``verify`` on the event loop when that is CPU work only (a small body, the secrets fresh, no
+    miss to read them again for), saving the hop to a thread; else in a worker thread, where a large
+    body's JSON or a database read holds up no other request."""
+    if len(body) <= INLINE_BODY_BYTES and secrets.fresh():
+        try:
+            return verify(secrets, webhook, headers, body, key, reload=False)
+        except _Refused as refused:
+            if refused.status not in (401, 404):
+                raise
+    return await run_in_threadpool(verify, secrets, webhook, headers, body, key)
+
+
+def _wake(jobs: Jobs, batch: Sequence[Recorded]) -> None:
+    """After a commit that staged jobs: the relay sends them now rather than at its next sweep."""
+    if any(recorded.staged for recorded in batch):
+        jobs.wake()

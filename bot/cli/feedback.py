@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, open_engine
-from bot.feedback.labels import LabelledFinding, labelled_findings, severity_examples
-from bot.feedback.stats import RATES, feedback_stats
+from bot.feedback.labels import HARD_LABEL_KINDS, LabelledFinding, labelled_findings, severity_examples
+from bot.feedback.stats import RATES, acceptance
 from bot.models import Feedback
 
 feedback_app = command_group(
@@ -98,7 +98,8 @@ def export(
     project: ProjectFilter = None,
 ) -> None:
     """Write the labelled examples (confirmed and corrected findings) in the flywheel's JSONL format."""
-    examples = list(severity_examples(_findings(ctx, project, None)))
+    _, engine = open_engine(ctx)
+    examples = list(severity_examples(labelled_findings(engine, project, with_signal_of=HARD_LABEL_KINDS)))
     with out.open("w", encoding="utf-8") as file:
         for example in examples:
             file.write(json.dumps(example, ensure_ascii=False) + "\n")
@@ -119,7 +120,8 @@ def stats(
 ) -> None:
     """Per project, model version and severity: share of findings with feedback, 👍, corrected,
     dismissed, addressed."""
-    rows = feedback_stats(_findings(ctx, project, None))
+    _, engine = open_engine(ctx)
+    rows = acceptance(engine, project)
     if plot is not None:
         from bot.feedback.plot import plot_acceptance
 

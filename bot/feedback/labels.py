@@ -10,18 +10,18 @@ its severity was right: a weak label, for acceptance figures, never a training o
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from bot.events import DOWN, UP, Role, SignalKind
 from bot.feedback.roles import may_label
-from bot.models import Feedback, Finding, Project, Review, Severity
+from bot.models import Feedback, Finding, FindingStatus, Project, Review, Severity
 
 
 class LabelState(StrEnum):
@@ -114,32 +114,76 @@ class LabelledFinding:
     trusted: list[Feedback]  # those that gave the label (``may_label``)
 
 
+# Only a /severity command gives a finding a severity label: ``labelled_findings(engine,
+# with_signal_of=HARD_LABEL_KINDS)`` reads just the findings ``severity_examples`` can keep.
+HARD_LABEL_KINDS = frozenset({SignalKind.SEVERITY})
+BATCH = 5_000  # findings read at once: memory stays bounded, and no query names more than two ids
+
+
+Query = TypeVar("Query", bound=sa.Select[*tuple[Any, ...]])
+
+
+def posted(query: Query, project_path: str | None = None, since: datetime | None = None) -> Query:
+    """``query`` (of findings) joined to their reviews and projects, kept to the posted findings of
+    one project, created since a date. A pending finding (recorded before its comment was posted) is
+    not on the forge: it can have no feedback, and counting it would understate every rate."""
+    query = (
+        query.join(Review, col(Finding.review_id) == col(Review.id))
+        .join(Project, col(Review.project_id) == col(Project.id))
+        .where(col(Finding.status) == FindingStatus.POSTED)
+    )
+    if project_path is not None:
+        query = query.where(col(Project.path) == project_path)
+    if since is not None:
+        query = query.where(col(Finding.created_at) >= since)
+    return query
+
+
 def labelled_findings(
-    engine: sa.Engine, project_path: str | None = None, since: datetime | None = None
+    engine: sa.Engine,
+    project_path: str | None = None,
+    since: datetime | None = None,
+    *,
+    with_signal_of: Collection[str] | None = None,
 ) -> Iterator[LabelledFinding]:
-    """Every finding (of one project, created since a date) with its signals and the label its
-    trusted signals give it."""
-    with Session(engine) as session:
-        query = (
-            select(Finding, Project, Review.mr_author)
-            .join(Review, col(Finding.review_id) == col(Review.id))
-            .join(Project, col(Review.project_id) == col(Project.id))
-            .order_by(col(Finding.id))
+    """Every posted finding (of one project, created since a date; with a signal of one of the kinds
+    ``with_signal_of`` only, when given) with its signals and the label its trusted signals give it,
+    in id order. Read ``BATCH`` findings at a time, each batch's signals by a range of finding ids."""
+    query = posted(select(Finding, col(Review.project_id), col(Review.mr_author)), project_path, since)
+    if with_signal_of is not None:
+        query = query.where(
+            sa.exists().where(
+                col(Feedback.finding_id) == col(Finding.id), col(Feedback.kind).in_(list(with_signal_of))
+            )
         )
-        if project_path is not None:
-            query = query.where(Project.path == project_path)
-        if since is not None:
-            query = query.where(col(Finding.created_at) >= since)
-        rows = session.exec(query).all()
-        ids = [finding.id for finding, _, _ in rows]
-        signals: dict[int, list[Feedback]] = defaultdict(list)
-        for signal in session.exec(select(Feedback).where(col(Feedback.finding_id).in_(ids))).all():
-            signals[signal.finding_id].append(signal)
-    for finding, project, mr_author in rows:
-        assert finding.id is not None
-        found = signals.get(finding.id, [])
-        trusted = [s for s in found if may_label(s, project, mr_author)]
-        yield LabelledFinding(finding, project, label_state(finding.severity, trusted), found, trusted)
+    projects: dict[int, Project] = {}  # few, read once each: not once per finding
+    after = 0
+    while True:
+        with Session(engine) as session:
+            rows = session.exec(
+                query.where(col(Finding.id) > after).order_by(col(Finding.id)).limit(BATCH)
+            ).all()
+            if not rows:
+                return
+            first, last = rows[0][0].id, rows[-1][0].id
+            assert first is not None
+            assert last is not None
+            after = last
+            signals: dict[int, list[Feedback]] = defaultdict(list)
+            in_range = col(Feedback.finding_id).between(first, last)
+            for signal in session.exec(select(Feedback).where(in_range).order_by(col(Feedback.id))).all():
+                signals[signal.finding_id].append(signal)
+            unknown = {project_id for _, project_id, _ in rows} - projects.keys()
+            for project in session.exec(select(Project).where(col(Project.id).in_(unknown))).all():
+                projects[project.id or 0] = project
+        for finding, project_id, mr_author in rows:
+            assert finding.id is not None
+            project = projects[project_id]
+            found = signals.get(finding.id, [])
+            trusted = [s for s in found if may_label(s, project, mr_author)]
+            yield LabelledFinding(finding, project, label_state(finding.severity, trusted), found, trusted)
+        if len(rows) < BATCH:
+            return
 
 
 def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str, Any]]:

@@ -62,22 +62,35 @@ def poll_feedback(
         del etags[key]
     changed = 0
     for project, number in due:
-        assert project.id is not None
-        key = (project.id, number)
         try:
-            forge = forges(project)
-            polled, etag = forge.poll_feedback(number, etags.get(key))
-        except ForgeError as exc:  # the next poll tries again
-            log.warning("could not poll feedback of %s #%s: %s", project.path, number, exc)
-            continue
-        if etag:
-            etags[key] = etag
-        if polled is not None:  # None: nothing changed since the last poll
-            with Session(engine) as session:
-                changed += record_reactions(session, project.id, polled.reactions)
-                changed += record_thread_states(session, project.id, polled.resolved)
-                session.commit()
-        _resolve_roles(engine, project.id, forge, roles)
+            changed += _poll_one(engine, forges, etags, roles, project, number)
+        except Exception:  # of any kind (a forge's odd answer, a bug, the database): the others go on
+            log.exception(
+                "could not poll feedback of %s #%s; the next poll tries again", project.path, number
+            )
+    return changed
+
+
+def _poll_one(
+    engine: sa.Engine, forges: ForgeFactory, etags: ETags, roles: RoleCache, project: Project, number: int
+) -> int:
+    assert project.id is not None
+    key = (project.id, number)
+    try:
+        forge = forges(project)
+        polled, etag = forge.poll_feedback(number, etags.get(key))
+    except ForgeError as exc:  # expected now and then (rate limits, outages): a warning, not a trace
+        log.warning("could not poll feedback of %s #%s: %s", project.path, number, exc)
+        return 0
+    changed = 0
+    if polled is not None:  # None: nothing changed since the last poll
+        with Session(engine) as session:
+            changed += record_reactions(session, project.id, polled.reactions)
+            changed += record_thread_states(session, project.id, polled.resolved)
+            session.commit()
+    if etag:  # only once what it stands for is stored: a failure above polls it all again
+        etags[key] = etag
+    _resolve_roles(engine, project.id, forge, roles)
     return changed
 
 

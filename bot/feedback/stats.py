@@ -1,20 +1,25 @@
 """Acceptance figures: per project, model version and severity, how reviewers received the findings;
-for ``reviewbot feedback stats`` and, read at each scrape, for ``/metrics``."""
+for ``reviewbot feedback stats`` and, cached, for ``/metrics``."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlmodel import col
 
 from bot.events import UP, SignalKind
-from bot.feedback.labels import LabelledFinding, LabelState, labelled_findings
+from bot.feedback.labels import LabelledFinding, LabelState, labelled_findings, posted
+from bot.models import Feedback, Finding, Project
 
 RATES = ("with_feedback", "thumbs_up", "corrected", "dismissed", "addressed")
+MAX_AGE_S = 60.0  # /metrics' figures are at most this old; Prometheus scrapes every 15-60 s
 
 
 def feedback_stats(findings: Iterable[LabelledFinding]) -> list[dict[str, Any]]:
@@ -46,12 +51,78 @@ def feedback_stats(findings: Iterable[LabelledFinding]) -> list[dict[str, Any]]:
     return table
 
 
-class FeedbackCollector(Collector):
-    """Acceptance figures per project, model version and severity, read from the database at each
-    scrape (the same numbers as ``reviewbot feedback stats``)."""
+def acceptance(engine: sa.Engine, project_path: str | None = None) -> list[dict[str, Any]]:
+    """``feedback_stats`` of every posted finding, counted by the database: a grouped count over
+    findings and their signals, and labels worked out only for the findings a command judged (the
+    only ones that can be corrected or dismissed). The same rows, however many findings there are."""
+    kinds, values = col(Feedback.kind), col(Feedback.value)
+    said = (
+        sa.select(
+            col(Feedback.finding_id).label("finding_id"),
+            sa.func.max(sa.case((sa.and_(kinds == SignalKind.REACTION, values == UP), 1), else_=0))
+            .label("thumbs_up"),
+            sa.func.max(sa.case((kinds == SignalKind.ADDRESSED, 1), else_=0)).label("addressed"),
+        )
+        .group_by(col(Feedback.finding_id))
+        .subquery()
+    )  # fmt: skip
+    group = (col(Project.path), col(Finding.model_version), col(Finding.severity))
+    query = posted(
+        sa.select(
+            *group,
+            sa.func.count(col(Finding.id)),
+            sa.func.count(said.c.finding_id),
+            sa.func.coalesce(sa.func.sum(said.c.thumbs_up), 0),
+            sa.func.coalesce(sa.func.sum(said.c.addressed), 0),
+        ).select_from(Finding),
+        project_path,
+    ).outerjoin(said, said.c.finding_id == col(Finding.id))
+    counts: dict[tuple[str, str, str], dict[str, int]] = {}
+    with engine.connect() as connection:
+        for path, model, severity, findings, with_feedback, thumbs_up, addressed in connection.execute(
+            query.group_by(*group)
+        ).all():
+            counts[(path, model, severity)] = {
+                "findings": findings, "with_feedback": with_feedback, "thumbs_up": int(thumbs_up),
+                "corrected": 0, "dismissed": 0, "addressed": int(addressed),
+            }  # fmt: skip
+    judged = (SignalKind.SEVERITY, SignalKind.DISMISS)
+    for item in labelled_findings(engine, project_path, with_signal_of=judged):
+        state = item.label.state
+        if state in (LabelState.CORRECTED, LabelState.DISMISSED):
+            key = (item.project.path, item.finding.model_version, item.finding.severity)
+            counts[key][state.value] += 1
+    return [
+        {
+            "project": project,
+            "model_version": model,
+            "severity": severity,
+            "findings": row["findings"],
+            **{f"{name}_rate": round(row[name] / row["findings"], 3) for name in RATES},
+        }
+        for (project, model, severity), row in sorted(counts.items())
+    ]
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+
+class FeedbackCollector(Collector):
+    """Acceptance figures per project, model version and severity (``acceptance``: the same numbers
+    as ``reviewbot feedback stats``), computed at most once every ``max_age_s``: a scrape between
+    reads the cached figures, so scrapes cost the database nothing however often they come."""
+
+    def __init__(
+        self, engine: sa.Engine, max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.engine, self.max_age_s, self.clock = engine, max_age_s, clock
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._computed_at: float | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:  # concurrent scrapes wait for one computation rather than each running one
+            now = self.clock()
+            if self._computed_at is None or now - self._computed_at >= self.max_age_s:
+                self._rows, self._computed_at = acceptance(self.engine), now
+            return self._rows
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["project", "model_version", "severity"]
@@ -62,7 +133,7 @@ class FeedbackCollector(Collector):
             )
             for name in RATES
         }
-        for row in feedback_stats(labelled_findings(self.engine)):
+        for row in self.rows():
             key = [row["project"], row["model_version"], row["severity"]]
             findings.add_metric(key, row["findings"])
             for name, family in rates.items():

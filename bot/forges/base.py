@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -64,6 +65,7 @@ class MergeRequest:
     head_sha: str
     base_sha: str  # GitLab: latest diff version's base_commit_sha; GitHub: base.sha
     start_sha: str | None = None  # GitLab: latest diff version's start_commit_sha; GitHub: None
+    updated_at: datetime | None = None  # last activity (a push, a comment); set by ``open_merge_requests``
 
 
 class Placement(StrEnum):
@@ -108,7 +110,8 @@ class BotComment:
 class PolledFeedback:
     """One poll of an MR/PR's bot comments."""
 
-    # comment id -> the 👍/👎 standing on it, as (user, "+1" or "-1"); every polled comment is a key
+    # comment id -> the 👍/👎 standing on it, as (user, "+1" or "-1"); every comment read is a key
+    # (GitHub reads only the pages changed since the ETag: a comment not in it is as it was)
     reactions: dict[str, frozenset[tuple[str, str]]] = field(default_factory=dict)
     resolved: dict[str, bool] = field(default_factory=dict)  # thread id -> resolved
 
@@ -120,6 +123,12 @@ class Forge(Protocol):
 
     def merge_request(self, number: int) -> MergeRequest:
         """Metadata of the MR/PR, with the SHAs of its latest diff version."""
+        ...
+
+    def open_merge_requests(self, updated_since: datetime | None) -> list[MergeRequest]:
+        """The open MRs/PRs updated at or after ``updated_since`` (all open ones when None), every page,
+        newest activity first. Each holds its head and ``updated_at``; its base may be "" (GitLab's
+        list does not carry the diff version's SHAs): ask ``merge_request`` before posting on it."""
         ...
 
     def diff(self, mr: MergeRequest) -> str:

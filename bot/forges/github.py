@@ -28,12 +28,14 @@ Choices worth knowing:
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import math
 import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -67,6 +69,7 @@ from bot.models import Side
 log = logging.getLogger(__name__)
 
 MAX_FILES = 3000  # GitHub's pulls/{n}/files lists no more
+_PAGE = 100  # the most GitHub lists in one page
 _ISSUE_PREFIX = "issuecomment-"
 _MAX_WAIT_S = 10.0  # longer waits are the queue's job, not a blocked worker's
 _SECONDARY_WAIT_S = 60.0  # GitHub: without retry-after, wait at least a minute
@@ -181,6 +184,29 @@ class GitHubForge:
                 base_sha=pr.base.sha,
             )
 
+    def open_merge_requests(self, updated_since: datetime | None) -> list[MergeRequest]:
+        found: list[MergeRequest] = []
+        with self._calling("list the open pull requests"):
+            # Newest activity first, so the pages stop at the first one older than asked for.
+            for pr in self._repo.get_pulls(state="open", sort="updated", direction="desc"):
+                stamp = pr.updated_at
+                updated = stamp.replace(tzinfo=stamp.tzinfo or UTC) if stamp is not None else None
+                if updated_since is not None and updated is not None and updated < updated_since:
+                    break
+                found.append(
+                    MergeRequest(
+                        number=pr.number,
+                        title=pr.title,
+                        state=pr.state,
+                        draft=bool(pr.draft),
+                        author=pr.user.login,
+                        head_sha=pr.head.sha,
+                        base_sha=pr.base.sha,
+                        updated_at=updated,
+                    )
+                )
+        return found
+
     def diff(self, mr: MergeRequest) -> str:
         with self._calling(f"list the files of pull request #{mr.number}"):
             files = list(self._pr(mr.number).get_files())
@@ -275,23 +301,36 @@ class GitHubForge:
                 self._requester.graphql_query(_RESOLVE_MUTATION, {"threadId": thread_id})
 
     def poll_feedback(self, number: int, etag: str | None = None) -> tuple[PolledFeedback | None, str | None]:
+        """Every page of the review comments, each a conditional request on its own ETag (a 304 is
+        free): a reaction changes the reaction counts on its comment's page, so only changed pages
+        are read, and a reaction on the last page is seen as surely as one on the first. ``etag``
+        holds each page's ETag and size (JSON); the result lists the comments of changed pages only."""
+        known = _page_etags(etag)
+        pages: list[tuple[str, int]] = []
+        reactions: dict[str, frozenset[tuple[str, str]]] = {}
+        path = f"/repos/{self.repo_name}/pulls/{number}/comments"
         with self._calling(f"read the reactions on pull request #{number}"):
-            # A conditional request on the first page says whether anything changed; a 304 is free.
-            status, headers, _ = self._requester.requestJson(
-                "GET",
-                f"/repos/{self.repo_name}/pulls/{number}/comments",
-                parameters={"per_page": 100},
-                headers={"If-None-Match": etag} if etag else None,
-            )
-            new_etag = next((v for k, v in headers.items() if k.lower() == "etag"), None)
-            if status == 304:
-                return None, etag
-            reactions = {
-                str(c.id): _thumbs(c)
-                for c in self._pr(number).get_review_comments()
-                if c.user.login == self.bot_username
-            }
-            return PolledFeedback(reactions=reactions), new_etag
+            while True:
+                before = known[len(pages)] if len(pages) < len(known) else None
+                headers, data = self._requester.requestJsonAndCheck(
+                    "GET",
+                    path,
+                    parameters={"per_page": _PAGE, "page": len(pages) + 1},
+                    headers={"If-None-Match": before[0]} if before else None,
+                )
+                if data is None and before is not None:  # 304: this page is as it was
+                    pages.append(before)
+                else:
+                    comments = [self._github.create_from_raw_data(PullRequestComment, raw) for raw in data]
+                    tag = next((v for k, v in headers.items() if k.lower() == "etag"), "")
+                    pages.append((str(tag), len(comments)))
+                    reactions.update(
+                        (str(c.id), _thumbs(c)) for c in comments if c.user.login == self.bot_username
+                    )
+                if pages[-1][1] < _PAGE:  # the last page; a full one may have a new one after it
+                    break
+        changed = pages != known
+        return (PolledFeedback(reactions=reactions) if changed else None), json.dumps(pages)
 
     def member_role(self, username: str) -> Role:
         path = f"/repos/{self.repo_name}/collaborators/{urllib.parse.quote(username)}/permission"
@@ -477,6 +516,15 @@ def _thumbs(comment: PullRequestComment) -> frozenset[tuple[str, str]]:
     if not (comment.reactions.get(UP) or comment.reactions.get(DOWN)):
         return frozenset()
     return frozenset((r.user.login, r.content) for r in comment.get_reactions() if r.content in (UP, DOWN))
+
+
+def _page_etags(etag: str | None) -> list[tuple[str, int]]:
+    """(ETag, comments) of each page, as ``poll_feedback`` stored them; none for anything else."""
+    try:
+        stored = json.loads(etag or "[]")
+        return [(str(tag), int(size)) for tag, size in stored]
+    except (ValueError, TypeError):
+        return []
 
 
 def _too_large(file: File) -> bool:

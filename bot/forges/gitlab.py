@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import gitlab
@@ -106,6 +107,26 @@ class GitLabForge:
             base_sha=str(latest["base_commit_sha"]),
             start_sha=str(latest["start_commit_sha"]),
         )
+
+    def open_merge_requests(self, updated_since: datetime | None) -> list[MergeRequest]:
+        filters: dict[str, Any] = {"state": "opened", "order_by": "updated_at", "sort": "desc"}
+        if updated_since is not None:
+            filters["updated_after"] = updated_since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        with self._call("list the open merge requests"):
+            listed = self._project.mergerequests.list(get_all=True, per_page=100, **filters)
+        return [
+            MergeRequest(
+                number=int(mr.iid),
+                title=str(mr.title),
+                state=_STATES[str(mr.state)],
+                draft=bool(mr.draft),
+                author=str(mr.author["username"]),
+                head_sha=str(mr.sha),
+                base_sha="",  # the list has no diff version: ``merge_request`` reads it
+                updated_at=datetime.fromisoformat(str(mr.updated_at)),
+            )
+            for mr in listed
+        ]
 
     def diff(self, mr: MergeRequest) -> str:
         """``git diff`` text rebuilt from GitLab's per-file diffs (which omit the header lines).

@@ -2,11 +2,18 @@
 
 Idempotent and safe to retry at any point: the forge is asked which findings the bot has already
 posted (hidden fingerprints) before anything is posted, so a job that died after posting does not
-post twice; a job for a head that is no longer the MR's head does nothing.
+post twice; findings are recorded (pending) before they are posted, so a comment always has its row;
+a job for a head that is no longer the MR's head does nothing.
 
 Stages: load the review → ask the forge for the MR (superseded?) → diff, minus files unchanged since
-the last review → the pipeline → superseded again? → post new findings, resolve outdated ones, edit
-the summary → record findings, addressed signals and the file digests, mark done.
+the last review → the pipeline (find → rate → explain, within the review's call limit and deadline,
+the MR asked again between stages: superseded?) → superseded again? → record the findings as pending
+(a retry reuses its rows) → post the new ones → mark them posted with their comment ids (a comment
+posted by an attempt that died is found by fingerprint) → resolve outdated comments, edit the
+summary → record addressed signals and the file digests (not of files left unreviewed), mark done.
+
+Errors: ``ForgeError`` and ``LLMError`` are for the queue to retry or fail; anything else is a bug
+and propagates as it is.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from bot import metrics
 from bot.config import Settings
@@ -26,10 +34,10 @@ from bot.diff import DEFAULT_IGNORE_GLOBS, Diff, FileDiff, SkippedFile, parse_di
 from bot.events import SignalKind
 from bot.feedback.signals import record_signal
 from bot.forges import ForgeFactory
-from bot.forges.base import BotComment, Forge, InlineComment, MergeRequest, PostedComment
-from bot.llm import LLMClient
-from bot.models import Finding, Project, Review, ReviewStatus, Severity, Task
-from bot.review.pipeline import ReviewFinding, ReviewResult, render_hunk, review_diff
+from bot.forges.base import BotComment, Forge, InlineComment, MergeRequest
+from bot.llm import LLMClient, LLMUnavailable
+from bot.models import Finding, FindingStatus, Project, Review, ReviewStatus, Severity, Task
+from bot.review.pipeline import Limits, ReviewFinding, ReviewResult, render_hunk, review_diff
 from bot.review.render import comment_body, summary_body
 from bot.serving import load_missing_adapters, served_models
 from bot.untrusted import body_limit
@@ -52,13 +60,30 @@ def unchanged_since(diff: Diff, previous: dict[str, str]) -> Diff:
     return Diff(tuple(keep), diff.skipped + tuple(same))
 
 
+def fit_columns(row: SQLModel) -> SQLModel:
+    """``row`` with each string cut to its column's length: a forge's file name or a model's title
+    can be longer than any limit, and PostgreSQL refuses what SQLite would store."""
+    for column in row.__table__.columns:  # type: ignore[attr-defined]
+        length = getattr(column.type, "length", None)
+        value = getattr(row, column.name, None)
+        if isinstance(length, int) and isinstance(value, str) and len(value) > length:
+            setattr(row, column.name, value[:length])
+    return row
+
+
+def _stored(path: str) -> str:
+    """``path`` as a finding's row holds it (cut to its column), to compare with one."""
+    length = Finding.__table__.c.path.type.length  # type: ignore[attr-defined]
+    return path[:length]
+
+
 def _set(engine: sa.Engine, review_id: int, **values: object) -> None:
     with Session(engine) as session:
         review = session.get(Review, review_id)
         assert review is not None
         for name, value in values.items():
             setattr(review, name, value)
-        session.add(review)
+        session.add(fit_columns(review))
         session.commit()
 
 
@@ -80,15 +105,13 @@ class _Job:
         return self.review.id
 
 
-@dataclass(frozen=True)
-class _Posted:
-    new: list[PostedComment]  # posted by this review
-    before: dict[str, BotComment]  # posted by an earlier one, by fingerprint
-    resolved: int  # earlier comments resolved as outdated
+class _MergeRequestMoved(Exception):
+    """Found between the pipeline's stages: a newer head, or the MR closed (recorded as superseded)."""
 
 
 def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_for: ForgeFactory) -> str:
     """Run one review; returns its final status. Raises ForgeError/LLMError for the queue to retry."""
+    limits = Limits(settings.review_max_calls, settings.review_deadline_s)  # the clock starts now
     job = _load(engine, review_id)
     if isinstance(job, str):
         return job  # a repeated job: nothing to do
@@ -101,14 +124,30 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
 
     full = parse_diff(forge.diff(mr), job.project.ignore_globs or DEFAULT_IGNORE_GLOBS)
     diff = unchanged_since(full, job.previous_digests)
-    result = asyncio.run(_review(settings, engine, diff, Severity(job.project.severity_threshold)))
+
+    async def between_stages() -> None:  # the forge's client blocks: off the event loop
+        now = await asyncio.to_thread(forge.merge_request, mr.number)
+        if await asyncio.to_thread(_superseded, engine, job.review, now):
+            raise _MergeRequestMoved
+
+    threshold = Severity(job.project.severity_threshold)
+    try:
+        result = asyncio.run(_review(settings, engine, diff, threshold, limits, between_stages))
+    except _MergeRequestMoved:
+        return ReviewStatus.SUPERSEDED
+
+    unreachable = [f for f in result.failed if f.unreachable]
+    if unreachable and job.review.attempts < settings.review_max_attempts:
+        # The server may be restarting: the whole review again later beats one with holes. The last
+        # attempt posts what it has and says what it could not review.
+        raise LLMUnavailable(unreachable[0].error)
 
     # A push during the review makes these findings stale (and GitLab would refuse their positions):
     # the review queued for the new head will post instead.
     if _superseded(engine, job.review, forge.merge_request(mr.number)):
         return ReviewStatus.SUPERSEDED
-    posted = _post(engine, forge, mr, full, diff, result, body_limit(job.project.forge))
-    _finish(engine, job, result, posted, full, diff)
+    _post(engine, forge, mr, job, full, diff, result, body_limit(job.project.forge))
+    _finish(engine, job, result, full, diff)
     return ReviewStatus.DONE
 
 
@@ -140,7 +179,14 @@ def _superseded(engine: sa.Engine, review: Review, mr: MergeRequest) -> bool:
     return True
 
 
-async def _review(settings: Settings, engine: sa.Engine, diff: Diff, threshold: Severity) -> ReviewResult:
+async def _review(
+    settings: Settings,
+    engine: sa.Engine,
+    diff: Diff,
+    threshold: Severity,
+    limits: Limits,
+    between_stages: Callable[[], Awaitable[None]],
+) -> ReviewResult:
     async with LLMClient.student(settings) as llm:
         await load_missing_adapters(engine, llm)
         return await review_diff(
@@ -149,6 +195,8 @@ async def _review(settings: Settings, engine: sa.Engine, diff: Diff, threshold: 
             served_models(settings, engine),
             threshold=threshold,
             chunk_tokens=settings.review_chunk_tokens,
+            limits=limits,
+            between_stages=between_stages,
         )
 
 
@@ -161,43 +209,91 @@ def _post(
     engine: sa.Engine,
     forge: Forge,
     mr: MergeRequest,
+    job: _Job,
     full: Diff,
     reviewed: Diff,
     result: ReviewResult,
     limit: int,
-) -> _Posted:
-    """Post the findings not posted before, resolve the outdated ones, edit the summary; each body
-    at most ``limit`` characters."""
+) -> None:
+    """Record the findings as pending, post those not posted before, mark them posted with their
+    comments; then resolve the outdated ones and edit the summary. Each body at most ``limit``
+    characters."""
     existing = forge.bot_comments(mr.number)
     before = {c.fingerprint: c for c in existing if c.kind == "finding" and c.fingerprint}
+    _record_pending(engine, job.review_id, result)
     fresh = [f for f in result.findings if f.fingerprint not in before]
     new = forge.post_review(mr, full, [_inline(f, limit) for f in fresh]) if fresh else []
+    comments = {fp: (c.comment_id, c.thread_id) for fp, c in before.items()}
+    comments.update({p.fingerprint: (p.comment_id, p.thread_id) for p in new})
+    _mark_posted(engine, job.review_id, comments)
     resolved = _resolve_outdated(engine, forge, mr, existing, result, reviewed)
     summary = next((c for c in existing if c.kind == "summary"), None)
     forge.upsert_summary(mr.number, summary_body(result, mr, len(new), resolved, limit), summary)
-    return _Posted(new, before, resolved)
 
 
-def _finish(
-    engine: sa.Engine, job: _Job, result: ReviewResult, posted: _Posted, full: Diff, reviewed: Diff
-) -> None:
-    """Record the findings, the addressed ones, the file digests and the review as done, at once."""
-    failed_paths = {f.path for f in result.failed}  # not reviewed: the next push must look at them again
+def _record_pending(engine: sa.Engine, review_id: int, result: ReviewResult) -> None:
+    """This review's findings as pending rows, in one transaction; rows an earlier attempt of the
+    same review recorded are kept, not added again."""
+    model = result.stats.models[Task.SEVERITY.value]
+    with Session(engine) as session:
+        recorded = set(session.exec(select(Finding.fingerprint).where(Finding.review_id == review_id)))
+        for finding in result.findings:
+            if finding.fingerprint in recorded:
+                continue
+            row = Finding(
+                review_id=review_id,
+                path=finding.path,
+                line=finding.line,
+                side=finding.side,
+                severity=finding.severity,
+                title=finding.title,
+                review=finding.review,
+                explanation=finding.explanation,
+                code=finding.code,
+                anchor_text=finding.anchor_text,
+                fingerprint=finding.fingerprint,
+                model_version=model,
+                status=FindingStatus.PENDING,
+            )
+            session.add(fit_columns(row))
+        session.commit()
+
+
+def _mark_posted(engine: sa.Engine, review_id: int, comments: dict[str, tuple[str, str | None]]) -> None:
+    """The review's rows whose comment is on the forge (``comments``, by fingerprint) are posted,
+    with its ids, whichever attempt posted it; a pending row with no comment was never posted and
+    is not a finding of this attempt: it goes."""
+    with Session(engine) as session:
+        for row in session.exec(select(Finding).where(Finding.review_id == review_id)).all():
+            if row.fingerprint in comments:
+                row.forge_comment_id, row.forge_thread_id = comments[row.fingerprint]
+                row.status = FindingStatus.POSTED
+                session.add(fit_columns(row))
+            elif row.status == FindingStatus.PENDING:
+                session.delete(row)
+        session.commit()
+
+
+def _finish(engine: sa.Engine, job: _Job, result: ReviewResult, full: Diff, reviewed: Diff) -> None:
+    """Record the addressed findings, the file digests and the review as done, at once."""
+    unfinished = result.unfinished  # failed or cut short by a limit: the next push reviews them again
     digests = {
         **job.previous_digests,
-        **{f.path: file_digest(f) for f in full.files if f.path not in failed_paths},
+        **{f.path: file_digest(f) for f in full.files if f.path not in unfinished},
     }
-    for path in failed_paths:
+    for path in unfinished:
         digests.pop(path, None)
     with Session(engine) as session:
-        _record_findings(session, job.review_id, result, posted)
         _mark_addressed(session, job.review, full, {f.path for f in reviewed.files})
         review = session.get(Review, job.review_id)
         assert review is not None
         review.status, review.finished_at = ReviewStatus.DONE, datetime.now(UTC)
         review.timings = {"wall_seconds": result.stats.wall_seconds}
         review.file_digests = digests
-        review.error = "; ".join(f"{f.path}: {f.error}" for f in result.failed) or None
+        problems = [f"{f.path}: {f.error}" for f in result.failed]
+        review.error = (
+            "; ".join(([f"stopped: {result.stopped}"] if result.stopped else []) + problems) or None
+        )
         for failure in result.failed:  # the summary says it in plain words only
             log.warning("review %d: %s: %s", job.review_id, failure.path, failure.error)
         session.add(review)
@@ -221,7 +317,7 @@ def _resolve_outdated(
     does not know, or one on a file that was not reviewed again, is left alone.
     """
     current = {f.fingerprint for f in result.findings}
-    reviewed_paths = {f.path for f in reviewed.files} - {f.path for f in result.failed}
+    reviewed_paths = {_stored(f.path) for f in reviewed.files if f.path not in result.unfinished}
     candidates = [
         c for c in existing if c.kind == "finding" and not c.resolved and c.fingerprint not in current
     ]
@@ -243,13 +339,15 @@ def _mark_addressed(session: Session, review: Review, full: Diff, changed_paths:
     Only files whose diff changed since the last review are looked at; a file that left the MR's
     diff altogether (its change reverted) addresses all its findings.
     """
-    files = {f.path: f for f in full.files}
-    reviewed = {f.path for f in full.files} | {s.path for s in full.skipped}
+    files = {_stored(f.path): f for f in full.files}
+    reviewed = {_stored(f.path) for f in full.files} | {_stored(s.path) for s in full.skipped}
+    changed_paths = {_stored(path) for path in changed_paths}
     earlier = session.exec(
         select(Finding)
         .join(Review, col(Finding.review_id) == col(Review.id))
         .where(col(Review.project_id) == review.project_id, col(Review.mr_number) == review.mr_number)
         .where(col(Review.id) != review.id, col(Finding.anchor_text) != "")
+        .where(col(Finding.status) == FindingStatus.POSTED)  # a never-posted finding has no signals
     ).all()
     for finding in earlier:
         file = files.get(finding.path)
@@ -263,29 +361,3 @@ def _mark_addressed(session: Session, review: Review, full: Diff, changed_paths:
         if finding.anchor_text.strip() not in texts:
             assert finding.id is not None
             record_signal(session, finding.id, SignalKind.ADDRESSED, "", "", f"addressed:{finding.id}")
-
-
-def _record_findings(session: Session, review_id: int, result: ReviewResult, posted: _Posted) -> None:
-    comments = {p.fingerprint: (p.comment_id, p.thread_id) for p in posted.new}
-    comments.update({fp: (c.comment_id, c.thread_id) for fp, c in posted.before.items()})
-    model = result.stats.models[Task.SEVERITY.value]
-    for finding in result.findings:
-        comment_id, thread_id = comments.get(finding.fingerprint, (None, None))
-        session.add(
-            Finding(
-                review_id=review_id,
-                path=finding.path,
-                line=finding.line,
-                side=finding.side,
-                severity=finding.severity,
-                title=finding.title,
-                review=finding.review,
-                explanation=finding.explanation,
-                code=finding.code,
-                anchor_text=finding.anchor_text,
-                fingerprint=finding.fingerprint,
-                forge_comment_id=comment_id,
-                forge_thread_id=thread_id,
-                model_version=model,
-            )
-        )

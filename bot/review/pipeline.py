@@ -3,23 +3,30 @@
 It knows nothing of forges or the database: ``review.job`` feeds it a forge's diff and posts what it
 returns, ``reviewbot review`` feeds it a local git range.
 
-All model calls of one review go out at once (bounded by the LLM client's concurrency), chunk by
-chunk, so vLLM batches them and a slow chunk does not hold the others back. A call that fails after
-its retries costs only its own chunk or finding, which the result reports under ``failed``.
+Chunks are sized to the model's context: its length from the server (``/v1/models``), each prompt
+counted by the server's tokenizer when it has one (else estimated), and a chunk the server still
+refuses as too long is split and sent again, so no changed line goes unreviewed for length.
+
+All calls of a stage go out at once (bounded by the LLM client's concurrency), so vLLM batches them:
+every chunk's find call, then every candidate's rate call, then every finding's explain call, with
+the caller's check (a newer push?) in between. A call that fails after its retries costs only its own
+chunk or finding, which the result reports under ``failed``. A review's ``Limits`` (model calls, wall
+time) stop it early: what it did not reach is listed under ``skipped`` with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bot.diff import Diff, DiffLine, FileDiff, Hunk, LineKind
-from bot.llm import Answer, LLMBadAnswer, LLMClient, LLMError, LLMRejected, LLMUnavailable
+from bot.llm import Answer, LLMBadAnswer, LLMClient, LLMError, LLMRejected, LLMTooLong, LLMUnavailable
 from bot.models import Severity, Side, Task
 from prompts import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer, conversation
 from prompts.answers import MAX_ANSWER_TOKENS, CandidateIssue
@@ -27,6 +34,10 @@ from prompts.answers import MAX_ANSWER_TOKENS, CandidateIssue
 CHARS_PER_TOKEN = 3  # a safe under-estimate for code with Llama 3's tokenizer (about 3.5-4)
 SNIPPET_RADIUS = 6  # lines of the hunk shown around a finding to the rate and explain prompts
 SPLIT_OVERLAP = 2  # context lines repeated at the edges of the pieces of a split hunk
+MIN_CHUNK_TOKENS = 64  # however small the context, a chunk holds a few lines (a refusal splits it further)
+CALLS_PER_CHUNK = 3  # a find call, then about two to rate and explain what it found (a wave's size)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,11 @@ class Failure:
     path: str
     error: str
     public: str
+    unreachable: bool = False  # the model server was down: worth running the whole review again
+
+
+def _failure(path: str, error: str, public: str, exc: LLMError) -> Failure:
+    return Failure(path, error, public, unreachable=isinstance(exc, LLMUnavailable))
 
 
 def plain_reason(exc: LLMError) -> str:
@@ -79,6 +95,8 @@ def plain_reason(exc: LLMError) -> str:
         return "the model server was unreachable"
     if isinstance(exc, LLMBadAnswer):
         return "the model's answer was not valid"
+    if isinstance(exc, LLMTooLong):
+        return "a line is longer than the model's context"
     if isinstance(exc, LLMRejected):
         return "the model server refused the request"
     return "the model call failed"
@@ -125,9 +143,11 @@ class ReviewStats:
 @dataclass
 class ReviewResult:
     findings: list[ReviewFinding]
-    skipped: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]  # (path, why): ignored by the diff, or left when a limit was reached
     failed: list[Failure]
     stats: ReviewStats
+    stopped: str | None = None  # the limit that ended the review early, in plain words
+    unfinished: frozenset[str] = frozenset()  # files not wholly reviewed (a failure or a limit)
 
     def severity_counts(self) -> dict[Severity, int]:
         """Findings per severity, most severe first, zeros included."""
@@ -139,6 +159,7 @@ class ReviewResult:
             "findings": [{k: asdict(f)[k] for k in keys} for f in self.findings],
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
             "failed": [{"path": f.path, "error": f.error} for f in self.failed],
+            "stopped": self.stopped,
             "stats": asdict(self.stats),
         }
 
@@ -251,6 +272,90 @@ def fingerprint(path: str, target: DiffLine | None, review: str) -> str:
     return hashlib.sha256("\x00".join([path, side, code, normalized]).encode()).hexdigest()[:16]
 
 
+class LimitReached(Exception):
+    """The review's call limit or deadline is spent: a call was not made, or was cut off."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one review may spend: model calls, and wall time counted from ``started``."""
+
+    max_calls: int | None = None
+    deadline_s: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Budget:
+    limits: Limits
+    calls: int = 0
+    spent: str | None = None  # why no more calls are made, once they are not
+
+    def left(self) -> int | None:
+        return None if self.limits.max_calls is None else self.limits.max_calls - self.calls
+
+    def seconds_left(self) -> float | None:
+        if self.limits.deadline_s is None:
+            return None
+        return self.limits.started + self.limits.deadline_s - time.monotonic()
+
+    def take(self) -> None:
+        """Count one call, or raise ``LimitReached`` when none is left."""
+        seconds, left = self.seconds_left(), self.left()
+        if seconds is not None and seconds <= 0:
+            raise self.out_of_time()
+        if left is not None and left <= 0:
+            self.spent = f"review call limit reached ({self.limits.max_calls} calls)"
+            raise LimitReached(self.spent)
+        self.calls += 1
+
+    def out_of_time(self) -> LimitReached:
+        self.spent = f"review deadline reached ({self.limits.deadline_s:g} s)"
+        return LimitReached(self.spent)
+
+    def wave(self, pending: int) -> int:
+        """How many of ``pending`` chunks to review next: all of them, unless the calls left are
+        too few to rate and explain what they would find."""
+        left = self.left()
+        return pending if left is None else max(1, min(pending, left // CALLS_PER_CHUNK))
+
+
+def split_chunk(chunk: Chunk) -> list[Chunk]:
+    """Smaller chunks holding the chunk's changed lines between them, for a prompt the model's context
+    cannot take: its hunks in halves, else its one hunk's lines in halves (a half with no changed
+    line dropped); [] for a single line, which cannot be split."""
+    if len(chunk.hunks) > 1:
+        middle = len(chunk.hunks) // 2
+        return [Chunk(chunk.file, chunk.hunks[:middle]), Chunk(chunk.file, chunk.hunks[middle:])]
+    (hunk,) = chunk.hunks
+    if len(hunk.lines) < 2:
+        return []
+    middle = len(hunk.lines) // 2
+    halves = (_piece(hunk, hunk.lines[:middle]), _piece(hunk, hunk.lines[middle:]))
+    return [Chunk(chunk.file, (half,)) for half in halves if half.changed]
+
+
+def _lines(chunk: Chunk) -> str:
+    first, last = chunk.hunks[0], chunk.hunks[-1]
+    return f"lines {first.new_start}-{last.new_start + max(last.new_count, 1) - 1}"
+
+
+def _find_values(chunk: Chunk) -> dict[str, Any]:
+    return {"path": chunk.file.path, "code": chunk.text(), "max_issues": MAX_ISSUES_PER_CHUNK}
+
+
+@dataclass(frozen=True)
+class _Rated:
+    """A candidate rated at or above the threshold, waiting for its explanation."""
+
+    chunk: Chunk
+    issue: CandidateIssue
+    target: DiffLine | None
+    note: str | None
+    code: str
+    severity: Severity
+
+
 @dataclass
 class _Run:
     """State of one review while its calls are in flight."""
@@ -258,45 +363,102 @@ class _Run:
     llm: LLMClient
     models: dict[Task, str]
     threshold: Severity
+    budget: _Budget
+    window: int | None = None  # the find model's context length (prompt and answer), when known
     findings: list[ReviewFinding] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    cut: list[tuple[str, str]] = field(default_factory=list)  # (path, what a limit left undone)
     stages: dict[str, StageStats] = field(default_factory=lambda: {t.value: StageStats() for t in Task})
     counts: Counter[str] = field(default_factory=Counter)  # the counters of ``ReviewStats``
 
     async def call(self, task: Task, answer_type: type[Any], template: str, **values: Any) -> Any:
+        self.budget.take()
         try:
-            answer = await self.llm.ask(
-                conversation(template, **values),
-                answer_type,
-                self.models[task],
-                max_tokens=MAX_ANSWER_TOKENS[task],
-            )
+            async with asyncio.timeout(self.budget.seconds_left()):
+                answer = await self.llm.ask(
+                    conversation(template, **values),
+                    answer_type,
+                    self.models[task],
+                    max_tokens=MAX_ANSWER_TOKENS[task],
+                )
+        except TimeoutError:  # the review's deadline, not the call's own timeout (an LLMError)
+            raise self.budget.out_of_time() from None
         except LLMError as exc:
             self.stages[task.value].add(exc)
             raise
         self.stages[task.value].add(answer)
         return answer.value
 
-    async def review_chunk(self, chunk: Chunk) -> None:
-        path = chunk.file.path
-        changed = sum(1 for _ in chunk.changed)
-        self.counts["changed_lines"] += changed
-        try:
-            found: FindAnswer = await self.call(
-                Task.FIND, FindAnswer, "find",
-                path=path, code=chunk.text(), max_issues=MAX_ISSUES_PER_CHUNK,
-            )  # fmt: skip
-        except LLMError as exc:
-            first, last = chunk.hunks[0], chunk.hunks[-1]
-            where = f"lines {first.new_start}-{last.new_start + max(last.new_count, 1) - 1}"
-            why = f"not reviewed ({where}): "
-            self.failed.append(Failure(path, f"{why}{exc}", f"{why}{plain_reason(exc)}"))
-            return
-        self.counts["changed_lines_reviewed"] += changed
-        self.counts["candidates"] += len(found.issues)
-        await asyncio.gather(*(self.judge(chunk, issue) for issue in found.issues))
+    def chunk_budget(self, chunk_tokens: int) -> int:
+        """``chunk_tokens``, or less when the find prompt and its answer would not fit the context."""
+        if self.window is None:
+            return chunk_tokens
+        empty = conversation("find", path="", code="", max_issues=MAX_ISSUES_PER_CHUNK)
+        template = estimate_tokens("".join(str(m.get("content") or "") for m in empty))
+        room = self.window - MAX_ANSWER_TOKENS[Task.FIND] - template
+        return max(MIN_CHUNK_TOKENS, min(chunk_tokens, room))
 
-    async def judge(self, chunk: Chunk, issue: CandidateIssue) -> None:
+    async def fit(self, chunk: Chunk) -> list[Chunk]:
+        """``chunk``, split until each piece's find prompt fits the context by the server's own
+        count; as it is when the server cannot count (a refusal splits it then)."""
+        if self.window is None:
+            return [chunk]
+        try:
+            tokens = await self.llm.count_tokens(
+                self.models[Task.FIND], conversation("find", **_find_values(chunk))
+            )
+        except LLMError:
+            return [chunk]
+        pieces = split_chunk(chunk)
+        if tokens is None or tokens + MAX_ANSWER_TOKENS[Task.FIND] <= self.window or not pieces:
+            return [chunk]
+        return [fitted for done in await asyncio.gather(*map(self.fit, pieces)) for fitted in done]
+
+    async def review(self, chunks: list[Chunk], between_stages: Callable[[], Awaitable[None]] | None,
+                     on_chunk_done: Callable[[], None] | None) -> None:  # fmt: skip
+        """Find in every chunk at once, then rate every candidate, then explain every finding; the
+        check runs between stages that have work."""
+
+        async def find(chunk: Chunk) -> list[tuple[Chunk, CandidateIssue]]:
+            try:
+                return await self.find(chunk)
+            finally:
+                if on_chunk_done is not None:
+                    on_chunk_done()
+
+        candidates = [c for found in await asyncio.gather(*map(find, chunks)) for c in found]
+        if candidates and between_stages is not None:
+            await between_stages()
+        rated = [r for r in await asyncio.gather(*(self.rate(*c) for c in candidates)) if r]
+        if rated and between_stages is not None:
+            await between_stages()
+        await asyncio.gather(*map(self.explain, rated))
+
+    async def find(self, chunk: Chunk) -> list[tuple[Chunk, CandidateIssue]]:
+        path = chunk.file.path
+        try:
+            found: FindAnswer = await self.call(Task.FIND, FindAnswer, "find", **_find_values(chunk))
+        except LLMTooLong as exc:  # the estimate was wrong for this server: smaller pieces, never a loss
+            pieces = split_chunk(chunk)
+            if pieces:
+                return [c for done in await asyncio.gather(*map(self.find, pieces)) for c in done]
+            self._not_reviewed(chunk, exc)
+            return []
+        except LLMError as exc:
+            self._not_reviewed(chunk, exc)
+            return []
+        except LimitReached as exc:
+            self.cut.append((path, f"{_lines(chunk)} not reviewed: {exc}"))
+            return []
+        self.counts["changed_lines_reviewed"] += len(list(chunk.changed))
+        self.counts["candidates"] += len(found.issues)
+        return [(chunk, issue) for issue in found.issues]
+
+    def _not_reviewed(self, chunk: Chunk, exc: LLMError) -> None:
+        why = f"not reviewed ({_lines(chunk)}): "
+        self.failed.append(_failure(chunk.file.path, f"{why}{exc}", f"{why}{plain_reason(exc)}", exc))
+
+    async def rate(self, chunk: Chunk, issue: CandidateIssue) -> _Rated | None:
         path = chunk.file.path
         target, note = anchor(chunk, issue.line, Side(issue.side))
         if note:
@@ -308,35 +470,44 @@ class _Run:
             )
         except LLMError as exc:
             public = f"a finding was not rated: {plain_reason(exc)}"
-            self.failed.append(Failure(path, f"finding {issue.title!r} not rated: {exc}", public))
-            return
+            self.failed.append(_failure(path, f"finding {issue.title!r} not rated: {exc}", public, exc))
+            return None
+        except LimitReached as exc:
+            self.cut.append((path, f"a finding was not rated: {exc}"))
+            return None
         severity = Severity(rated.issue_type)
         if severity.rank < self.threshold.rank:
             self.counts["below_threshold"] += 1
-            return
+            return None
+        return _Rated(chunk, issue, target, note, code, severity)
+
+    async def explain(self, rated: _Rated) -> None:
+        path, issue, target = rated.chunk.file.path, rated.issue, rated.target
+        explanation = ""  # the finding stands without its explanation
         try:
             explained: ExplainAnswer = await self.call(
                 Task.EXPLANATION, ExplainAnswer, "explain",
-                code=code, review=issue.review, issue_type=severity.value,
+                code=rated.code, review=issue.review, issue_type=rated.severity.value,
             )  # fmt: skip
             explanation = explained.explanation
-        except LLMError as exc:  # the finding stands without its explanation
+        except LLMError as exc:
             public = f"a finding was not explained: {plain_reason(exc)}"
-            self.failed.append(Failure(path, f"finding {issue.title!r} not explained: {exc}", public))
-            explanation = ""
+            self.failed.append(_failure(path, f"finding {issue.title!r} not explained: {exc}", public, exc))
+        except LimitReached as exc:
+            self.cut.append((path, f"a finding was not explained: {exc}"))
         self.findings.append(
             ReviewFinding(
                 path=path,
                 line=target.number if target else None,
                 side=target.side if target else Side.NEW,
-                severity=severity,
+                severity=rated.severity,
                 title=issue.title,
                 review=issue.review,
                 explanation=explanation,
-                code=code,
+                code=rated.code,
                 fingerprint=fingerprint(path, target, issue.review),
                 anchor_text=target.text if target else "",
-                anchor_note=note,
+                anchor_note=rated.note,
             )
         )
 
@@ -351,6 +522,14 @@ def merge_identical(findings: list[ReviewFinding]) -> list[ReviewFinding]:
     return sorted(best.values(), key=lambda f: (f.path, f.line or 0, f.side.value, -f.severity.rank))
 
 
+async def _context_window(llm: LLMClient, model: str) -> int | None:
+    try:
+        return await llm.max_model_len(model)
+    except LLMError as exc:  # the calls themselves will fail and say so, if the server is down
+        log.warning("the context length of %s is not known (%s); chunks are sized by estimate", model, exc)
+        return None
+
+
 async def review_diff(
     diff: Diff,
     llm: LLMClient,
@@ -358,24 +537,33 @@ async def review_diff(
     *,
     threshold: Severity = Severity.TRIVIAL,
     chunk_tokens: int = 2500,
+    limits: Limits | None = None,
+    between_stages: Callable[[], Awaitable[None]] | None = None,
     on_chunks: Callable[[int], None] | None = None,
     on_chunk_done: Callable[[], None] | None = None,
 ) -> ReviewResult:
-    """Review every reviewable file of ``diff``; ``threshold`` drops findings below that severity."""
+    """Review every reviewable file of ``diff``; ``threshold`` drops findings below that severity.
+
+    Within ``limits``, what is left when they are spent is listed as skipped, with why;
+    ``between_stages`` runs between find, rate and explain, and whatever it raises stops the review.
+    """
     started = time.perf_counter()
-    chunks = chunk_diff(diff, chunk_tokens)
+    budget = _Budget(limits or Limits())
+    run = _Run(llm, models, threshold, budget, await _context_window(llm, models[Task.FIND]))
+    chunks = chunk_diff(diff, run.chunk_budget(chunk_tokens))
+    chunks = [fitted for done in await asyncio.gather(*map(run.fit, chunks)) for fitted in done]
     if on_chunks is not None:
         on_chunks(len(chunks))
-    run = _Run(llm, models, threshold)
-
-    async def one(chunk: Chunk) -> None:
-        try:
-            await run.review_chunk(chunk)
-        finally:
-            if on_chunk_done is not None:
-                on_chunk_done()
-
-    await asyncio.gather(*(one(chunk) for chunk in chunks))
+    run.counts["changed_lines"] = sum(len(list(c.changed)) for c in chunks)
+    pending = chunks
+    while pending and budget.spent is None:
+        size = budget.wave(len(pending))
+        await run.review(pending[:size], between_stages, on_chunk_done)
+        pending = pending[size:]
+    for chunk in pending:  # a limit was reached before them
+        run.cut.append((chunk.file.path, f"{_lines(chunk)} not reviewed: {budget.spent}"))
+        if on_chunk_done is not None:
+            on_chunk_done()
     findings = merge_identical(run.findings)
     counts = run.counts
     stats = ReviewStats(
@@ -394,5 +582,7 @@ async def review_diff(
         stages=run.stages,
         wall_seconds=round(time.perf_counter() - started, 3),
     )
-    skipped = [(s.path, s.reason) for s in diff.skipped]
-    return ReviewResult(findings, skipped, sorted(run.failed, key=lambda f: f.path), stats)
+    skipped = [(s.path, s.reason) for s in diff.skipped] + sorted(run.cut)
+    failed = sorted(run.failed, key=lambda f: f.path)
+    unfinished = frozenset(path for path, _ in run.cut) | {f.path for f in failed}
+    return ReviewResult(findings, skipped, failed, stats, budget.spent, unfinished)

@@ -18,7 +18,8 @@ from bot.forges.base import SUMMARY_MARKER, MergeRequest, finding_marker
 from bot.models import Severity
 from bot.review.pipeline import ReviewFinding, ReviewResult
 
-LISTED = 50  # skipped or failed files named in the summary; the rest are counted
+LISTED = 50  # skipped or failed files named in the summary at most; the rest are counted
+WHERE_ERRORS_ARE = "see `reviewbot project reviews`"  # the review's row holds every failure in full
 
 SEVERITY_STYLE = {
     Severity.CRITICAL: "bold white on red",
@@ -64,25 +65,44 @@ def comment_body(finding: ReviewFinding, limit: int) -> str:
     return untrusted.fit("\n".join(lines), finding_marker(finding.fingerprint), limit)
 
 
-def _listed(entries: list[str]) -> str:
-    more = len(entries) - LISTED
-    return "; ".join(entries[:LISTED]) + (f"; and {more} more" if more > 0 else "")
+def _listed(entries: list[str], room: int, more: str) -> str:
+    """As many ``entries`` as fit in ``room`` characters (``LISTED`` at most), then how many are
+    left, in words that end with ``more``: a long list is collapsed, never cut mid-entry."""
+    shown: list[str] = []
+    used = len(f"; and {len(entries):,} {more}")  # the tail's room, kept whether it is needed or not
+    for entry in entries[:LISTED]:
+        used += len(entry) + 2
+        if used > room:
+            break
+        shown.append(entry)
+    left = len(entries) - len(shown)
+    return "; ".join(shown + ([f"and {left:,} {more}"] if left else []))
 
 
 def summary_body(result: ReviewResult, mr: MergeRequest, posted: int, resolved: int, limit: int) -> str:
-    """The summary comment on the merge request, edited in place at each review. Failures are told
-    in plain words (``Failure.public``); the full errors are in the review's row."""
+    """The summary comment on the merge request, edited in place at each review, within ``limit``
+    characters: long lists of files are collapsed to a count. Failures are told in plain words
+    (``Failure.public``); the full errors are in the review's row (``reviewbot project reviews``)."""
     lines = [
         f"**reviewbot** reviewed {untrusted.code(mr.head_sha[:12])}: "
         f"{_found(result)} at or above {result.stats.threshold}.",
         f"{posted} new comment(s), {resolved} earlier comment(s) resolved as outdated.",
     ]
+    if result.stopped:
+        lines.append(
+            f"The review stopped early: {result.stopped}. What it did not reach is "
+            "listed as not reviewed, and is reviewed again at the next push."
+        )
+    lists = []
     if result.skipped:
         skipped = [f"{untrusted.code(path)} ({untrusted.inline(why)})" for path, why in result.skipped]
-        lines.append("Not reviewed: " + _listed(skipped))
+        lists.append((f"Not reviewed ({len(skipped):,}): ", skipped, "more files"))
     if result.failed:
         failed = [f"{untrusted.code(f.path)}: {untrusted.inline(f.public)}" for f in result.failed]
-        lines.append("Could not review: " + _listed(failed))
+        lists.append((f"Could not review ({len(failed):,}): ", failed, f"more, {WHERE_ERRORS_ARE}"))
+    fixed = sum(len(line) + 2 for line in lines) + sum(len(title) + 2 for title, _, _ in lists)
+    room = (limit - len(SUMMARY_MARKER) - 2 - fixed) // max(len(lists), 1)
+    lines += [title + _listed(entries, room, more) for title, entries, more in lists]
     return untrusted.fit("\n\n".join(lines), SUMMARY_MARKER, limit)
 
 

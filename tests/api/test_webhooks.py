@@ -5,23 +5,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from bot.api import create_app
 from bot.api.webhooks import MAX_BODY_BYTES
 from bot.events import Signal
 from bot.forges import github_events, gitlab_events
-from bot.models import Delivery, Project, Review
+from bot.models import Delivery, Outbox, Project, Review
+from bot.outbox import Job, job_of
 from tests.support.db import session_scope
 from tests.support.fixtures import FIXTURES
+from tests.support.live_server import live_server
 from tests.support.secrets import project_row, settings_with_key
 
 assert FIXTURES.is_dir(), f"the forges' payload examples are missing: expected them in {FIXTURES}"
@@ -32,33 +36,28 @@ GITLAB_EVENTS = {"merge_request": "Merge Request Hook", "note": "Note Hook", "em
 SECRET = "s3cret-webhook"
 
 
-class Recorder(list[int]):
-    """Stands in for the queue: what the intake enqueued (review ids; feedback signals)."""
+class Wakes:
+    """Stands in for the queue's relay: how often the intake said that jobs were committed."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.feedback: list[tuple[int, int, Signal]] = []
+        self.count = 0
 
-    def enqueue_review(self, review_id: int) -> None:
-        self.append(review_id)
-
-    def enqueue_feedback(self, project_id: int, delivery_id: int, signal: Signal) -> None:
-        self.feedback.append((project_id, delivery_id, signal))
-
-    def enqueue_acknowledgement(self, finding_id: int, signal: Signal) -> None:
-        del finding_id, signal
-        raise AssertionError("no finding exists in these tests, so nothing is acknowledged")
-
-    def enqueue_roles(self, project_id: int) -> None:
-        del project_id
-        raise AssertionError("no signal is recorded in these tests, so no role is asked for")
+    def wake(self) -> None:
+        self.count += 1
 
 
 @pytest.fixture
-def app(engine: sa.Engine) -> Iterator[tuple[TestClient, Recorder]]:
-    queued = Recorder()
-    with TestClient(create_app(engine, queued, settings_with_key())) as client:
-        yield client, queued
+def app(engine: sa.Engine) -> Iterator[tuple[TestClient, Wakes]]:
+    wakes = Wakes()
+    with TestClient(create_app(engine, wakes, settings_with_key())) as client:
+        yield client, wakes
+
+
+def staged(engine: sa.Engine, job: Job | None = None) -> list[tuple[int | Signal, ...]]:
+    """The arguments of the jobs the intake wrote to the outbox (of one kind), oldest first."""
+    with Session(engine) as session:
+        rows = session.exec(select(Outbox).order_by(col(Outbox.id))).all()
+    return [args for kind, args in map(job_of, rows) if job is None or kind is job]
 
 
 def add_project(engine: sa.Engine, forge: str, path: str, secret: str = SECRET, **extra: Any) -> None:
@@ -104,10 +103,8 @@ def github_case(path: Path) -> tuple[bytes, str, str, int]:
 
 
 @pytest.mark.parametrize("path", GITHUB, ids=lambda p: p.name)
-def test_github_fixture_through_the_app(
-    path: Path, app: tuple[TestClient, Recorder], engine: sa.Engine
-) -> None:
-    client, queued = app
+def test_github_fixture_through_the_app(path: Path, app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
+    client, wakes = app
     body, event, repo, expected = github_case(path)
     if not repo:  # installation events name no repository: no project can claim them
         add_project(engine, "github", "someone/else")
@@ -123,20 +120,18 @@ def test_github_fixture_through_the_app(
     headers = github_headers(body, event)
     first = client.post("/webhooks/github", content=body, headers=headers)
     assert first.status_code == expected, first.json()
-    assert len(queued) + len(queued.feedback) == (1 if expected == 202 else 0)
+    assert len(staged(engine)) == wakes.count == (1 if expected == 202 else 0)
     again = client.post("/webhooks/github", content=body, headers=headers)
     assert again.status_code == 200
     assert "duplicate" in again.json()["detail"]
-    assert len(queued) + len(queued.feedback) == (1 if expected == 202 else 0)
+    assert len(staged(engine)) == wakes.count == (1 if expected == 202 else 0)
     assert count(engine, Delivery) == 1
-    assert count(engine, Review) == len(queued)
+    assert count(engine, Review) == len(staged(engine, Job.REVIEW))
 
 
 @pytest.mark.parametrize("path", GITLAB, ids=lambda p: p.name)
-def test_gitlab_fixture_through_the_app(
-    path: Path, app: tuple[TestClient, Recorder], engine: sa.Engine
-) -> None:
-    client, queued = app
+def test_gitlab_fixture_through_the_app(path: Path, app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
+    client, wakes = app
     body = path.read_bytes()
     payload = json.loads(body)
     event = GITLAB_EVENTS[payload["object_kind"]]
@@ -154,28 +149,26 @@ def test_gitlab_fixture_through_the_app(
     again = client.post("/webhooks/gitlab", content=body, headers=headers)
     assert again.status_code == 200
     assert "duplicate" in again.json()["detail"]
-    assert len(queued) == (1 if expected == 202 else 0) == count(engine, Review)
+    queued = 1 if expected == 202 else 0
+    assert len(staged(engine, Job.REVIEW)) == wakes.count == queued == count(engine, Review)
 
 
-def test_queued_review_row_holds_the_merge_request(
-    app: tuple[TestClient, Recorder], engine: sa.Engine
-) -> None:
-    client, queued = app
+def test_queued_review_row_holds_the_merge_request(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
+    client, _ = app
     body, event, repo, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.synchronize.1.json")
     add_project(engine, "github", repo)
     response = client.post("/webhooks/github", content=body, headers=github_headers(body, event))
     assert response.status_code == 202
+    assert staged(engine) == [(response.json()["review_id"],)]
     with Session(engine) as session:
-        review = session.get(Review, queued[0])
+        review = session.get(Review, response.json()["review_id"])
     payload = json.loads(body)
     assert review is not None
     assert review.status == "queued"
     assert (review.mr_number, review.head_sha) == (payload["number"], payload["pull_request"]["head"]["sha"])
 
 
-def test_malformed_body_with_valid_signature_is_400(
-    app: tuple[TestClient, Recorder], engine: sa.Engine
-) -> None:
+def test_malformed_body_with_valid_signature_is_400(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
     client, _ = app
     add_project(engine, "github", "Codertocat/Hello-World")
     for body in (b'{"action": "opened", ', b"[1, 2]", b"\xff\xfe"):
@@ -185,9 +178,7 @@ def test_malformed_body_with_valid_signature_is_400(
     assert count(engine, Delivery) == 0
 
 
-def test_oversized_body_is_413_before_anything_else(
-    app: tuple[TestClient, Recorder], engine: sa.Engine
-) -> None:
+def test_oversized_body_is_413_before_anything_else(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
     client, _ = app
     add_project(engine, "gitlab", "group/app")
     body = b"{" + b" " * MAX_BODY_BYTES + b"}"
@@ -196,7 +187,7 @@ def test_oversized_body_is_413_before_anything_else(
     assert count(engine, Delivery) == 0
 
 
-def test_unknown_project_is_404(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
+def test_unknown_project_is_404(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
     client, _ = app
     body, event, _, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json")
     assert (
@@ -210,9 +201,9 @@ def test_unknown_project_is_404(app: tuple[TestClient, Recorder], engine: sa.Eng
 
 
 def test_events_of_the_bot_itself_and_disabled_projects_are_ignored(
-    app: tuple[TestClient, Recorder], engine: sa.Engine
+    app: tuple[TestClient, Wakes], engine: sa.Engine
 ) -> None:
-    client, queued = app
+    client, wakes = app
     body, event, repo, _ = github_case(FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json")
     add_project(engine, "github", repo, bot_username="Codertocat")
     response = client.post("/webhooks/github", content=body, headers=github_headers(body, event))
@@ -224,11 +215,12 @@ def test_events_of_the_bot_itself_and_disabled_projects_are_ignored(
     response = client.post("/webhooks/github", content=body, headers=github_headers(body, event))
     assert response.status_code == 200
     assert "disabled" in response.json()["detail"]
-    assert queued == []
+    assert staged(engine) == []
+    assert wakes.count == 0
 
 
-def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
-    client, queued = app
+def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
+    client, _ = app
     add_project(engine, "github", "a/one")
     with session_scope(engine) as session:
         session.add(project_row("other", forge="github", forge_url="http://forge.test", path="b/two"))
@@ -243,7 +235,7 @@ def test_each_project_answers_to_its_own_secret(app: tuple[TestClient, Recorder]
     )
     headers = github_headers(body, "pull_request", secret="other")
     assert client.post("/webhooks/github", content=body, headers=headers).status_code == 202
-    assert len(queued) == 1
+    assert len(staged(engine, Job.REVIEW)) == 1
 
 
 def pr_comment(body: str, action: str = "created", repo: str = "o/r") -> dict[str, Any]:
@@ -360,9 +352,9 @@ def webhook_key(engine: sa.Engine, path: str) -> str:
 
 
 def test_a_projects_own_url_answers_to_its_own_secret_only(
-    app: tuple[TestClient, Recorder], engine: sa.Engine
+    app: tuple[TestClient, Wakes], engine: sa.Engine
 ) -> None:
-    client, queued = app
+    client, _ = app
     add_project(engine, "github", "a/one", webhook_key="key-one")
     add_project(engine, "github", "b/two", secret="other", webhook_key="key-two")
     body = opened_for("a/one")
@@ -380,16 +372,17 @@ def test_a_projects_own_url_answers_to_its_own_secret_only(
         "/webhooks/github/key-one", content=body, headers=github_headers(body, "pull_request")
     )
     assert right.status_code == 202, right.json()
-    assert len(queued) == 1
+    assert len(staged(engine, Job.REVIEW)) == 1
     assert count(engine, Delivery) == 1
+    assert client.get("/webhooks/github/key-one").status_code == 405  # deliveries are POSTs
 
 
 @pytest.mark.parametrize("forge", ["github", "gitlab"])
 def test_projects_sharing_one_secret_each_get_their_deliveries(
-    app: tuple[TestClient, Recorder], engine: sa.Engine, forge: str
+    app: tuple[TestClient, Wakes], engine: sa.Engine, forge: str
 ) -> None:
     """A GitHub App or organisation hook, a GitLab group hook: one secret signs all their deliveries."""
-    client, queued = app
+    client, _ = app
     for path in ("org/one", "org/two"):
         add_project(engine, forge, path)
     for path in ("org/one", "org/two"):
@@ -402,15 +395,13 @@ def test_projects_sharing_one_secret_each_get_their_deliveries(
             body, headers = json.dumps(payload).encode(), gitlab_headers("Merge Request Hook")
         response = client.post(f"/webhooks/{forge}", content=body, headers=headers)
         assert response.status_code == 202, (path, response.json())
-    assert len(queued) == 2
+    assert len(staged(engine, Job.REVIEW)) == 2
     with Session(engine) as session:
         reviewed = {review.project_id for review in session.exec(select(Review)).all()}
     assert len(reviewed) == 2
 
 
-def test_a_project_added_after_the_start_is_found(
-    app: tuple[TestClient, Recorder], engine: sa.Engine
-) -> None:
+def test_a_project_added_after_the_start_is_found(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
     client, _ = app
     body = opened_for("late/comer")
     assert (
@@ -430,9 +421,9 @@ def test_a_project_added_after_the_start_is_found(
 
 @pytest.mark.parametrize("stored", ["empty", "plain text"])
 def test_a_project_without_a_sealed_secret_never_authenticates(
-    app: tuple[TestClient, Recorder], engine: sa.Engine, stored: str
+    app: tuple[TestClient, Wakes], engine: sa.Engine, stored: str
 ) -> None:
-    client, queued = app
+    client, wakes = app
     payload = json.loads((FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json").read_bytes())
     path = payload["project"]["path_with_namespace"]
     with session_scope(engine) as session:
@@ -451,11 +442,12 @@ def test_a_project_without_a_sealed_secret_never_authenticates(
         assert client.post(url, content=body, headers=headers).status_code in (401, 404)
         no_token = {"X-Gitlab-Event": "Merge Request Hook"}
         assert client.post(url, content=body, headers=no_token).status_code == 401
-    assert queued == []
+    assert staged(engine) == []
+    assert wakes.count == 0
     assert count(engine, Delivery) == 0
 
 
-def test_no_database_query_before_authentication(app: tuple[TestClient, Recorder], engine: sa.Engine) -> None:
+def test_no_database_query_before_authentication(app: tuple[TestClient, Wakes], engine: sa.Engine) -> None:
     """Unsigned junk costs no query; wrongly signed junk costs at most the rate-limited reloads."""
     client, _ = app
     add_project(engine, "github", "a/one", webhook_key="key-one")
@@ -480,22 +472,16 @@ def test_no_database_query_before_authentication(app: tuple[TestClient, Recorder
 
 
 def test_too_many_deliveries_at_once_are_503_with_retry_after(engine: sa.Engine) -> None:
-    import threading
-
-    import httpx
-
-    from tests.support.live_server import live_server
-
     release = threading.Event()
 
-    class Slow(Recorder):
-        def enqueue_review(self, review_id: int) -> None:
+    class Slow(Wakes):
+        def wake(self) -> None:  # holds the first delivery in flight, after its commit
             release.wait(timeout=30)
-            super().enqueue_review(review_id)
+            super().wake()
 
     add_project(engine, "github", "a/one")
-    queued = Slow()
-    app = create_app(engine, queued, settings_with_key(intake_concurrency=1))
+    wakes = Slow()
+    app = create_app(engine, wakes, settings_with_key(intake_concurrency=1))
     with live_server(app) as url:
         first_body = opened_for("a/one")
         first = threading.Thread(
@@ -519,21 +505,22 @@ def test_too_many_deliveries_at_once_are_503_with_retry_after(engine: sa.Engine)
         first.join(timeout=30)
     assert second.status_code == 503
     assert second.headers["retry-after"].isdigit()
-    assert len(queued) == 1
+    assert wakes.count == 1
+    assert len(staged(engine, Job.REVIEW)) == 1
 
 
 def test_docs_schema_and_metrics_need_the_admin_token(engine: sa.Engine) -> None:
-    with TestClient(create_app(engine, Recorder(), settings_with_key())) as client:
+    with TestClient(create_app(engine, Wakes(), settings_with_key())) as client:
         for path in ("/docs", "/redoc", "/openapi.json", "/metrics"):
             assert client.get(path).status_code in (403, 404), path
         assert client.get("/healthz").status_code == 200
-    with TestClient(create_app(engine, Recorder(), settings_with_key(admin_token="t0ken"))) as client:
+    with TestClient(create_app(engine, Wakes(), settings_with_key(admin_token="t0ken"))) as client:
         for path in ("/openapi.json", "/metrics"):
             assert client.get(path).status_code == 401
             assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
             assert client.get(path, headers={"Authorization": "t0ken"}).status_code == 401
             assert client.get(path, headers={"Authorization": "Bearer t0ken"}).status_code == 200
         assert client.get("/docs").status_code == 404
-    with TestClient(create_app(engine, Recorder(), settings_with_key(public_metrics=True))) as client:
+    with TestClient(create_app(engine, Wakes(), settings_with_key(public_metrics=True))) as client:
         assert client.get("/metrics").status_code == 200
         assert client.get("/openapi.json").status_code == 403

@@ -1,6 +1,8 @@
 """`reviewbot project add` and `reviewbot serve` as a user runs them: a GitHub pull request webhook is
 acknowledged, the embedded consumer reviews the PR with the real student, and the findings land on
-the (fake) GitHub as one review plus one summary comment."""
+the (fake) GitHub as one review plus one summary comment. And `reviewbot serve` as a process that
+stops: its outbox relay sends at start-up what an earlier run left unsent, and on SIGTERM its
+embedded consumer hands back the review it could not finish."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,13 +19,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import Session
 
+from bot import db
+from bot.models import Review, ReviewStatus
+from bot.outbox import Job, stage
+from bot.queue import Queue
+from tests.queue.slow_forge import slow_forge
+from tests.support.db import session_scope
 from tests.support.fake_github import FakeGitHub, SeedFile
 from tests.support.fixtures import FIXTURES
 from tests.support.live_server import live_server
+from tests.support.processes import reviewbot_env, start_reviewbot, wait_for
+from tests.support.secrets import SECRET_KEY, project_row, settings_with_key
 from tests.support.vllm_server import VLLMServer, free_port
-
-pytestmark = pytest.mark.vllm
 
 FIXTURE = FIXTURES / "github" / "webhooks" / "pull_request.opened.1.json"
 REPO = "octo/shop"
@@ -46,6 +56,7 @@ def reviewbot(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.vllm
 def test_project_add_then_serve_reviews_a_pull_request(
     github: tuple[FakeGitHub, str], vllm_server: VLLMServer, tmp_path: Path
 ) -> None:
@@ -133,3 +144,56 @@ def test_project_add_then_serve_reviews_a_pull_request(
     assert len(summaries) == 1
     assert summaries[0].user == "shop-bot"
     assert "logo.png" in summaries[0].body  # the binary file is reported as not reviewed
+
+
+def test_serve_sends_what_was_left_and_hands_back_on_sigterm(tmp_path: Path) -> None:
+    database_url, queue_url = f"sqlite:///{tmp_path}/bot.db", f"sqlite:///{tmp_path}/queue.db"
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    env = reviewbot_env(database_url=database_url, queue_url=queue_url, secret_key=SECRET_KEY)
+    env["GITLAB_TOKEN"] = "bot-token"
+    with slow_forge() as forge:
+        forge.delay_s = 30  # the review hangs on the forge
+        with session_scope(engine) as session:
+            project = project_row("s", forge="gitlab", forge_url=forge.url, path="g/app")
+            session.add(project)
+            session.flush()
+            assert project.id is not None
+            review = Review(project_id=project.id, mr_number=3, head_sha="c" * 40)
+            session.add(review)
+            session.flush()
+            assert review.id is not None
+            review_id = review.id
+            stage(session, Job.REVIEW, review_id)  # committed; the process that wrote it died before sending
+
+        def status() -> str:
+            with Session(engine) as session:
+                row = session.get(Review, review_id)
+                assert row is not None
+                return row.status
+
+        server = start_reviewbot("serve", env, "serve", "--port", str(free_port()), "--shutdown-timeout", "1",
+                                 log_dir=tmp_path)  # fmt: skip
+        wait_for("the job left in the outbox to run", lambda: status() == ReviewStatus.RUNNING, 60)
+        server.send(signal.SIGTERM)
+        assert server.wait(30) == 0, server.output()
+        with Session(engine) as session:
+            row = session.get(Review, review_id)
+            assert row is not None
+            assert row.status == ReviewStatus.QUEUED, server.output()
+            assert row.attempts == 0
+            assert row.error == "handed back: its worker stopped"
+        queue = Queue(settings_with_key(database_url=database_url, queue_url=queue_url), engine)
+        assert queue.huey.pending_count() == 1  # back on the queue, for the next start
+
+        forge.delay_s = 0
+        server = start_reviewbot("serve-again", env, "serve", "--port", str(free_port()), log_dir=tmp_path)
+        try:
+            wait_for("the review to finish", lambda: status() == ReviewStatus.FAILED, 60)
+        finally:
+            server.stop()
+        with Session(engine) as session:
+            row = session.get(Review, review_id)
+            assert row is not None
+            assert row.attempts == 1
+            assert "404" in (row.error or "")  # the forge says the merge request is gone

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bot.config import ConfigError, load_settings
-from bot.llm import Answer, LLMBadAnswer, LLMClient, LLMError, LLMRejected, LLMUnavailable
+from bot.llm import Answer, LLMBadAnswer, LLMClient, LLMError, LLMRejected, LLMTooLong, LLMUnavailable
 from prompts import RateAnswer
 from tests.support.scripted_server import Reply, Script, completion, scripted_server
 from tests.support.vllm_server import free_port
@@ -80,6 +80,50 @@ def test_4xx_is_not_retried() -> None:
     with scripted_server(script) as url, pytest.raises(LLMRejected, match="does not exist"):
         ask(url, max_retries=3)
     assert len(script.requests) == 1
+
+
+def test_a_prompt_past_the_context_is_refused_as_too_long() -> None:
+    script = Script([GOOD], max_model_len=40, chars_per_token=1.0)
+    with scripted_server(script) as url, pytest.raises(LLMTooLong, match="maximum context length is 40"):
+        ask(url, max_retries=3)
+    assert len(script.refused) == 1  # not retried
+    assert script.requests == []
+
+
+def test_context_length_and_token_count_come_from_the_server() -> None:
+    async def probe(url: str) -> tuple[int | None, int | None, int | None, int | None]:
+        async with LLMClient(url, "key", role="student") as llm:
+            return (
+                await llm.max_model_len("scripted"),
+                await llm.max_model_len("severity-v2"),  # an adapter: its base model's context
+                await llm.max_model_len("another-model"),
+                await llm.count_tokens("scripted", MESSAGES),
+            )
+
+    script = Script([], max_model_len=2048, chars_per_token=2.0, tokenize=True, adapters=("severity-v2",))
+    with scripted_server(script) as url:
+        assert asyncio.run(probe(url)) == (2048, 2048, None, script.count({"messages": MESSAGES}))
+    assert script.tokenized == [{"model": "scripted", "messages": MESSAGES}]
+
+
+def test_a_server_without_a_tokenizer_is_asked_once() -> None:
+    async def count(url: str) -> list[int | None]:
+        async with LLMClient(url, "key", role="student") as llm:
+            return [await llm.count_tokens("scripted", MESSAGES) for _ in range(3)]
+
+    script = Script([])  # no /tokenize, no max_model_len on its card
+    with scripted_server(script) as url:
+        assert asyncio.run(count(url)) == [None, None, None]
+        assert ask_len(url) is None
+    assert len(script.tokenized) == 1
+
+
+def ask_len(url: str) -> int | None:
+    async def call() -> int | None:
+        async with LLMClient(url, "key", role="student") as llm:
+            return await llm.max_model_len("scripted")
+
+    return asyncio.run(call())
 
 
 def test_timeout_per_call() -> None:

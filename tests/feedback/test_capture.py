@@ -155,6 +155,7 @@ def signals(engine: sa.Engine, forge: str) -> list[tuple[str, str, str]]:
 
 
 def run_jobs(queue: Queue) -> None:
+    queue.relay.drain()  # the outbox's jobs onto the queue
     while (task := queue.huey.dequeue()) is not None:
         queue.huey.execute(task)
 
@@ -233,11 +234,13 @@ def test_feedback_that_outruns_its_finding_waits(
     early = gitlab(client, "Emoji Hook", award("gitlab-999", award_id=31))
     assert early.status_code == 202
     assert "queued until its finding is known" in early.json()["detail"]
+    queue.relay.drain()
     queue.huey.execute(queue.huey.dequeue())  # the review job has not recorded the finding yet: retried
     assert queue.huey.pending_count() == 1
     with session_scope(engine) as session:  # ... now it has
         finding = session.exec(select(Finding).where(Finding.forge_comment_id == "gitlab-501")).one()
         finding.forge_comment_id = "gitlab-999"
+    queue.relay.drain()
     queue.huey.execute(queue.huey.dequeue())
     assert label(engine, "gitlab", queue) == "accepted"
     with Session(engine) as session:
@@ -249,6 +252,7 @@ def test_feedback_on_someone_elses_comment_is_dropped_visibly(
 ) -> None:
     client, queue, _ = setup
     assert gitlab(client, "Emoji Hook", award("not-a-bot-note", award_id=41)).status_code == 202
+    queue.relay.drain()  # the outbox's jobs onto the queue
     while (task := queue.huey.dequeue()) is not None:
         queue.huey.execute(task)
     with Session(engine) as session:
@@ -309,6 +313,7 @@ def test_a_command_is_acknowledged_on_the_forge(
                 "/severity minor", discussion.id, note_id=theirs.id, action="update"
             )  # unchanged edit
             assert gitlab(client, "Note Hook", again).status_code == 200
+        queue.relay.drain()  # the outbox's jobs onto the queue
         while (task := queue.huey.dequeue()) is not None:
             queue.huey.execute(task)
     assert theirs.awards == [(bot, "eyes")]
@@ -706,6 +711,7 @@ class PullRequest:
         return bob, self.comment(bob, QUOTING_OPEN)
 
     def run_jobs(self) -> None:
+        self.queue.relay.drain()  # the outbox's jobs onto the queue
         while (task := self.queue.huey.dequeue()) is not None:
             self.queue.huey.execute(task)
 
@@ -929,10 +935,9 @@ def quick_reviewer(
     reaction: str, engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> QuickReviewer:
     """A reviewer reacts to the bot's comment the moment it is posted, before the review job has
-    recorded its finding. Through the real queue and the real review job (fake GitLab, a scripted
+    marked its finding posted. Through the real queue and the real review job (fake GitLab, a scripted
     student): the feedback job finds nothing and is retried, then records one row once the job is done.
     ``reaction`` (parametrized by each test) is ``command`` (a reply) or ``award`` (a 👍)."""
-    from bot.forges.base import BotComment
     from bot.forges.gitlab import GitLabForge
     from tests.support.fake_gitlab import Discussion, FakeGitLab, change
     from tests.support.live_server import live_server
@@ -976,10 +981,11 @@ def quick_reviewer(
         )
 
         class ReviewerIsQuick(GitLabForge):
-            """The job writes the summary after posting the findings and before recording them: the
-            reviewer's webhook arrives then, and a second worker runs its feedback job at once."""
+            """The job posts the findings and then marks their rows posted: the reviewer's webhook
+            arrives in between, and a second worker runs its feedback job at once."""
 
-            def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
+            def post_review(self, mr_: Any, diff: Any, comments: Any) -> Any:
+                done = super().post_review(mr_, diff, comments)
                 posted: Discussion = next(d for d in mr.discussions if d.notes[0].author is bot)
                 if reaction == "command":
                     theirs = fake.add_reply(posted, ana, "/severity minor")
@@ -988,13 +994,14 @@ def quick_reviewer(
                     posted.notes[0].awards.append((ana, "thumbsup"))
                     event, payload = "Emoji Hook", award(str(posted.notes[0].id), award_id=71)
                 response = gitlab(client, event, payload)
-                assert response.status_code == 202, response.json()  # its finding is not recorded yet
+                assert response.status_code == 202, response.json()  # its finding is not posted yet
+                queue.relay.drain()
                 queue.huey.execute(queue.huey.dequeue())  # FindingNotYet: retried
                 with Session(engine) as session:
                     rows = len(session.exec(select(Feedback)).all())
                     outcome = session.exec(select(Delivery).order_by(Delivery.id)).all()[-1].outcome
                 seen_early.append((rows, outcome, queue.huey.pending_count()))
-                return super().upsert_summary(number, body, existing)
+                return done
 
         queue = Queue(settings, engine, lambda p: ReviewerIsQuick(url, "bot-token", p.path), retry_delay_s=0)
         with TestClient(create_app(engine, queue, queue.settings)) as client:
@@ -1002,6 +1009,7 @@ def quick_reviewer(
             opened["project"]["path_with_namespace"] = "group/app"
             opened["object_attributes"].update(iid=mr.iid, action="open", last_commit={"id": mr.sha})
             assert gitlab(client, "Merge Request Hook", opened).status_code == 202
+            queue.relay.drain()  # the outbox's jobs onto the queue
             while (task := queue.huey.dequeue()) is not None:  # the review, then what it left waiting
                 queue.huey.execute(task)
 

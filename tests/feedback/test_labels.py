@@ -321,13 +321,16 @@ def test_acceptance_figures_on_metrics(engine: sa.Engine) -> None:
 
     from bot.api import create_app
     from bot.config import load_settings
-    from tests.api.test_webhooks import Recorder
+
+    class NoDeliveries:  # the intake's queue: this test sends no webhook
+        def wake(self) -> None:
+            raise AssertionError("no delivery was sent")
 
     up = add_finding(engine, "major", "severity-v3")
     add_finding(engine, "major", "severity-v3")  # a finding nobody reacted to
     with session_scope(engine) as session:
         record_signal(session, up, SignalKind.REACTION, "+1", "ana", "m1", role="developer")
-    with TestClient(create_app(engine, Recorder(), load_settings(public_metrics=True))) as client:
+    with TestClient(create_app(engine, NoDeliveries(), load_settings(public_metrics=True))) as client:
         exposed = client.get("/metrics").text
     labels = 'model_version="severity-v3",project="g/app",severity="major"'
     assert f"reviewbot_findings{{{labels}}} 2.0" in exposed

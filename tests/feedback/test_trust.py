@@ -95,6 +95,7 @@ class Critical:
         assert response.status_code == 200, response.json()
 
     def run_jobs(self) -> None:
+        self.queue.relay.drain()  # the outbox's jobs onto the queue
         while (task := self.queue.huey.dequeue()) is not None:
             self.queue.huey.execute(task)
 
@@ -228,6 +229,7 @@ def test_a_link_to_a_finding_of_another_pull_request_labels_nothing(
     on_pr_2 = pr_comment(950, f"/severity trivial\n\n{link}")
     on_pr_2["issue"]["number"] = 2
     assert github(client, "issue_comment", on_pr_2).status_code == 202  # waits for a finding of PR 2 ...
+    queue.relay.drain()  # the outbox's jobs onto the queue
     while (task := queue.huey.dequeue()) is not None:
         queue.huey.execute(task)
     with Session(engine) as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -459,3 +460,60 @@ def test_reactions_are_polled_with_their_users(forge: GitHubForge, fake: FakeGit
         str(quiet): frozenset(),
     }
     assert fake.count("GET", f"/repos/{REPO}/pulls/comments/{quiet}/reactions") == 0  # no 👍/👎: not asked
+
+
+def test_reactions_on_a_later_page_are_seen_and_unchanged_pages_cost_a_304(
+    forge: GitHubForge, fake: FakeGitHub
+) -> None:
+    ids = [
+        fake.add_review_comment(REPO, 7, BOT, f"finding <!-- reviewbot:finding:{n:016x} -->", "a.py")
+        for n in range(250)  # three pages of 100
+    ]
+    polled, etag = forge.poll_feedback(7)
+    assert polled is not None
+    assert len(polled.reactions) == 250
+
+    fake.react(ids[240], "alice", "+1")  # on page 3
+    polled, etag = forge.poll_feedback(7, etag)
+    assert polled is not None
+    assert polled.reactions == {str(i): frozenset() for i in ids[200:240] + ids[241:]} | {
+        str(ids[240]): frozenset({("alice", "+1")})
+    }
+    assert fake.not_modified == 2  # pages 1 and 2 did not change
+
+    assert forge.poll_feedback(7, etag) == (None, etag)  # nothing changed: three 304s
+    assert fake.not_modified == 5
+
+
+def test_a_new_page_of_comments_is_read_after_a_full_last_page(forge: GitHubForge, fake: FakeGitHub) -> None:
+    for n in range(100):
+        fake.add_review_comment(REPO, 7, BOT, f"finding <!-- reviewbot:finding:{n:016x} -->", "a.py")
+    _, etag = forge.poll_feedback(7)
+    late = fake.add_review_comment(REPO, 7, BOT, "late <!-- reviewbot:finding:ffffffffffffffff -->", "a.py")
+    fake.react(late, "alice", "-1")
+    polled, _ = forge.poll_feedback(7, etag)
+    assert polled is not None
+    assert polled.reactions == {str(late): frozenset({("alice", "-1")})}
+
+
+def test_open_merge_requests_newest_first_stopping_at_updated_since(
+    forge: GitHubForge, fake: FakeGitHub
+) -> None:
+    fake.pulls[(REPO, 7)].updated_at = datetime.now(UTC) - timedelta(days=2)
+    fake.add_pull(REPO, 8, SEED, author="bob", head_sha="c" * 40)
+    fake.add_pull(REPO, 9, SEED, state="closed")
+    for number in range(10, 215):  # past two pages of open pull requests, all old
+        fake.add_pull(REPO, number, SEED, head_sha=f"{number:040x}")
+        fake.pulls[(REPO, number)].updated_at = datetime.now(UTC) - timedelta(days=3)
+    fake.push(REPO, 7, "d" * 40)
+
+    recent = forge.open_merge_requests(datetime.now(UTC) - timedelta(hours=1))
+    assert [(mr.number, mr.head_sha, mr.draft, mr.author, mr.state) for mr in recent] == [
+        (7, "d" * 40, True, "alice", "open"),
+        (8, "c" * 40, False, "bob", "open"),
+    ]
+    assert all(mr.updated_at is not None and mr.updated_at.tzinfo for mr in recent)
+    assert fake.count("GET", f"/repos/{REPO}/pulls") == 1  # stopped on the first page
+
+    everything = forge.open_merge_requests(None)
+    assert sorted(mr.number for mr in everything) == [7, 8, *range(10, 215)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -444,3 +445,24 @@ def test_member_role_is_the_access_level_inherited_or_not(
 def test_a_stranger_or_unknown_user_has_no_role(forge: GitLabForge) -> None:
     assert forge.member_role("alice") is Role.NONE  # a user, not a member
     assert forge.member_role("nobody") is Role.NONE
+
+
+def test_open_merge_requests_updated_since_across_pages(fake: FakeGitLab, forge: GitLabForge) -> None:
+    old = [open_mr(fake) for _ in range(45)]  # three pages of the fake's 20
+    for mr in old:
+        mr.updated_at = datetime.now(UTC) - timedelta(days=3)
+    draft = open_mr(fake, draft=True)
+    open_mr(fake, state="merged")
+    pushed = old[30]
+    fake.push(pushed, [change("app.py", OLD, NEW + "more\n")])
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    recent = forge.open_merge_requests(since)
+    assert [(mr.number, mr.head_sha, mr.draft, mr.author, mr.state) for mr in recent] == [
+        (pushed.iid, pushed.sha, False, "alice", "open"),
+        (draft.iid, draft.sha, True, "alice", "open"),
+    ]
+    assert all(mr.updated_at is not None and mr.updated_at >= since for mr in recent)
+
+    everything = forge.open_merge_requests(None)
+    assert sorted(mr.number for mr in everything) == sorted([*(mr.iid for mr in old), draft.iid])

@@ -156,7 +156,7 @@ def test_stored_bodies_are_inert(posted: Posted) -> None:
 
 def test_long_bodies_say_they_were_cut(posted: Posted) -> None:
     summary = next(body for body, kind in posted.bodies if kind == "summary")
-    assert "and 2951 more" in summary  # 3001 skipped files, 50 named
+    assert "and 2,951 more files" in summary  # 3001 skipped files, 50 named
     assert any("(truncated)" in body for body, kind in posted.bodies if kind == "finding")
 
 

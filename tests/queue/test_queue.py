@@ -1,4 +1,5 @@
-"""The job queue: failures recorded on the review, retries, the per-MR lock, lost jobs swept up, Redis."""
+"""The job queue: failures recorded on the review, attempts and retries, the per-MR lease, lost jobs
+swept up once, a stopping worker's job handed back, Redis, signed jobs."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from bot.config import load_settings
 from bot.forges.base import Forge, ForgeError
-from bot.models import Project, Review, ReviewStatus
-from bot.queue import Queue
+from bot.models import Outbox, Project, Review, ReviewStatus
+from bot.queue import Queue, lease
 from tests.support.db import session_scope
 from tests.support.secrets import project_row
 
@@ -44,14 +45,16 @@ def review_row(engine: sa.Engine, review_id: int) -> Review:
 
 
 def run_pending(queue: Queue) -> int:
-    """Execute what the queue holds, as a consumer would (the tests' queues retry without delay)."""
+    """Execute what the queue holds, as a consumer would; how many ran (a job scheduled for later goes
+    to Huey's schedule and does not count)."""
     ran = 0
-    while ran < 50:
+    for _ in range(50):
         task = queue.huey.dequeue()
         if task is None:
             return ran
+        later = task.eta is not None and task.eta > datetime.now(UTC).replace(tzinfo=None)
         queue.huey.execute(task)  # Huey catches the task's errors and requeues those with retries left
-        ran += 1
+        ran += not later
     raise AssertionError("the queue never ran dry")
 
 
@@ -73,52 +76,164 @@ def test_retryable_error_is_retried_then_recorded(engine: sa.Engine, tmp_path: P
     )
     review_id = add_review(engine)
     queue.enqueue_review(review_id)
-    assert run_pending(queue) == 1 + 4  # the first try and REVIEW_RETRIES retries
+    assert run_pending(queue) == 5  # REVIEWBOT_REVIEW_MAX_ATTEMPTS runs, then no more
     row = review_row(engine, review_id)
     assert row.status == ReviewStatus.FAILED
+    assert row.attempts == 5
+    assert "gave up after 5 attempts" in (row.error or "")
     assert "forge says no" in (row.error or "")
 
 
-def test_a_locked_merge_request_waits(engine: sa.Engine, tmp_path: Path) -> None:
+def test_a_bug_fails_the_review_at_once(engine: sa.Engine, tmp_path: Path) -> None:
+    def buggy(_project: Project) -> Forge:
+        raise KeyError("a bug")
+
+    queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, buggy, retry_delay_s=0)
+    review_id = add_review(engine)
+    queue.enqueue_review(review_id)
+    assert run_pending(queue) == 1  # no retry
+    row = review_row(engine, review_id)
+    assert row.status == ReviewStatus.FAILED
+    assert row.error == "internal error: KeyError('a bug')"
+
+
+def test_the_forge_retry_after_is_the_delay(engine: sa.Engine, tmp_path: Path) -> None:
+    def busy(_project: Project) -> Forge:
+        raise ForgeError("429 slow down", retryable=True, retry_after_s=120)
+
+    queue = Queue(load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, busy, retry_delay_s=0)
+    review_id = add_review(engine)
+    queue.enqueue_review(review_id)
+    before = datetime.now(UTC)
+    assert run_pending(queue) == 1
+    (scheduled,) = queue.huey.scheduled()
+    assert scheduled.args == (review_id,)
+    eta = scheduled.eta.replace(tzinfo=UTC)  # Huey keeps naive UTC
+    assert before + timedelta(seconds=119) < eta < datetime.now(UTC) + timedelta(seconds=121)
+    row = review_row(engine, review_id)
+    assert row.status == ReviewStatus.QUEUED
+    assert row.attempts == 1
+    assert row.error == "429 slow down"
+
+
+def test_a_locked_merge_request_waits_without_spending_an_attempt(engine: sa.Engine, tmp_path: Path) -> None:
     queue = Queue(
         load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, failing_forge(False), retry_delay_s=0
     )
     review_id = add_review(engine)
     row = review_row(engine, review_id)
-    with queue.huey.lock_task(f"review-{row.project_id}-{row.mr_number}"):
+    name = lease.review_lease(row.project_id, row.mr_number)
+    assert lease.acquire(engine, name, "a live worker", 60)  # another review of the MR is running
+    for _ in range(3):
         queue.enqueue_review(review_id)
-        task = queue.huey.dequeue()
-        queue.huey.execute(task)
-        assert queue.huey.scheduled_count() == 1  # retried later, not run beside the other review
-    assert review_row(engine, review_id).status == ReviewStatus.QUEUED
+        assert run_pending(queue) == 1
+        assert review_row(engine, review_id).status == ReviewStatus.QUEUED
+    assert queue.huey.scheduled_count() == 3  # each retried later, not run beside the other review
+    row = review_row(engine, review_id)
+    assert row.status == ReviewStatus.QUEUED
+    assert row.attempts == 0
+    assert row.lease_until is not None  # the sweep leaves it alone while it waits
+
+    lease.release(engine, name, "a live worker")
+    queue.enqueue_review(review_id)
+    assert run_pending(queue) == 1
+    assert review_row(engine, review_id).status == ReviewStatus.FAILED  # ran: the forge said no
 
 
-def test_lost_jobs_are_queued_again(engine: sa.Engine, tmp_path: Path) -> None:
+def test_a_dead_workers_lease_is_taken_over_after_its_ttl(engine: sa.Engine, tmp_path: Path) -> None:
     queue = Queue(
         load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, failing_forge(False), retry_delay_s=0
     )
-    long_ago = datetime.now(UTC) - timedelta(hours=2)
-    lost_queued = add_review(engine, created_at=long_ago)
+    review_id = add_review(engine, status=ReviewStatus.RUNNING, attempts=1)
+    row = review_row(engine, review_id)
+    name = lease.review_lease(row.project_id, row.mr_number)
+    past = datetime.now(UTC) - timedelta(seconds=61)
+    lease.acquire(engine, name, "killed with SIGKILL", 60, past)  # expired a second ago
+    queue.enqueue_review(review_id)
+    assert run_pending(queue) == 1
+    row = review_row(engine, review_id)
+    assert row.status == ReviewStatus.FAILED
+    assert row.attempts == 2
+    assert lease.acquire(engine, name, "the next one", 60)  # released after the run
+
+
+def test_a_review_out_of_attempts_fails_with_its_last_error(engine: sa.Engine, tmp_path: Path) -> None:
+    queue = Queue(
+        load_settings(queue_url=f"sqlite:///{tmp_path}/q.db", review_max_attempts=3),
+        engine,
+        failing_forge(False),
+        retry_delay_s=0,
+    )
+    why = "its worker stopped while running it (its lease expired)"
+    review_id = add_review(engine, attempts=3, error=why)  # three workers died running it (OOM)
+    queue.enqueue_review(review_id)
+    assert run_pending(queue) == 1
+    row = review_row(engine, review_id)
+    assert row.status == ReviewStatus.FAILED
+    assert row.attempts == 3
+    assert row.error == f"gave up after 3 attempts; the last: {why}"
+
+
+def test_lost_jobs_are_queued_again_once(engine: sa.Engine, tmp_path: Path) -> None:
+    """The old sweep keyed on created_at and queued another copy every minute (five sweeps: five
+    pending copies, the lock still held). Keyed on the lease: one copy, which takes the lease over."""
+    queue = Queue(
+        load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, failing_forge(False), retry_delay_s=0
+    )
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(hours=2)
+    never_picked_up = add_review(engine, created_at=long_ago)
     with session_scope(engine) as session:
-        project_id = session.get(Review, lost_queued).project_id  # type: ignore[union-attr]
-        for status, started in [(ReviewStatus.RUNNING, long_ago), (ReviewStatus.RUNNING, datetime.now(UTC))]:
-            session.add(
-                Review(
-                    project_id=project_id, mr_number=4, head_sha="d" * 40, status=status, started_at=started
-                )
-            )
-        session.add(
-            Review(
-                project_id=project_id,
-                mr_number=5,
-                head_sha="e" * 40,
-                created_at=long_ago,
-                status=ReviewStatus.DONE,
-            )
-        )
-        session.add(Review(project_id=project_id, mr_number=6, head_sha="f" * 40))  # queued just now
-    assert queue.requeue_stale() == 2
-    assert queue.huey.pending_count() == 2
+        project_id = session.get(Review, never_picked_up).project_id  # type: ignore[union-attr]
+        killed = Review(
+            project_id=project_id, mr_number=4, head_sha="d" * 40, status=ReviewStatus.RUNNING,
+            started_at=now - timedelta(minutes=3), lease_until=now - timedelta(seconds=1), attempts=1,
+        )  # fmt: skip
+        alive = Review(
+            project_id=project_id, mr_number=5, head_sha="e" * 40, status=ReviewStatus.RUNNING,
+            started_at=long_ago, lease_until=now + timedelta(minutes=10),  # renewed by its heartbeat
+        )  # fmt: skip
+        session.add_all([killed, alive])
+        session.add(Review(project_id=project_id, mr_number=6, head_sha="f" * 40, created_at=long_ago,
+                           status=ReviewStatus.DONE))  # fmt: skip
+        session.add(Review(project_id=project_id, mr_number=7, head_sha="a" * 40))  # queued just now
+        session.flush()
+        assert killed.id is not None
+        killed_id = killed.id
+    lease.acquire(engine, lease.review_lease(project_id, 4), "killed", 60, now - timedelta(seconds=61))
+
+    swept = [queue.requeue_stale(now + timedelta(minutes=minute)) for minute in range(5)]
+    assert swept == [2, 0, 0, 0, 0]
+    assert queue.huey.pending_count() == 2  # one copy each, not five
+    assert review_row(engine, killed_id).status == ReviewStatus.QUEUED
+    assert "lease expired" in (review_row(engine, killed_id).error or "")
+
+    assert run_pending(queue) == 2  # the copies run: the dead worker's lease is taken over
+    assert review_row(engine, killed_id).status == ReviewStatus.FAILED
+    assert review_row(engine, killed_id).attempts == 2
+    assert review_row(engine, never_picked_up).status == ReviewStatus.FAILED
+
+
+def test_a_stopping_worker_hands_its_review_back(engine: sa.Engine, tmp_path: Path) -> None:
+    queue = Queue(
+        load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, failing_forge(False), retry_delay_s=0
+    )
+    review_id = add_review(engine, status=ReviewStatus.RUNNING, attempts=2)
+    row = review_row(engine, review_id)
+    name, owner = lease.review_lease(row.project_id, row.mr_number), lease.new_owner()
+    lease.acquire(engine, name, owner, 60)
+    queue._running[review_id] = (name, owner)  # as review() records the run it holds
+    queue.enqueue_review(review_id)
+    task = queue.huey.dequeue()  # the job it was running when the stop's timeout ran out
+
+    queue.on_interrupted("interrupted", task)
+    row = review_row(engine, review_id)
+    assert row.status == ReviewStatus.QUEUED
+    assert row.attempts == 1
+    assert lease.acquire(engine, name, "the next worker", 60)  # released
+    assert queue.huey.pending_count() == 1  # queued again, through the outbox
+    with Session(engine) as session:
+        assert session.exec(select(Outbox)).one().sent_at is not None
 
 
 def test_redis_backed_queue(engine: sa.Engine) -> None:
@@ -223,3 +338,24 @@ def test_jobs_round_trip_as_signed_json() -> None:
         SignedJsonSerializer(b"another key").deserialize(raw)
     with pytest.raises(TypeError):
         serializer.serialize(object())
+
+
+def test_no_results_are_stored(engine: sa.Engine, tmp_path: Path) -> None:
+    queue = Queue(
+        load_settings(queue_url=f"sqlite:///{tmp_path}/q.db"), engine, failing_forge(False), retry_delay_s=0
+    )
+    queue.enqueue_review(add_review(engine))
+    assert run_pending(queue) == 1  # returned "failed": Huey would keep it forever, and nothing reads it
+    assert queue.huey.result_count() == 0
+
+
+def test_the_periodic_jobs_and_their_periods(engine: sa.Engine, tmp_path: Path) -> None:
+    settings = load_settings(queue_url=f"sqlite:///{tmp_path}/q.db", reconcile_minutes=7, retention_days=30)
+    periods = {job.name: job.period_s for job in Queue(settings, engine).periodic_jobs()}
+    assert periods == {
+        "poll_feedback": 300, "requeue_stale": 60, "resend_outbox": 30, "reconcile": 420, "prune": 86400,
+    }  # fmt: skip
+    never_pruned = settings.model_copy(update={"retention_days": None})
+    assert "prune" not in {job.name for job in Queue(never_pruned, engine, period_scale=0.5).periodic_jobs()}
+    halved = {job.name: job.period_s for job in Queue(settings, engine, period_scale=0.5).periodic_jobs()}
+    assert halved["requeue_stale"] == 30

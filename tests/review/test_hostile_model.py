@@ -17,6 +17,7 @@ from sqlmodel import Session
 from bot.config import load_settings
 from bot.forges.base import parse_marker
 from bot.forges.gitlab import GitLabForge
+from bot.llm import LLMUnavailable
 from bot.models import Project, Review, ReviewStatus
 from bot.review.job import run_review_job
 from tests.support.db import session_scope
@@ -45,7 +46,7 @@ class Reviewing:
     mr: MergeRequest
     bot: User
     engine: sa.Engine
-    review: Any  # run(script) -> the review row, after the job
+    review: Any  # run(script, attempts=0) -> the review row, after the job
 
     def bot_notes(self) -> list[Note]:
         return [note for _, note in self.mr.notes() if note.author is self.bot]
@@ -65,9 +66,9 @@ def reviewing(engine: sa.Engine) -> Iterator[Reviewing]:
             project_id = project.id
             assert project_id is not None
 
-        def run(script: Script) -> Review:
+        def run(script: Script, attempts: int = 0) -> Review:
             with session_scope(engine) as session:
-                row = Review(project_id=project_id, mr_number=mr.iid, head_sha=mr.sha)
+                row = Review(project_id=project_id, mr_number=mr.iid, head_sha=mr.sha, attempts=attempts)
                 session.add(row)
                 session.flush()
                 review_id = row.id
@@ -120,8 +121,15 @@ def test_a_review_quoting_the_summary_marker_stays_a_finding(reviewing: Reviewin
     assert parse_marker(summary.body) == ("summary", None)
 
 
+def test_an_unreachable_model_server_makes_the_queue_run_the_review_again(reviewing: Reviewing) -> None:
+    with pytest.raises(LLMUnavailable, match="unreachable"):
+        reviewing.review(Script([], default=Reply(503, {"error": "down"})), attempts=1)
+    assert reviewing.bot_notes() == []  # no review with holes while the server may be restarting
+
+
 def test_an_unreachable_model_server_is_named_in_plain_words(reviewing: Reviewing) -> None:
-    review = reviewing.review(Script([], default=Reply(503, {"error": "down"})))
+    last_attempt = load_settings().review_max_attempts  # posts what it has, and says what it could not do
+    review = reviewing.review(Script([], default=Reply(503, {"error": "down"})), attempts=last_attempt)
     (summary,) = reviewing.bot_notes()
     assert "the model server was unreachable" in summary.body
     assert "127.0.0.1" not in summary.body

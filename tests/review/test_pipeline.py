@@ -114,7 +114,7 @@ def test_json_shape() -> None:
     )  # fmt: skip
     result = ReviewResult([_finding("a.py", 3, Severity.MAJOR, "r")], [("x.lock", "ignored")], [], stats)
     data = result.to_json()
-    assert set(data) == {"findings", "skipped", "failed", "stats"}
+    assert set(data) == {"findings", "skipped", "failed", "stopped", "stats"}
     assert set(data["findings"][0]) == {"path", "line", "side", "severity", "title", "review", "explanation"}
     assert data["skipped"] == [{"path": "x.lock", "reason": "ignored"}]
     assert data["stats"]["stages"]["severity"]["calls"] == 1

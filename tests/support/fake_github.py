@@ -71,6 +71,7 @@ class PullRequest:
     merged: bool = False
     files: list[dict[str, Any]] = field(default_factory=list)  # the files list entries, as GitHub sends
     anchors: dict[str, dict[str, set[int]]] = field(default_factory=dict)  # path -> LEFT/RIGHT -> lines
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # moved by ``push``
 
 
 @dataclass
@@ -187,6 +188,18 @@ class FakeGitHub:
         self.pulls[(repo, number)] = pr
         return pr
 
+    def push(self, repo: str, number: int, head_sha: str, files: list[SeedFile] | None = None) -> PullRequest:
+        """A push to the pull request: a new head (and files, when given); its ``updated_at`` moves."""
+        pr = self.pulls[(repo, number)]
+        pr.head_sha, pr.updated_at = head_sha, datetime.now(UTC)
+        if files is not None:
+            pr.files, pr.anchors = [], {}
+            for seed in files:
+                entry, anchors = _file_entry(seed)
+                pr.files.append(entry)
+                pr.anchors[seed.path] = anchors
+        return pr
+
     def add_review_comment(
         self,
         repo: str,
@@ -273,6 +286,24 @@ class FakeGitHub:
             self.tokens[token] = f"{slug}[bot]"
             expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
             return JSONResponse({"token": token, "expires_at": expires, "permissions": {}}, status_code=201)
+
+        @app.get("/repos/{owner}/{name}/pulls")
+        async def pulls(request: Request, owner: str, name: str) -> Response:
+            if f"{owner}/{name}" not in {repo for repo, _ in self.pulls}:
+                return _not_found()  # the fake knows a repository by its pull requests
+            state = request.query_params.get("state", "open")
+            found = [
+                pr
+                for (repo, _), pr in self.pulls.items()
+                if repo == f"{owner}/{name}" and state in ("all", pr.state)
+            ]
+            if request.query_params.get("sort") == "updated":
+                found.sort(key=lambda pr: pr.updated_at)
+            else:  # created: by number here
+                found.sort(key=lambda pr: pr.number)
+            if request.query_params.get("direction", "desc") == "desc":
+                found.reverse()
+            return _page(request, [_pull_json(pr, _base(request)) for pr in found])
 
         @app.get("/repos/{owner}/{name}/pulls/{number}")
         async def pull(request: Request, owner: str, name: str, number: int) -> Response:
@@ -621,7 +652,7 @@ def _pull_json(pr: PullRequest, base: str) -> dict[str, Any]:
         "base": {"sha": pr.base_sha, "ref": "main", "label": "main"},
         "changed_files": len(pr.files),
         "created_at": _STAMP,
-        "updated_at": _STAMP,
+        "updated_at": pr.updated_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

@@ -23,6 +23,7 @@ import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -167,6 +168,7 @@ class MergeRequest:
     versions: list[Version]  # oldest first
     sha: str  # the head; GitLab moves it before the push's diff version is ready
     discussions: list[Discussion] = field(default_factory=list)
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # moved by ``push``
 
     @property
     def latest(self) -> Version:
@@ -249,7 +251,7 @@ class FakeGitLab:
         head = sha(mr.id, len(mr.versions) + 1)
         version = Version(next(self._ids), mr.latest.base_sha, mr.latest.start_sha, head, changes)
         mr.versions.append(version)
-        mr.sha = head
+        mr.sha, mr.updated_at = head, datetime.now(UTC)
         return version
 
     def add_note(self, mr: MergeRequest, author: User, body: str, *, resolvable: bool = False) -> Note:
@@ -346,27 +348,26 @@ class FakeGitLab:
                 raise NotFound("404 Not found")
             return JSONResponse({**user.api(_base_url(request)), "access_level": levels[user_id]})
 
+        @app.get("/api/v4/projects/{ref:path}/merge_requests")
+        async def merge_requests(request: Request, ref: str) -> Response:
+            query = request.query_params
+            state, after = query.get("state", "all"), query.get("updated_after")
+            found = [
+                mr
+                for mr in self._project(ref).merge_requests.values()
+                if state in ("all", mr.state)
+                and (after is None or mr.updated_at >= datetime.fromisoformat(after))
+            ]
+            key = "updated_at" if query.get("order_by") == "updated_at" else "id"  # created_at: by id
+            found.sort(key=lambda mr: getattr(mr, key), reverse=query.get("sort", "desc") == "desc")
+            base_url = _base_url(request)
+            return _page(
+                request, [_merge_request(mr, ref, base_url, listed=True) for mr in found], self.per_page
+            )
+
         @app.get(mrs)
         async def merge_request(request: Request, ref: str, iid: int) -> dict[str, Any]:
-            mr = self._mr(ref, iid)
-            latest = mr.latest
-            return {
-                "id": mr.id,
-                "iid": mr.iid,
-                "project_id": mr.project_id,
-                "title": mr.title,
-                "state": mr.state,
-                "draft": mr.draft,
-                "work_in_progress": mr.draft,
-                "author": mr.author.api(_base_url(request)),
-                "sha": mr.sha,
-                "diff_refs": {
-                    "base_sha": latest.base_sha,
-                    "start_sha": latest.start_sha,
-                    "head_sha": latest.head_sha,
-                },
-                "web_url": f"{_base_url(request)}/{ref}/-/merge_requests/{iid}",
-            }
+            return _merge_request(self._mr(ref, iid), ref, _base_url(request))
 
         @app.get(mrs + "/versions")
         async def versions(request: Request, ref: str, iid: int) -> Response:
@@ -496,6 +497,31 @@ def _position_error(mr: MergeRequest, position: dict[str, Any]) -> dict[str, Any
     old, new = position.get("old_line"), position.get("new_line")
     key = (None if old is None else int(old), None if new is None else int(new))
     return None if key in file.lines() else CAN_NOT_PLACE
+
+
+def _merge_request(mr: MergeRequest, ref: str, base_url: str, *, listed: bool = False) -> dict[str, Any]:
+    """A merge request as GitLab shows it; its list leaves out ``diff_refs``."""
+    shown = {
+        "id": mr.id,
+        "iid": mr.iid,
+        "project_id": mr.project_id,
+        "title": mr.title,
+        "state": mr.state,
+        "draft": mr.draft,
+        "work_in_progress": mr.draft,
+        "author": mr.author.api(base_url),
+        "sha": mr.sha,
+        "updated_at": mr.updated_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "web_url": f"{base_url}/{ref}/-/merge_requests/{mr.iid}",
+    }
+    if not listed:
+        latest = mr.latest
+        shown["diff_refs"] = {
+            "base_sha": latest.base_sha,
+            "start_sha": latest.start_sha,
+            "head_sha": latest.head_sha,
+        }
+    return shown
 
 
 def _version(mr: MergeRequest, version: Version) -> dict[str, Any]:

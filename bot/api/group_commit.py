@@ -64,27 +64,40 @@ class GroupCommit(Generic[Item, Result]):
         return await future
 
     def _run(self) -> None:
-        with self._bind() as bind:
-            checkpointed = time.monotonic()
-            while True:
+        try:
+            with self._bind() as bind:
+                self._loop(bind)
+        except Exception as exc:  # its connection could not be had: fail what waits, start afresh
+            log.exception("intake writer stopped")
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                waiting: list[tuple[asyncio.Future[Result], Result | Exception]] = []
+                while not self._items.empty():
+                    waiting.append((self._items.get_nowait()[1], exc))
+            _settle(waiting)
+
+    def _loop(self, bind: sa.Engine | sa.Connection) -> None:
+        checkpointed = time.monotonic()
+        while True:
+            try:
+                first = self._items.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._items.empty():
+                        self._thread = None
+                        return
+                continue
+            batch = [first]
+            while len(batch) < self.max_batch:
                 try:
-                    first = self._items.get(timeout=IDLE_EXIT_S)
+                    batch.append(self._items.get_nowait())
                 except queue.Empty:
-                    with self._lock:
-                        if self._items.empty():
-                            self._thread = None
-                            return
-                    continue
-                batch = [first]
-                while len(batch) < self.max_batch:
-                    try:
-                        batch.append(self._items.get_nowait())
-                    except queue.Empty:
-                        break
-                self._write(batch, bind)
-                if bind is not self.engine and time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
-                    checkpointed = time.monotonic()
-                    self._checkpoint_soon()
+                    break
+            self._write(batch, bind)
+            if bind is not self.engine and time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
+                checkpointed = time.monotonic()
+                self._checkpoint_soon()
 
     @contextlib.contextmanager
     def _bind(self) -> Iterator[sa.Engine | sa.Connection]:

@@ -133,8 +133,10 @@ class ProjectSecrets:
             return True
 
     def _fresh(self) -> None:
+        if self.fresh():  # no lock: the event loop must not wait on a reload in a worker thread
+            return
         with self._lock:
-            if time.monotonic() - self._loaded_at > MAX_AGE_S:
+            if not self.fresh():
                 self._load()
 
     def _load(self) -> None:

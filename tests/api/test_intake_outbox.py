@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
+from bot import db
 from bot.api import create_app
 from bot.api.group_commit import GroupCommit
 from bot.models import Delivery, Outbox, Review
@@ -182,3 +184,24 @@ def test_a_lone_item_is_written_at_once(engine: sa.Engine) -> None:
 
     assert asyncio.run(one_by_one()) == [0, 1, 2]
     assert written == [[0], [1], [2]]
+
+
+def test_a_writer_without_its_database_fails_each_request_and_tries_again(tmp_path: Path) -> None:
+    """No connection (here: a SQLite file in a folder that is not there): each request gets the
+    database's error, none waits forever, and the next one tries again."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'missing' / 'reviewbot.db'}")
+    writer = GroupCommit(engine, lambda _session, item: item, lambda _results: None)
+
+    async def twice() -> list[int | BaseException]:
+        results: list[int | BaseException] = []
+        for item in range(2):
+            try:
+                results.append(await asyncio.wait_for(writer.submit(item), 10))
+            except sa.exc.OperationalError as exc:
+                results.append(exc)
+        return results
+
+    results = asyncio.run(twice())
+    assert all(isinstance(result, sa.exc.OperationalError) for result in results)
+    (tmp_path / "missing").mkdir()
+    assert asyncio.run(writer.submit(7)) == 7

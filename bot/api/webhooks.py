@@ -18,7 +18,6 @@ Everything forge-specific is in ``bot.forges.WEBHOOK_FORMATS``; this module neve
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -27,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import sqlalchemy as sa
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -238,7 +238,7 @@ def _matching(
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = orjson.loads(body)  # a JSONDecodeError is a ValueError
     except ValueError as exc:
         raise _Refused(400, f"malformed JSON payload: {exc}") from None
     if not isinstance(payload, dict):

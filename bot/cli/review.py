@@ -20,7 +20,7 @@ from bot.diff import Diff, parse_diff
 from bot.llm import LLMClient, LLMError
 from bot.models import Severity
 from bot.review import localgit, render
-from bot.review.pipeline import ReviewResult, review_diff
+from bot.review.pipeline import Limits, ReviewResult, review_diff
 from bot.serving import served_models
 
 
@@ -114,6 +114,7 @@ async def _review_with_progress(settings: Settings, diff: Diff, threshold: Sever
                 models,
                 threshold=threshold,
                 chunk_tokens=settings.review_chunk_tokens,
+                limits=Limits(settings.review_max_calls, settings.review_deadline_s),
                 on_chunks=lambda n: progress.update(bar, total=n),
                 on_chunk_done=lambda: progress.advance(bar),
             )

@@ -64,8 +64,11 @@ def deliver(client: TestClient, mr: MergeRequest, action: str, oldrev: str | Non
 
 
 def run_jobs(queue: Queue) -> None:
+    """Every job the intake wrote to the outbox, and those its jobs wrote in turn."""
+    queue.relay.drain()
     while (task := queue.huey.dequeue()) is not None:
         queue.huey.execute(task)
+        queue.relay.drain()
 
 
 def bot_notes(mr: MergeRequest) -> list[tuple[str, Any]]:

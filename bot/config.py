@@ -1,18 +1,33 @@
-"""Settings from ``REVIEWBOT_*`` environment variables and, only when asked for (``--env-file`` or
-``REVIEWBOT_ENV_FILE``), a ``.env`` file: never one found in the working directory, which in CI may be a
-pull request's checkout that would choose the model server (and receive its API key) or the fine-tune
-command."""
+"""Settings from ``REVIEWBOT_*`` environment variables, then files: ``--env-file`` (or
+``REVIEWBOT_ENV_FILE``) when given, then the data folder's own ``reviewbot.env`` (the user's) and
+``run.env`` (what ``deploy/run.sh`` chose, such as the demo student's URL). Never a ``.env`` found in
+the working directory, which in CI may be a pull request's checkout that would choose the model server
+(and receive its API key) or the fine-tune command.
+
+The data folder, ``REVIEWBOT_HOME`` (default: the XDG data folder's ``reviewbot``), holds the SQLite
+database, the embedded queue and the flywheel's files whatever the working directory."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "REVIEWBOT_"
+USER_SETTINGS_FILE = "reviewbot.env"  # in the data folder: the user's, wins over the run command's
+RUN_SETTINGS_FILE = "run.env"  # in the data folder: written by deploy/run.sh
+
+
+def data_home() -> Path:
+    """``REVIEWBOT_HOME``, else ``$XDG_DATA_HOME/reviewbot``, else ``~/.local/share/reviewbot``."""
+    if os.environ.get(ENV_PREFIX + "HOME"):
+        return Path(os.environ[ENV_PREFIX + "HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "reviewbot"
 
 
 class ConfigError(Exception):
@@ -24,13 +39,19 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_file=None, env_file_encoding="utf-8", extra="ignore"
     )
 
+    home: Path = Field(
+        default_factory=data_home,
+        description="data folder: SQLite database, embedded queue, flywheel files, settings files "
+        "(default: $XDG_DATA_HOME/reviewbot or ~/.local/share/reviewbot)",
+    )
     database_url: str = Field(
-        "sqlite:///reviewbot.db",
-        description="SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+        "",
+        description="SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        "(default: sqlite:///HOME/reviewbot.db)",
     )
     queue_url: str = Field(
-        "sqlite:///reviewbot-queue.db",
-        description="job queue: sqlite:///PATH (embedded) or redis://HOST:PORT/DB",
+        "",
+        description="job queue: sqlite:///PATH (embedded) or redis://HOST:PORT/DB (default: sqlite:///HOME/queue.db)",
     )
     student_base_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8000/v1"), description="OpenAI-compatible URL of the vLLM server"
@@ -109,8 +130,9 @@ class Settings(BaseSettings):
 
     # The flywheel (trainer).
     flywheel_dir: Path = Field(
-        Path("flywheel-data"),
-        description="adapters, exams and curricula; the vLLM host must read adapters at the same path",
+        Path(),
+        description="adapters, exams and curricula; the vLLM host must read adapters at the same path "
+        "(default: HOME/flywheel)",
     )
     student_weights: str | None = Field(
         None,
@@ -155,6 +177,19 @@ class Settings(BaseSettings):
         '{"critical": {"trivial": 20}} (flywheel.metrics.DEFAULT_COSTS)',
     )
 
+    @model_validator(mode="after")
+    def _in_home(self) -> Settings:
+        """What is not set lives in the data folder, whatever the working directory."""
+        home = self.home.expanduser().absolute()
+        self.home = home
+        if not self.database_url:
+            self.database_url = f"sqlite:///{home / 'reviewbot.db'}"
+        if not self.queue_url:
+            self.queue_url = f"sqlite:///{home / 'queue.db'}"
+        if self.flywheel_dir == Path():
+            self.flywheel_dir = home / "flywheel"
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -163,6 +198,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
+        if not value:  # the default: in the data folder (``_in_home``)
+            return value
         if value.startswith("postgresql://") or value.startswith("postgres://"):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         if value.startswith(("sqlite:///", "postgresql+psycopg://")):
@@ -172,18 +209,28 @@ class Settings(BaseSettings):
     @field_validator("queue_url")
     @classmethod
     def _queue_url(cls, value: str) -> str:
+        if not value:
+            return value
         if value.startswith(("sqlite:///", "redis://", "rediss://")):
             return value
         raise ValueError("expected sqlite:///PATH or redis://HOST:PORT/DB")
 
 
+def settings_files(env_file: Path | None = None) -> list[Path]:
+    """The files settings are read from, weakest first: the data folder's ``run.env`` and
+    ``reviewbot.env`` (those that exist), then ``env_file``."""
+    home = data_home()
+    found = [home / name for name in (RUN_SETTINGS_FILE, USER_SETTINGS_FILE) if (home / name).is_file()]
+    return found + ([env_file] if env_file is not None else [])
+
+
 def load_settings(env_file: Path | None = None, **overrides: object) -> Settings:
-    """Read the settings (from ``env_file`` too, when given; the environment wins over it), turning
-    validation errors into one ``ConfigError`` line."""
+    """Read the settings (the environment wins over ``env_file``, which wins over the data folder's
+    files), turning validation errors into one ``ConfigError`` line."""
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"env file {env_file}: no such file")
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type]
+        return Settings(_env_file=tuple(settings_files(env_file)) or None, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -99,6 +99,37 @@ class ExampleSource(StrEnum):
     TEACHER = "teacher"  # written by the teacher in a flywheel round
 
 
+class SourceKind(StrEnum):
+    GITLAB_GROUP = "gitlab_group"  # a group hook: every project under the group, added on its first delivery
+    GITHUB_APP = "github_app"  # an App: the repositories it is installed on, added by installation events
+
+
+class Source(SQLModel, table=True):
+    """One webhook, one secret, many projects: a GitLab group or a GitHub App. Its projects point back
+    at it (``Project.source_id``) and are added as the forge tells of them."""
+
+    __table_args__ = (sa.UniqueConstraint("forge", "forge_url", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    forge: str = Field(max_length=16)
+    forge_url: str = Field(max_length=512)
+    name: str = Field(max_length=512, description="the group's full path, or the App's id")
+    webhook_secret: str = Field(max_length=512, description="encrypted at rest (REVIEWBOT_SECRET_KEY)")
+    webhook_key: str = Field(max_length=64, unique=True, description="its webhook URL: /webhooks/FORGE/KEY")
+    token_env: str | None = Field(default=None, max_length=128, description="a group's token variable")
+    app_id: int | None = Field(default=None, description="a GitHub App's id")
+    private_key: str | None = Field(
+        default=None, sa_type=sa.Text, description="a GitHub App's private key (PEM), encrypted at rest"
+    )
+    bot_username: str | None = Field(default=None, max_length=256)
+    severity_threshold: str = Field(
+        default=Severity.MINOR, max_length=16, description="the threshold of the projects it adds"
+    )
+    enabled: bool = True
+    created_at: datetime = _when(default_factory=utcnow)
+
+
 class Project(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("forge", "forge_url", "path"),)
 
@@ -130,6 +161,12 @@ class Project(SQLModel, table=True):
         default=False, sa_column_kwargs={"server_default": sa.false()},
         description="whether the MR author's signals label the findings of their own MR",
     )  # fmt: skip
+    source_id: int | None = Field(
+        default=None, foreign_key="source.id", index=True, description="the group or App that added it"
+    )
+    installation_id: int | None = Field(
+        default=None, sa_type=sa.BigInteger, description="the GitHub App installation serving it"
+    )
     created_at: datetime = _when(default_factory=utcnow)
 
 

@@ -29,10 +29,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's REVIEWBOT_* variables or .env file."""
+    """No test reads the developer's REVIEWBOT_* variables, .env file or data folder."""
     for name in list(os.environ):
         if name.startswith("REVIEWBOT_") and not name.startswith("REVIEWBOT_TEST_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("REVIEWBOT_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
 
 

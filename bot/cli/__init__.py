@@ -72,6 +72,7 @@ def main_callback(
     except ConfigError as exc:
         err.print(f"reviewbot: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    settings.home.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.log_level != "DEBUG":  # the CLI reports migrations and requests itself
         for chatty in ("alembic", "httpx", "httpx2", "openai"):

@@ -12,10 +12,13 @@ from bot.config import ConfigError, load_settings, redact_url
 REVIEWBOT = [sys.executable, "-m", "bot.cli"]
 
 
-def test_defaults_are_the_embedded_setup() -> None:
+def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
     settings = load_settings()
-    assert settings.database_url == "sqlite:///reviewbot.db"
-    assert settings.queue_url == "sqlite:///reviewbot-queue.db"
+    home = tmp_path / "home"  # REVIEWBOT_HOME of every test
+    assert settings.home == home
+    assert settings.database_url == f"sqlite:///{home / 'reviewbot.db'}"
+    assert settings.queue_url == f"sqlite:///{home / 'queue.db'}"
+    assert settings.flywheel_dir == home / "flywheel"
     assert str(settings.student_base_url) == "http://127.0.0.1:8000/v1"
     assert settings.teacher_base_url is None
     assert settings.admin_token is None
@@ -33,6 +36,42 @@ def test_environment_and_an_env_file_when_given(monkeypatch: pytest.MonkeyPatch,
     assert settings.log_level == "WARNING"
     assert settings.database_url == "postgresql+psycopg://bot@db:5432/reviewbot"
     assert settings.queue_url == "redis://127.0.0.1:6379/0"
+
+
+def test_the_data_folder_is_the_xdg_one_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("REVIEWBOT_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load_settings().database_url == f"sqlite:///{tmp_path / 'xdg' / 'reviewbot' / 'reviewbot.db'}"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert load_settings().home == tmp_path / "user" / ".local" / "share" / "reviewbot"
+
+
+def test_the_data_folders_files_are_read_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """run.env (the run command's choices) < reviewbot.env (the user's) < --env-file < environment,
+    whatever the working directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "run.env").write_text(
+        "REVIEWBOT_STUDENT_BASE_URL=http://127.0.0.1:8011/v1\nREVIEWBOT_STUDENT_MODEL=demo\n"
+        "REVIEWBOT_LOG_LEVEL=debug\nREVIEWBOT_LLM_TIMEOUT_S=5\n"
+    )
+    (home / "reviewbot.env").write_text("REVIEWBOT_STUDENT_MODEL=mine\nREVIEWBOT_LOG_LEVEL=warning\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings()
+    assert str(settings.student_base_url) == "http://127.0.0.1:8011/v1"
+    assert settings.student_model == "mine"
+    assert settings.log_level == "WARNING"
+    explicit = tmp_path / "explicit.env"
+    explicit.write_text("REVIEWBOT_LOG_LEVEL=error\nREVIEWBOT_LLM_TIMEOUT_S=7\n")
+    monkeypatch.setenv("REVIEWBOT_LLM_TIMEOUT_S", "9")
+    settings = load_settings(explicit)
+    assert settings.log_level == "ERROR"
+    assert settings.llm_timeout_s == 9
 
 
 def test_a_dotenv_in_the_working_directory_is_not_read(tmp_path: Path) -> None:

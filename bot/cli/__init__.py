@@ -16,6 +16,7 @@ from bot import __version__
 from bot.cli import help as help_style
 from bot.cli.common import err
 from bot.cli.db import db_app
+from bot.cli.doctor import doctor_command
 from bot.cli.feedback import feedback_app
 from bot.cli.project import project_app
 from bot.cli.review import review_command
@@ -37,6 +38,7 @@ app.add_typer(db_app)
 app.command("review")(review_command)
 app.command("serve")(serve)
 app.command("worker")(worker)
+app.command("doctor")(doctor_command)
 for _entry in entry_points(group="reviewbot.commands"):
     app.add_typer(_entry.load(), name=_entry.name)
 

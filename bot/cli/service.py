@@ -8,12 +8,17 @@ ones finish for up to ``--shutdown-timeout`` seconds, and hands the rest back to
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from sqlmodel import Session, col, select
 
 from bot.cli.common import err, fail, open_engine
 from bot.config import ConfigError, Settings, redact_url
+from bot.forges import DEFAULT_TOKEN_ENV
+from bot.models import ForgeKind, Project
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -51,6 +56,7 @@ def serve(
     from bot.api import create_app
 
     settings, engine = open_engine(ctx)
+    warn_missing_tokens(engine)
     queue = _queue(settings, engine)
     consumer, scheduler = None, None
     if settings.queue_url.startswith("sqlite"):
@@ -81,6 +87,26 @@ def serve(
         queue.relay.stop()
 
 
+log = logging.getLogger("reviewbot")
+
+
+def warn_missing_tokens(engine: sa.Engine) -> list[str]:
+    """Log one line per enabled project whose token variable is not set in this process (its reviews
+    would fail); the variables. An App's projects use installation tokens, which need none."""
+    with Session(engine) as session:
+        projects = session.exec(select(Project).where(col(Project.enabled))).all()
+    missing = []
+    for project in projects:
+        variable = project.token_env or DEFAULT_TOKEN_ENV[ForgeKind(project.forge)]
+        if project.installation_id is None and not os.environ.get(variable):
+            log.warning(
+                "%s project %s: no API token in $%s; its reviews fail until it is set in this service's "
+                "environment", project.forge, project.path, variable,
+            )  # fmt: skip
+            missing.append(variable)
+    return missing
+
+
 def _queue(settings: Settings, engine: sa.Engine) -> Queue:
     """The queue, or one line saying which setting is missing (the secret key, most likely)."""
     from bot.queue import Queue
@@ -101,6 +127,7 @@ def worker(
     Example: [bold]REVIEWBOT_QUEUE_URL=redis://queue:6379/0 reviewbot worker --workers 4[/bold]
     """
     settings, engine = open_engine(ctx)
+    warn_missing_tokens(engine)
     queue = _queue(settings, engine)
     consumer = queue.huey.create_consumer(
         workers=workers,

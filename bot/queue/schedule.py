@@ -6,12 +6,17 @@ the period ends (``bot.queue.lease.acquire``: one statement, so of several proce
 each period) and renewed while the job runs, so a job slower than its period never runs twice at
 once. A process that starts after the lease expired (the whole service was down) runs the job at
 once: the reconciliation poll at start-up.
+
+The scheduler also says its process is alive: the lease ``consumer:{owner}``, renewed every
+``CONSUMER_BEAT_S`` and released on a clean stop (``alive_consumers``; ``reviewbot doctor`` reads it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +30,17 @@ from bot.queue import lease
 log = logging.getLogger(__name__)
 
 RUNNING_TTL_S = 60.0  # a running job's claim is renewed this far ahead, a few times a period
+CONSUMER_BEAT_S = 10.0
+CONSUMER_TTL_S = 3 * CONSUMER_BEAT_S  # two missed beats and a consumer counts as gone
+_CONSUMER = "consumer:"
+
+
+def alive_consumers(engine: sa.Engine, now: datetime | None = None) -> list[str]:
+    """The processes consuming the queue now (host:pid:…), from their heartbeats."""
+    now = now or datetime.now(UTC)
+    with Session(engine) as session:
+        rows = session.exec(select(Lease).where(col(Lease.name).startswith(_CONSUMER))).all()
+    return sorted(row.name.removeprefix(_CONSUMER) for row in rows if _aware(row.expires_at) > now)
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,8 @@ class Scheduler:
         self._running: dict[str, threading.Thread] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.owner = lease.new_owner()
+        self._beat_at: float | None = None
         shortest = min((job.period_s for job in self.jobs.values()), default=1.0)
         self.tick_s = min(1.0, shortest / 10)
 
@@ -111,13 +129,25 @@ class Scheduler:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        with contextlib.suppress(sa.exc.SQLAlchemyError):  # the heartbeat then expires by itself
+            lease.release(self.engine, _CONSUMER + self.owner, self.owner)
+
+    def beat(self) -> None:
+        """Renew this process's heartbeat when it is due."""
+        now = time.monotonic()
+        if self._beat_at is None or now - self._beat_at >= CONSUMER_BEAT_S:
+            lease.acquire(self.engine, _CONSUMER + self.owner, self.owner, CONSUMER_TTL_S)
+            self._beat_at = now
 
     def _loop(self) -> None:
-        while not self._stopping.wait(self.tick_s):
+        while True:
             try:
+                self.beat()
                 self.run_due()
             except sa.exc.SQLAlchemyError as exc:  # the database is down: try again at the next tick
                 log.warning("periodic scheduler: %s", exc)
+            if self._stopping.wait(self.tick_s):
+                return
 
 
 def _aware(when: datetime) -> datetime:

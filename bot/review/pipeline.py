@@ -393,9 +393,7 @@ class _Run:
         """``chunk_tokens``, or less when the find prompt and its answer would not fit the context."""
         if self.window is None:
             return chunk_tokens
-        empty = conversation("find", path="", code="", max_issues=MAX_ISSUES_PER_CHUNK)
-        template = estimate_tokens("".join(str(m.get("content") or "") for m in empty))
-        room = self.window - MAX_ANSWER_TOKENS[Task.FIND] - template
+        room = self.window - context_needed(0)
         return max(MIN_CHUNK_TOKENS, min(chunk_tokens, room))
 
     async def fit(self, chunk: Chunk) -> list[Chunk]:
@@ -520,6 +518,14 @@ def merge_identical(findings: list[ReviewFinding]) -> list[ReviewFinding]:
         if kept is None or finding.severity.rank > kept.severity.rank:
             best[finding.fingerprint] = finding
     return sorted(best.values(), key=lambda f: (f.path, f.line or 0, f.side.value, -f.severity.rank))
+
+
+def context_needed(chunk_tokens: int) -> int:
+    """The context a find call with ``chunk_tokens`` of diff needs: the prompt's template, the chunk
+    and the longest answer (estimated; the server's exact count splits what does not fit)."""
+    empty = conversation("find", path="", code="", max_issues=MAX_ISSUES_PER_CHUNK)
+    template = estimate_tokens("".join(str(m.get("content") or "") for m in empty))
+    return template + chunk_tokens + MAX_ANSWER_TOKENS[Task.FIND]
 
 
 async def _context_window(llm: LLMClient, model: str) -> int | None:

@@ -122,3 +122,16 @@ def test_a_job_slower_than_its_period_does_not_run_twice_at_once(engine: sa.Engi
     time.sleep(2.6)
     assert len(runs) == 2  # the second at once after the first: it ran past its period
     assert not overlaps
+
+
+def test_a_consumer_is_alive_while_its_heartbeat_is_fresh(engine: sa.Engine) -> None:
+    from bot.queue.schedule import CONSUMER_TTL_S, alive_consumers
+
+    scheduler = Scheduler(engine, [])
+    assert alive_consumers(engine) == []
+    scheduler.beat()
+    assert alive_consumers(engine) == [scheduler.owner]
+    later = datetime.now(UTC) + timedelta(seconds=CONSUMER_TTL_S + 1)
+    assert alive_consumers(engine, later) == []  # it stopped beating: gone
+    scheduler.stop()  # a clean stop says so at once
+    assert alive_consumers(engine) == []

@@ -1,5 +1,5 @@
-"""Where the forges' official webhook payload examples are (see their README): the workspace's
-``shared/fixtures`` beside this repository, or ``REVIEWBOT_TEST_FIXTURES``."""
+"""Where the forges' official webhook payload examples are (see their README, with their sources and
+licences): ``tests/fixtures`` in this repository, or ``REVIEWBOT_TEST_FIXTURES``."""
 
 from __future__ import annotations
 
@@ -7,4 +7,4 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
-FIXTURES = Path(os.environ.get("REVIEWBOT_TEST_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+FIXTURES = Path(os.environ.get("REVIEWBOT_TEST_FIXTURES") or ROOT / "tests" / "fixtures")

@@ -20,15 +20,18 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from bot import db
-from bot.config import Settings, redact_url, settings_files
-from bot.forges import DEFAULT_TOKEN_ENV, forge_for
-from bot.forges.base import ForgeError
+from bot.config import ConfigError, Settings, redact_url, settings_files
+from bot.forges import DEFAULT_TOKEN_ENV, forge_for, github_api_url
+from bot.forges.base import Connection, ForgeError
+from bot.forges.github_app import app_slug
 from bot.llm import LLMClient, LLMError
-from bot.models import ForgeKind, ModelStatus, ModelVersion, Project, Review
+from bot.models import ForgeKind, ModelStatus, ModelVersion, Project, Review, Source, SourceKind
 from bot.queue.schedule import alive_consumers
 from bot.queue.tasks import make_huey
 from bot.review.pipeline import context_needed
+from bot.secrets import secret_box
 from bot.serving import served_models
+from bot.sources import AppKeys
 
 TIMEOUT_S = 5.0  # each network check: a doctor that hangs on one dead host helps nobody
 _COUNT_ONLY_KEY = b"doctor"  # jobs are only counted, never read: no need to open (or make) the key
@@ -191,26 +194,78 @@ async def _teacher(settings: Settings) -> Check:
 
 def _projects(settings: Settings, engine: sa.Engine) -> Iterator[Check]:
     with Session(engine) as session:
+        sources = session.exec(select(Source).where(col(Source.enabled)).order_by(Source.name)).all()
         projects = session.exec(
             select(Project).where(col(Project.enabled)).order_by(Project.forge, Project.path)
         ).all()
+    try:
+        app_keys: AppKeys | None = AppKeys(engine, secret_box(settings))
+    except ConfigError:  # a PostgreSQL database without REVIEWBOT_SECRET_KEY: the Apps' lines say so
+        app_keys = None
+    for source in sources:
+        yield from _source(settings, source, app_keys)
     for project in projects:
-        yield from _project(settings, engine, project)
+        yield from _project(settings, engine, project, app_keys)
 
 
-def _project(settings: Settings, engine: sa.Engine, project: Project) -> Iterator[Check]:
+def _hook_url(settings: Settings, forge: str, key: str | None) -> str:
+    return f"{str(settings.public_url).rstrip('/')}/webhooks/{forge}/{key}"
+
+
+def _source(settings: Settings, source: Source, app_keys: AppKeys | None) -> Iterator[Check]:
+    """A GitLab group: its token on the group and the group's webhook; a GitHub App: its key."""
+    if source.kind == SourceKind.GITHUB_APP:
+        name = f"github app {source.name}"
+        key = app_keys(source.id) if app_keys is not None and source.id is not None else None
+        if key is None:
+            why = "its private key cannot be opened (another REVIEWBOT_SECRET_KEY?)"
+            yield Check(name, State.FAIL, why, "register it again: reviewbot app add")
+            return
+        try:
+            slug = app_slug(github_api_url(source.forge_url), key.app_id, key.private_key)
+        except ForgeError as exc:
+            yield Check(name, State.FAIL, str(exc), "check the App's id and private key on GitHub")
+            return
+        yield Check(name, State.OK, f"GitHub knows the App ({slug}) and its key")
+        return
+    name = f"gitlab group {source.name}"
+    variable = source.token_env or DEFAULT_TOKEN_ENV[ForgeKind.GITLAB]
+    token = os.environ.get(variable)
+    if not token:
+        fix = f"set {variable} in the service's environment"
+        yield Check(f"{name}: token", State.FAIL, f"${variable} is not set", fix)
+        return
+    from bot.forges.gitlab import GitLabGroup  # python-gitlab, only when there is a group to check
+
+    group = GitLabGroup(source.forge_url, token, source.name, timeout_s=TIMEOUT_S)
+    yield from _connection(name, group, _hook_url(settings, source.forge, source.webhook_key), variable, "")
+
+
+def _project(
+    settings: Settings, engine: sa.Engine, project: Project, app_keys: AppKeys | None
+) -> Iterator[Check]:
     name = f"{project.forge} {project.path}"
     variable = project.token_env or DEFAULT_TOKEN_ENV[ForgeKind(project.forge)]
     if project.installation_id is None and not os.environ.get(variable):
-        yield Check(
-            f"{name}: token",
-            State.FAIL,
-            f"${variable} is not set",
-            f"set {variable} in the service's environment",
-        )
+        fix = f"set {variable} in the service's environment"
+        yield Check(f"{name}: token", State.FAIL, f"${variable} is not set", fix)
         return
     try:
-        forge = forge_for(project, settings.token_env_prefix)
+        forge = forge_for(project, settings.token_env_prefix, app_keys)
+    except ForgeError as exc:
+        yield Check(f"{name}: token", State.FAIL, str(exc), "see `reviewbot app list`")
+        return
+    if project.source_id is None:
+        fix = f"reviewbot project hook {project.path} --forge {project.forge} (creates or updates it)"
+        hook_url = _hook_url(settings, project.forge, project.webhook_key)
+        yield from _connection(name, forge, hook_url, variable, fix)
+    elif project.installation_id is None:  # a group's project: the group's webhook serves it
+        yield from _token(name, forge, variable)
+    yield _recent_activity(engine, project, name)
+
+
+def _token(name: str, forge: Connection, variable: str) -> Iterator[Check]:
+    try:
         problems = forge.access_problems(manage_hooks=False)
     except ForgeError as exc:
         yield Check(
@@ -218,24 +273,27 @@ def _project(settings: Settings, engine: sa.Engine, project: Project) -> Iterato
         )
         return
     if problems:
-        yield Check(
-            f"{name}: token",
-            State.FAIL,
-            "; ".join(problems),
-            "give the token what is missing, or use another",
-        )
+        fix = f"give the token in ${variable} what is missing, or use another"
+        yield Check(f"{name}: token", State.FAIL, "; ".join(problems), fix)
     else:
         yield Check(f"{name}: token", State.OK, "valid, with the scopes and role the bot needs")
-    hook_url = f"{str(settings.public_url).rstrip('/')}/webhooks/{project.forge}/{project.webhook_key}"
+
+
+def _connection(name: str, forge: Connection, hook_url: str, variable: str, hook_fix: str) -> Iterator[Check]:
+    """The token's line, then (when it passed) the webhook's, read through the forge's API."""
+    token = list(_token(name, forge, variable))
+    yield from token
+    if token[0].state is not State.OK:
+        return
     try:
         hook = forge.webhook_problems(hook_url)
     except ForgeError as exc:
         hook = [str(exc)]
-    fix = f"reviewbot project hook {project.path} --forge {project.forge}"
-    yield Check(
-        f"{name}: webhook", State.FAIL if hook else State.OK, "; ".join(hook) or hook_url, fix if hook else ""
-    )
-    yield _recent_activity(engine, project, name)
+    if hook:
+        fix = hook_fix or "set the webhook on the forge: this URL, every event `project add` lists"
+        yield Check(f"{name}: webhook", State.FAIL, "; ".join(hook), fix)
+    else:
+        yield Check(f"{name}: webhook", State.OK, hook_url)
 
 
 def _recent_activity(engine: sa.Engine, project: Project, name: str) -> Check:

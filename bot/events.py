@@ -159,9 +159,22 @@ def signal_from_reply(
 
 
 @dataclass(frozen=True)
+class Installation:
+    """A GitHub App's installation changed: the repositories it gained and lost by name, or all of
+    them at once (``disable_all``: uninstalled or suspended; ``enable_all``: unsuspended)."""
+
+    installation_id: int
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    disable_all: bool = False
+    enable_all: bool = False
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """What a verified delivery asks for: a review of ``number`` at ``head_sha``, a signal to record,
-    that merge request's closing or reopening (``closed``), or nothing (and why)."""
+    that merge request's closing or reopening (``closed``), a GitHub App's repositories to add or
+    disable (``installation``), or nothing (and why)."""
 
     project_path: str
     actor: str
@@ -170,3 +183,5 @@ class WebhookEvent:
     signal: Signal | None = None  # a reviewer's reaction to record
     closed: bool | None = None  # merged or closed (True), reopened (False): feedback polling follows it
     ignored: str | None = None
+    installation: Installation | None = None
+    installation_id: int | None = None  # the GitHub App installation that sent it, when one did

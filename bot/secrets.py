@@ -77,6 +77,7 @@ def secret_box(settings: Settings) -> SecretBox:
 
 
 def _read_or_make_key(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the data folder, on a first run
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -45,6 +45,12 @@ _LINE_START = re.compile(r"(?m)^(?=[/=+-])")  # a quick action; a setext underli
 _ORDERED_ITEM = re.compile(r"(?m)^(\d{1,9})(?=[.)])")
 
 
+def terminal(value: str) -> str:
+    """Text from a forge, a server or the command line made safe for a terminal, on one line: no
+    control characters (ANSI escapes, bidirectional overrides) to rewrite what the admin sees."""
+    return " ".join(_DROPPED.sub("", value).split())
+
+
 def truncate(value: str, limit: int) -> tuple[str, bool]:
     """``value`` cut to ``limit`` characters, and whether it was cut."""
     return (value, False) if len(value) <= limit else (value[:limit], True)

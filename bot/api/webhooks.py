@@ -8,6 +8,10 @@ secret matches, the one the payload names, so projects sharing one secret (GitHu
 and group hooks) all work (404 when none) → delivery dedupe (a repeat answers 200 and does nothing) →
 dispatch: record a close, ignore (with the reason), record feedback, or queue a review.
 
+A source's key (a GitLab group, a GitHub App: ``bot.sources``) names many projects under one secret:
+a project of the group, or a repository the App is on, that is not registered yet is added by the
+delivery that names it; an App's installation events add and disable its repositories.
+
 What a delivery causes is written in its own transaction: its jobs are outbox rows (``bot.outbox``)
 that the relay sends to the queue after the commit (``Jobs.wake``), so a queue that is down loses no
 job, and a delivery answered is a delivery recorded. The checks up to the project need no database:
@@ -23,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
@@ -41,9 +45,10 @@ from bot.api.group_commit import GroupCommit
 from bot.events import Signal, WebhookEvent
 from bot.feedback.signals import apply_signal, quoted_findings
 from bot.forges import WEBHOOK_FORMATS, WebhookFormat
-from bot.models import Delivery, ForgeKind, Project, Review, ReviewStatus, utcnow
+from bot.models import Delivery, ForgeKind, Project, Review, ReviewStatus, Source, SourceKind, utcnow
 from bot.outbox import Job, stage
 from bot.secrets import SecretBox
+from bot.sources import add_project, apply_installation, claims
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,25 @@ class Credential:
     secret: str
 
 
+@dataclass(frozen=True)
+class SourceCredential:
+    """A group's or an App's webhook: its secret, and the projects it has added so far."""
+
+    source_id: int
+    kind: SourceKind
+    name: str
+    secret: str
+    projects: list[Credential] = field(default_factory=list)
+
+
+@dataclass
+class Signers:
+    """Who signs with one secret: projects, and the sources they may belong to."""
+
+    projects: list[Credential] = field(default_factory=list)
+    sources: list[SourceCredential] = field(default_factory=list)
+
+
 class ProjectSecrets:
     """The webhook secrets of every project, opened once and held in memory, so a delivery is
     authenticated before any database query: by webhook key, and by forge and secret (several
@@ -103,22 +127,26 @@ class ProjectSecrets:
     def __init__(self, engine: sa.Engine, box: SecretBox) -> None:
         self.engine, self.box = engine, box
         self._lock = threading.Lock()
-        self._by_key: dict[tuple[ForgeKind, str], Credential] = {}
-        self._by_secret: dict[ForgeKind, dict[str, list[Credential]]] = {}
+        self._by_key: dict[tuple[ForgeKind, str], Credential | SourceCredential] = {}
+        self._by_secret: dict[ForgeKind, dict[str, Signers]] = {}
         self._loaded_at = -MAX_AGE_S
         self._tokens, self._tokens_at = float(REFRESHES_BURST), time.monotonic()
 
-    def by_key(self, kind: ForgeKind, key: str) -> Credential | None:
+    def by_key(self, kind: ForgeKind, key: str) -> Credential | SourceCredential | None:
         self._fresh()
         return self._by_key.get((kind, key))
 
-    def by_secret(self, kind: ForgeKind) -> dict[str, list[Credential]]:
+    def by_secret(self, kind: ForgeKind) -> dict[str, Signers]:
         self._fresh()
         return self._by_secret.get(kind, {})
 
     def fresh(self) -> bool:
         """Whether the secrets in memory are recent enough to use without reading them again."""
         return time.monotonic() - self._loaded_at <= MAX_AGE_S
+
+    def expire(self) -> None:
+        """Projects were added or changed: read the secrets again before the next delivery."""
+        self._loaded_at = -MAX_AGE_S
 
     def reload_on_miss(self) -> bool:
         """Read the secrets again if the rate limit allows; whether it did."""
@@ -140,44 +168,72 @@ class ProjectSecrets:
                 self._load()
 
     def _load(self) -> None:
-        by_key: dict[tuple[ForgeKind, str], Credential] = {}
-        by_secret: dict[ForgeKind, dict[str, list[Credential]]] = {kind: {} for kind in ForgeKind}
+        by_key: dict[tuple[ForgeKind, str], Credential | SourceCredential] = {}
+        by_secret: dict[ForgeKind, dict[str, Signers]] = {kind: {} for kind in ForgeKind}
         with Session(self.engine) as session:
             projects = session.exec(select(Project)).all()
+            sources = session.exec(select(Source).where(col(Source.enabled))).all()
+        by_source: dict[int, SourceCredential] = {}
+        for source in sources:
+            assert source.id is not None
+            secret = self._open(source.webhook_secret, f"{source.forge} {source.kind} {source.name}")
+            if secret is None:
+                continue
+            signer = SourceCredential(source.id, SourceKind(source.kind), source.name, secret)
+            by_source[source.id] = signer
+            by_key[(ForgeKind(source.forge), source.webhook_key)] = signer
+            by_secret[ForgeKind(source.forge)].setdefault(secret, Signers()).sources.append(signer)
         for project in projects:
             assert project.id is not None
-            secret = self.box.open(project.webhook_secret)
-            if not secret:  # an empty secret would accept deliveries carrying no token at all
-                log.warning(
-                    "%s project %s has no readable webhook secret (empty, plain text or another key's): its "
-                    "deliveries are refused; run `reviewbot db upgrade` or `reviewbot project rotate-secret`",
-                    project.forge, project.path,
-                )  # fmt: skip
-                continue
-            credential = Credential(project.id, project.path, secret)
             kind = ForgeKind(project.forge)
-            if project.webhook_key:
-                by_key[(kind, project.webhook_key)] = credential
-            by_secret[kind].setdefault(secret, []).append(credential)
+            if project.source_id is not None:  # signed with its source's secret, at its source's URL
+                source_credential = by_source.get(project.source_id)
+                if source_credential is None:  # the source is disabled or unreadable: so is it
+                    continue
+                credential = Credential(project.id, project.path, source_credential.secret)
+                source_credential.projects.append(credential)
+            else:
+                secret = self._open(project.webhook_secret, f"{project.forge} project {project.path}")
+                if secret is None:
+                    continue
+                credential = Credential(project.id, project.path, secret)
+                if project.webhook_key:
+                    by_key[(kind, project.webhook_key)] = credential
+            by_secret[kind].setdefault(credential.secret, Signers()).projects.append(credential)
         self._by_key, self._by_secret, self._loaded_at = by_key, by_secret, time.monotonic()
+
+    def _open(self, sealed: str, what: str) -> str | None:
+        secret = self.box.open(sealed)
+        if not secret:  # an empty secret would accept deliveries carrying no token at all
+            log.warning(
+                "%r has no readable webhook secret (empty, plain text or another key's): its deliveries "
+                "are refused; run `reviewbot db upgrade` or `reviewbot project rotate-secret`",
+                what,
+            )
+            return None
+        return secret
 
 
 @dataclass(frozen=True)
 class Verified:
-    """A delivery whose credential matched a project, parsed: ready to be recorded."""
+    """A delivery whose credential matched a project, parsed: ready to be recorded. With no project,
+    ``source`` signed it: an App's installation event, or a project of the source not added yet."""
 
     kind: ForgeKind
     delivery_id: str
-    project_id: int
+    project_id: int | None
     event: WebhookEvent
+    source: SourceCredential | None = None
 
 
 @dataclass(frozen=True)
 class Recorded:
-    """The answer to a delivery, and whether its transaction staged jobs (the queue is woken)."""
+    """The answer to a delivery, whether its transaction staged jobs (the queue is woken), and
+    whether it added or changed projects (the secrets in memory are read again)."""
 
     answer: JSONResponse
     staged: bool = False
+    projects_changed: bool = False
 
 
 def verify(
@@ -195,44 +251,59 @@ def verify(
             401, f"no {webhook.credential_header} header: deliveries must carry the webhook secret"
         )
     try:
-        project_id, event = _project_of(secrets, webhook, headers, body, key)
+        project_id, source, event = _project_of(secrets, webhook, headers, body, key)
     except _Refused as refused:
         if refused.status not in (401, 404) or not reload or not secrets.reload_on_miss():
             raise
-        project_id, event = _project_of(secrets, webhook, headers, body, key)
-    return Verified(webhook.kind, webhook.delivery_id(headers, body), project_id, event)
+        project_id, source, event = _project_of(secrets, webhook, headers, body, key)
+    return Verified(webhook.kind, webhook.delivery_id(headers, body), project_id, event, source)
 
 
 def _project_of(
     secrets: ProjectSecrets, webhook: WebhookFormat, headers: Mapping[str, str], body: bytes, key: str | None
-) -> tuple[int, WebhookEvent]:
-    matched = _matching(secrets, webhook, headers, body, key)
+) -> tuple[int | None, SourceCredential | None, WebhookEvent]:
+    signers = _matching(secrets, webhook, headers, body, key)
     event = webhook.parse(headers, _json_object(body))
-    for credential in matched:
+    for credential in signers.projects:
         if credential.path == event.project_path:
-            return credential.project_id, event
+            return credential.project_id, None, event
+    for source in signers.sources:
+        if _serves(source, event):
+            return None, source, event
     # A delivery for a project we don't serve (or not under this secret or URL): not recorded.
     raise _Refused(404, f"project {event.project_path!r} is not registered with this secret")
 
 
+def _serves(source: SourceCredential, event: WebhookEvent) -> bool:
+    """Whether ``source`` answers for an event none of its known projects claimed: an App's
+    installation event, or a project it may add (an App's needs the installation that sent it)."""
+    if event.installation is not None:
+        return source.kind is SourceKind.GITHUB_APP
+    if source.kind is SourceKind.GITHUB_APP and event.installation_id is None:
+        return False  # an App's deliveries name their installation: its project's tokens need it
+    return claims(source.kind, source.name, event.project_path)
+
+
 def _matching(
     secrets: ProjectSecrets, webhook: WebhookFormat, headers: Mapping[str, str], body: bytes, key: str | None
-) -> list[Credential]:
-    """The projects whose secret signed ``body``: the key's project, or every project of the forge
-    sharing the matching secret (each distinct secret is checked once)."""
+) -> Signers:
+    """Who signed ``body``: the key's project or source (with its projects), or every project and
+    source of the forge sharing the matching secret (each distinct secret is checked once)."""
     if key is not None:
         credential = secrets.by_key(webhook.kind, key)
         if credential is None:
             raise _Refused(404, f"no {webhook.kind} project has this webhook URL")
         if not webhook.secret_matches(headers, body, credential.secret):
             raise _Refused(401, "signature or token does not match the project's webhook secret")
-        return [credential]
+        if isinstance(credential, SourceCredential):
+            return Signers(credential.projects, [credential])
+        return Signers([credential])
     by_secret = secrets.by_secret(webhook.kind)
     if not by_secret:
         raise _Refused(404, f"no {webhook.kind} project is registered here")
-    for secret, credentials in by_secret.items():
+    for secret, signers in by_secret.items():
         if webhook.secret_matches(headers, body, secret):
-            return credentials
+            return signers
     raise _Refused(401, "signature or token does not match any project's webhook secret")
 
 
@@ -250,6 +321,8 @@ def record(session: Session, verified: Verified) -> Recorded:
     """Record the delivery and act on it in ``session``'s transaction (the caller commits): a repeat
     does nothing; jobs are staged in the outbox. Runs in the intake's writer thread, several
     deliveries to a transaction, so it never raises for one delivery's sake (a refusal is an answer)."""
+    if verified.project_id is None:
+        return _from_source(session, verified)
     project = _project(session, verified.project_id)
     event = verified.event
     if project is None:  # removed since the secrets were read
@@ -269,6 +342,36 @@ def record(session: Session, verified: Verified) -> Recorded:
     if closed is not None:
         return Recorded(_answer(200, f"{closed}; feedback polling ends a few days from now"))
     return _queue_review(session, project.id, delivery_id, event)
+
+
+def _from_source(session: Session, verified: Verified) -> Recorded:
+    """A delivery its source signed that none of the source's known projects claimed: an App's
+    installation event, or the first delivery of a project the source serves (added, then recorded
+    as any other; an event that asks for nothing adds no project)."""
+    assert verified.source is not None
+    event = verified.event
+    source = session.get(Source, verified.source.source_id)
+    if source is None or not source.enabled:  # removed or disabled since the secrets were read
+        return Recorded(_answer(404, "this webhook's group or App is not registered here any more"))
+    if event.installation is None and event.ignored is None:
+        project = add_project(session, source, event.project_path, event.installation_id)
+        if project is None:
+            why = "is registered on its own: deliveries go to its own webhook URL"
+            return Recorded(_answer(404, f"project {event.project_path!r} {why}"))
+        assert project.id is not None
+        recorded = record(session, replace(verified, project_id=project.id, source=None))
+        return replace(recorded, projects_changed=True)
+    outcome = f"ignored: {event.ignored}" if event.ignored is not None else ""
+    delivery_id = _insert_delivery(session, verified, outcome)
+    if delivery_id is None:
+        return Recorded(_answer(200, "duplicate delivery, already handled"))
+    if event.installation is None:  # of a project not added yet, asking for nothing: none is added
+        return Recorded(_answer(200, outcome))
+    changes = apply_installation(session, source, event.installation)
+    session.info.pop("intake projects", None)  # rows read earlier in this transaction may be stale
+    detail = f"installation {event.installation.installation_id}: {changes.describe()}"
+    _set_outcome(session, delivery_id, detail)
+    return Recorded(_answer(200, detail, **vars(changes)), projects_changed=True)
 
 
 def _project(session: Session, project_id: int) -> _ProjectRow | None:
@@ -410,7 +513,7 @@ class WebhookIntake:
     def __init__(self, app: ASGIApp, engine: sa.Engine, jobs: Jobs, box: SecretBox, concurrency: int) -> None:
         self.app, self.concurrency = app, concurrency
         self.secrets = ProjectSecrets(engine, box)
-        self.writer = GroupCommit(engine, record, lambda batch: _wake(jobs, batch))
+        self.writer = GroupCommit(engine, record, lambda batch: _after_commit(jobs, self.secrets, batch))
         self.in_flight = 0  # the event loop is one thread: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -471,7 +574,10 @@ async def _verified(
     return await run_in_threadpool(verify, secrets, webhook, headers, body, key)
 
 
-def _wake(jobs: Jobs, batch: Sequence[Recorded]) -> None:
-    """After a commit that staged jobs: the relay sends them now rather than at its next sweep."""
+def _after_commit(jobs: Jobs, secrets: ProjectSecrets, batch: Sequence[Recorded]) -> None:
+    """After a commit that staged jobs: the relay sends them now rather than at its next sweep; one
+    that added or changed projects: the next delivery reads the secrets again, knowing them."""
+    if any(recorded.projects_changed for recorded in batch):
+        secrets.expire()
     if any(recorded.staged for recorded in batch):
         jobs.wake()

@@ -14,6 +14,7 @@ import typer
 
 from bot import __version__
 from bot.cli import help as help_style
+from bot.cli.app import app_app
 from bot.cli.common import err
 from bot.cli.db import db_app
 from bot.cli.doctor import doctor_command
@@ -33,6 +34,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold tokens and secrets
 )
 app.add_typer(project_app)
+app.add_typer(app_app)
 app.add_typer(feedback_app)
 app.add_typer(db_app)
 app.command("review")(review_command)

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from bot.cli.common import Format, FormatOption, settings_from
 from bot.doctor import State, healthy, run_checks
+from bot.untrusted import terminal
 
 _STYLE = {State.OK: "green", State.WARN: "yellow", State.FAIL: "bold red", State.SKIP: "dim"}
 
@@ -30,10 +31,10 @@ def doctor_command(ctx: typer.Context, output: FormatOption = Format.TABLE) -> N
     else:
         table = Table("check", "state", "detail", "fix", show_lines=False)
         for check in checks:
-            # Text, not markup: details quote servers' errors and project paths.
+            # Text, not markup, without control characters: details quote servers' errors and paths.
             table.add_row(
-                Text(check.name), Text(check.state.value, style=_STYLE[check.state]), Text(check.detail),
-                Text(check.fix),
+                Text(terminal(check.name)), Text(check.state.value, style=_STYLE[check.state]),
+                Text(terminal(check.detail)), Text(terminal(check.fix)),
             )  # fmt: skip
         Console().print(table)
         failed = sum(check.state is State.FAIL for check in checks)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from dataclasses import dataclass
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -16,9 +18,10 @@ from bot.config import ConfigError, Settings
 from bot.events import Role
 from bot.feedback.roles import min_role
 from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
-from bot.forges.base import ForgeError
-from bot.models import ForgeKind, Project, Review, Severity
+from bot.forges.base import WEBHOOK_EVENTS, Connection, ForgeError
+from bot.models import ForgeKind, Project, Review, Severity, Source, SourceKind
 from bot.secrets import SecretBox, new_secret, new_webhook_key, secret_box
+from bot.untrusted import terminal
 
 project_app = command_group(
     "project",
@@ -55,7 +58,16 @@ def add(
             metavar="URL", help="Forge URL: https://gitlab.example.com, https://github.com or a GHE API URL."
         ),
     ],
-    project: Annotated[str, typer.Option(metavar="PATH", help="group/name on GitLab, owner/repo on GitHub.")],
+    project: Annotated[
+        str | None, typer.Option(metavar="PATH", help="group/name on GitLab, owner/repo on GitHub.")
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            metavar="GROUP",
+            help="A GitLab group's full path instead of a project: one group hook serves all its projects.",
+        ),
+    ] = None,
     token_env: Annotated[
         str | None,
         typer.Option(
@@ -83,25 +95,85 @@ def add(
             metavar="NAME", help="The bot's account name; default: asked from the forge with the token."
         ),
     ] = None,
+    create_webhook: Annotated[
+        bool,
+        typer.Option(
+            "--create-webhook",
+            help="Create (or update) the webhook on the forge, with its secret and every event the bot uses.",
+        ),
+    ] = False,
+    allow_local_url: Annotated[
+        bool,
+        typer.Option(
+            "--allow-local-url",
+            help="Let --create-webhook use a loopback REVIEWBOT_PUBLIC_URL (a forge on this machine).",
+        ),
+    ] = False,
+    skip_checks: Annotated[
+        bool,
+        typer.Option(
+            "--skip-checks",
+            help="Add it without asking the forge whether the token may serve it (air-gapped).",
+        ),
+    ] = False,
 ) -> None:
-    """Register a project; prints the webhook URL and secret to configure on the forge."""
+    """Register a project (or a GitLab group) once its token is checked; prints the webhook to set up on
+    the forge, or creates it there with --create-webhook."""
     settings, engine = open_engine(ctx)
+    if (project is None) == (group is None):
+        fail("give --project PATH, or --group GROUP on GitLab")
+    if group is not None and forge is not ForgeKind.GITLAB:
+        fail("--group is for GitLab groups; on GitHub, install a GitHub App (`reviewbot app add`)")
     refusal = token_env_refusal(token_env, settings.token_env_prefix) if token_env else None
     if refusal is not None:
         fail(f"--token-env: {refusal}")
+    if create_webhook and skip_checks:
+        fail("--create-webhook asks the forge, --skip-checks does not: choose one")
+    if create_webhook:
+        _refuse_local_url(settings, forge, allow_local_url)
     secret = _webhook_secret(secret_env)
-    row = Project(
-        forge=forge,
-        forge_url=url.rstrip("/"),
-        path=project,
-        webhook_secret=_box(settings).seal(secret),
-        webhook_key=new_webhook_key(),
-        token_env=token_env,
-        severity_threshold=threshold,
-        bot_username=bot_username or _ask_bot_username(settings, forge, url.rstrip("/"), project, token_env),
-    )
-    _insert_unique(engine, row)
-    _print_connection(settings, row, secret, secret_env)
+    url = url.rstrip("/")
+    target = Target(forge, url, project or group or "", token_env, is_group=group is not None)
+    row = target.row(_box(settings).seal(secret), threshold)
+    _refuse_duplicate(engine, row)
+    connection: Connection | None = None
+    if skip_checks:
+        row.bot_username = bot_username or (None if target.is_group else _ask_bot_username(settings, target))
+    else:
+        connection = _checked(settings, target, manage_hooks=create_webhook)
+        row.bot_username = bot_username or connection.bot_username
+    _insert(engine, row)
+    outcome = None
+    if create_webhook and connection is not None:
+        outcome = _create_webhook(connection, target, _hook_url(settings, row), secret)
+    _print_connection(settings, target, row, secret, secret_env, outcome)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What ``project add`` registers: a project, or a GitLab group."""
+
+    forge: ForgeKind
+    url: str
+    name: str  # the project's path or the group's full path
+    token_env: str | None
+    is_group: bool
+
+    @property
+    def shown(self) -> str:
+        return f"{self.forge.value} {'group' if self.is_group else 'project'} {terminal(self.name)}"
+
+    def row(self, sealed_secret: str, threshold: Severity) -> Project | Source:
+        if self.is_group:
+            return Source(
+                kind=SourceKind.GITLAB_GROUP, forge=self.forge, forge_url=self.url, name=self.name,
+                webhook_secret=sealed_secret, webhook_key=new_webhook_key(), token_env=self.token_env,
+                severity_threshold=threshold,
+            )  # fmt: skip
+        return Project(
+            forge=self.forge, forge_url=self.url, path=self.name, webhook_secret=sealed_secret,
+            webhook_key=new_webhook_key(), token_env=self.token_env, severity_threshold=threshold,
+        )  # fmt: skip
 
 
 def _box(settings: Settings) -> SecretBox:
@@ -120,53 +192,173 @@ def _webhook_secret(secret_env: str | None) -> str:
     return secret
 
 
-def _ask_bot_username(
-    settings: Settings, forge: ForgeKind, url: str, path: str, token_env: str | None
-) -> str | None:
+def _refuse_local_url(settings: Settings, forge: ForgeKind, allowed: bool) -> None:
+    """A forge elsewhere cannot deliver to 127.0.0.1: a hook made there would fail every delivery."""
+    host = (settings.public_url.host or "").strip("[]")
+    try:
+        local = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = host == "localhost" or host.endswith(".localhost")
+    if local and not allowed:
+        fail(
+            f"REVIEWBOT_PUBLIC_URL is {settings.public_url}, which {forge.value} cannot reach: set it to the"
+            " address the forge reaches this service at (or pass --allow-local-url when the forge runs on"
+            " this machine)"
+        )
+
+
+def _connect(settings: Settings, target: Target) -> Connection:
+    """The forge's adapter for ``target``, authenticated with its token; fails when it cannot be made."""
+    probe = Project(
+        forge=target.forge,
+        forge_url=target.url,
+        path=target.name,
+        webhook_secret="",
+        token_env=target.token_env,
+    )
+    try:
+        if not target.is_group:
+            return forge_for(probe, settings.token_env_prefix)
+        from bot.forges.gitlab import GitLabGroup
+
+        return GitLabGroup(target.url, _group_token(settings, target), target.name)
+    except ForgeError as exc:
+        fail(f"could not check the token on {target.shown}: {terminal(str(exc))}; nothing was saved")
+
+
+def _group_token(settings: Settings, target: Target) -> str:
+    variable = target.token_env or DEFAULT_TOKEN_ENV[target.forge]
+    refusal = token_env_refusal(variable, settings.token_env_prefix)
+    if refusal is not None:
+        fail(refusal)
+    token = os.environ.get(variable)
+    if not token:
+        fail(f"no API token for {target.shown}: set the environment variable {variable}")
+    return token
+
+
+def _checked(settings: Settings, target: Target, *, manage_hooks: bool) -> Connection:
+    """The adapter, once its token is known to have all the bot needs on ``target``; else fails with
+    what it lacks, before anything is saved."""
+    connection = _connect(settings, target)
+    try:
+        problems = connection.access_problems(manage_hooks=manage_hooks)
+    except ForgeError as exc:
+        fail(f"could not check the token on {target.shown}: {terminal(str(exc))}; nothing was saved")
+    if problems:
+        variable = target.token_env or DEFAULT_TOKEN_ENV[target.forge]
+        listed = "".join(f"\n  - {terminal(problem)}" for problem in problems)
+        fail(f"the token in ${variable} cannot serve {target.shown}:{listed}\nnothing was saved")
+    return connection
+
+
+def _ask_bot_username(settings: Settings, target: Target) -> str | None:
     """The bot's account, from the forge with its token; None (and a warning) when it cannot answer."""
-    probe = Project(forge=forge, forge_url=url, path=path, webhook_secret="", token_env=token_env)
+    probe = Project(
+        forge=target.forge,
+        forge_url=target.url,
+        path=target.name,
+        webhook_secret="",
+        token_env=target.token_env,
+    )
     try:
         return forge_for(probe, settings.token_env_prefix).bot_username
     except ForgeError as exc:
         err.print(
-            f"warning: could not ask {url} who the bot is ({exc}); its own events will not be recognized "
-            "until `reviewbot project set --bot-username`",
+            f"warning: could not ask {terminal(target.url)} who the bot is ({terminal(str(exc))}); its own"
+            " events will not be recognized until `reviewbot project set --bot-username`",
             markup=False,
+            highlight=False,
             soft_wrap=True,
         )
         return None
 
 
-def _insert_unique(engine: sa.Engine, row: Project) -> None:
+def _refuse_duplicate(engine: sa.Engine, row: Project | Source) -> None:
+    with Session(engine) as session:
+        if isinstance(row, Source):
+            same = select(Source.id).where(
+                Source.forge == row.forge, Source.forge_url == row.forge_url, Source.name == row.name
+            )
+            what = f"{row.forge} group {terminal(row.name)}"
+        else:
+            same = select(Project.id).where(
+                Project.forge == row.forge, Project.forge_url == row.forge_url, Project.path == row.path
+            )
+            what = f"{row.forge} project {terminal(row.path)}"
+        if session.exec(same).first() is not None:
+            fail(f"{what} at {terminal(row.forge_url)} is already registered")
+
+
+def _insert(engine: sa.Engine, row: Project | Source) -> None:
     with Session(engine, expire_on_commit=False) as session:
-        same = select(Project).where(
-            Project.forge == row.forge, Project.forge_url == row.forge_url, Project.path == row.path
-        )
-        if session.exec(same).first():
-            fail(f"{row.forge} project {row.path} at {row.forge_url} is already registered")
         session.add(row)
         session.commit()
 
 
-def _hook_url(settings: Settings, row: Project) -> str:
-    """The project's own webhook URL (the forge's shared one, /webhooks/FORGE, works too)."""
+def _hook_url(settings: Settings, row: Project | Source) -> str:
+    """The project's (or group's) own webhook URL (for a project, the forge's shared one,
+    /webhooks/FORGE, works too)."""
     return f"{str(settings.public_url).rstrip('/')}/webhooks/{row.forge}/{row.webhook_key}"
 
 
-def _print_connection(settings: Settings, row: Project, secret: str, secret_env: str | None) -> None:
-    """What to configure on the forge: the webhook's URL, secret and events, and the token variable."""
-    forge = ForgeKind(row.forge)
-    hook_url = _hook_url(settings, row)
-    events = (
-        "Merge request events"
-        if forge is ForgeKind.GITLAB
-        else "Pull requests (content type application/json)"
-    )
-    typer.echo(f"added {forge.value} project {row.path} (bot: {row.bot_username or 'unknown'})")
-    typer.echo(f"webhook URL:    {hook_url}")
-    typer.echo(f"webhook secret: {secret}" + (f" (from {secret_env})" if secret_env else ""))
-    typer.echo(f"events:         {events}")
-    typer.echo(f"API token from: ${row.token_env or DEFAULT_TOKEN_ENV[forge]}")
+def _create_webhook(connection: Connection, target: Target, hook_url: str, secret: str) -> str:
+    """Creates or updates the webhook; fails (with what to run next) when the forge refuses."""
+    try:
+        return connection.ensure_webhook(hook_url, secret)
+    except ForgeError as exc:
+        again = "" if target.is_group else f": `reviewbot project hook {terminal(target.name)}` tries again"
+        fail(f"{target.shown} is saved, but its webhook could not be set up ({terminal(str(exc))}){again}")
+
+
+def _events(forge: ForgeKind) -> str:
+    labels = ", ".join(f'"{event.label}"' for event in WEBHOOK_EVENTS[forge])
+    return labels + (" (content type application/json)" if forge is ForgeKind.GITHUB else "")
+
+
+def _print_connection(
+    settings: Settings, target: Target, row: Project | Source, secret: str, secret_env: str | None,
+    outcome: str | None,
+) -> None:  # fmt: skip
+    """What to configure on the forge: the webhook's URL, secret and events, and the token variable;
+    with the webhook made through the API, only what was done."""
+    typer.echo(f"added {target.shown} (bot: {terminal(row.bot_username or 'unknown')})")
+    typer.echo(f"webhook URL:    {_hook_url(settings, row)}")
+    if outcome is not None:
+        typer.echo(f"webhook:        {outcome} on the forge, with its secret and these events")
+    else:
+        typer.echo(f"webhook secret: {secret}" + (f" (from {secret_env})" if secret_env else ""))
+    typer.echo(f"events:         {_events(target.forge)}")
+    typer.echo(f"API token from: ${row.token_env or DEFAULT_TOKEN_ENV[target.forge]}")
+
+
+@project_app.command("hook")
+def hook(
+    ctx: typer.Context,
+    path: RegisteredProject,
+    forge: ForgeChoice = None,
+    allow_local_url: Annotated[
+        bool,
+        typer.Option(
+            "--allow-local-url", help="Use a loopback REVIEWBOT_PUBLIC_URL (a forge on this machine)."
+        ),
+    ] = False,
+) -> None:
+    """Create (or update) a registered project's webhook on the forge: its URL, secret and every event."""
+    settings, engine = open_engine(ctx)
+    with Session(engine, expire_on_commit=False) as session:
+        row = _find(session, path, forge)
+    target = Target(ForgeKind(row.forge), row.forge_url, row.path, row.token_env, is_group=False)
+    if row.installation_id is not None:
+        fail(f"{target.shown} is served by a GitHub App: its webhook is the App's, set on GitHub")
+    secret = _box(settings).open(row.webhook_secret)
+    if secret is None or row.webhook_key is None:
+        fail(f"{target.shown} cannot open its webhook secret: `reviewbot project rotate-secret` makes one")
+    _refuse_local_url(settings, target.forge, allow_local_url)
+    connection = _checked(settings, target, manage_hooks=True)
+    outcome = _create_webhook(connection, target, _hook_url(settings, row), secret)
+    typer.echo(f"webhook {outcome} on {target.shown}: {_hook_url(settings, row)}")
+    typer.echo(f"events:         {_events(target.forge)}")
 
 
 @project_app.command("rotate-secret")
@@ -198,7 +390,17 @@ def list_projects(ctx: typer.Context) -> None:
                 p.forge, p.path, p.forge_url, p.severity_threshold, ", ".join(p.ignore_globs) or "(defaults)",
                 "yes" if p.enabled else "no", p.bot_username or "?", _labellers(p),
             )  # fmt: skip
+        sources = session.exec(select(Source).order_by(Source.forge, Source.name)).all()
     Console().print(table)
+    if sources:  # GitLab groups and GitHub Apps: their projects are added as they deliver
+        kinds = {SourceKind.GITLAB_GROUP: "group", SourceKind.GITHUB_APP: "app"}
+        shown = Table("kind", "forge", "name", "url", "threshold", "enabled", "bot", title="sources")
+        for s in sources:
+            shown.add_row(
+                kinds.get(SourceKind(s.kind), s.kind), s.forge, s.name, s.forge_url, s.severity_threshold,
+                "yes" if s.enabled else "no", s.bot_username or "?",
+            )  # fmt: skip
+        Console().print(shown)
 
 
 @project_app.command("set")

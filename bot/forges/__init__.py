@@ -16,9 +16,12 @@ from bot.events import WebhookEvent
 from bot.forges import github_events, gitlab_events
 from bot.forges.base import Forge, ForgeError
 from bot.models import ForgeKind, Project
+from bot.sources import AppKey
 
 ForgeFactory = Callable[[Project], Forge]
 """Makes the adapter of a project: ``forge_for`` in production, a test's fake in tests."""
+AppKeys = Callable[[int], AppKey | None]
+"""The App key of a source, by the source's id (``bot.sources.AppKeys``)."""
 
 DEFAULT_TOKEN_ENV = {ForgeKind.GITLAB: "GITLAB_TOKEN", ForgeKind.GITHUB: "GITHUB_TOKEN"}
 DEFAULT_TOKEN_ENV_PREFIX = "REVIEWBOT_TOKEN_"  # REVIEWBOT_TOKEN_ENV_PREFIX's default
@@ -70,9 +73,14 @@ def github_api_url(forge_url: str) -> str:
     return "https://api.github.com" if stripped in ("https://github.com", "http://github.com") else stripped
 
 
-def forge_for(project: Project, token_env_prefix: str = DEFAULT_TOKEN_ENV_PREFIX) -> Forge:
+def forge_for(
+    project: Project, token_env_prefix: str = DEFAULT_TOKEN_ENV_PREFIX, app_keys: AppKeys | None = None
+) -> Forge:
     """The adapter for ``project``, authenticated with the token in its token variable (which must be
-    one a token may be in: ``token_env_refusal``)."""
+    one a token may be in: ``token_env_refusal``), or, for a GitHub App's repository, with an
+    installation token of the App (its key from ``app_keys``)."""
+    if project.installation_id is not None:
+        return _app_forge(project, app_keys)
     variable = project.token_env or DEFAULT_TOKEN_ENV[ForgeKind(project.forge)]
     refusal = token_env_refusal(variable, token_env_prefix)
     if refusal is not None:
@@ -90,3 +98,23 @@ def forge_for(project: Project, token_env_prefix: str = DEFAULT_TOKEN_ENV_PREFIX
     from bot.forges.github import GitHubForge
 
     return GitHubForge(github_api_url(project.forge_url), project.path, token=token)
+
+
+def _app_forge(project: Project, app_keys: AppKeys | None) -> Forge:
+    where = f"{project.forge} project {project.path}"
+    key = app_keys(project.source_id) if app_keys is not None and project.source_id is not None else None
+    if key is None:
+        raise ForgeError(
+            f"{where}: served by a GitHub App whose private key cannot be read here (the App removed, or "
+            "another REVIEWBOT_SECRET_KEY); see `reviewbot app list`",
+            retryable=False,
+        )
+    from bot.forges.github import GitHubForge
+
+    return GitHubForge(
+        github_api_url(project.forge_url),
+        project.path,
+        app_id=key.app_id,
+        private_key=key.private_key,
+        installation_id=project.installation_id,
+    )

@@ -7,6 +7,7 @@ The review pipeline and the jobs use only this module: python-gitlab and PyGithu
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -14,7 +15,7 @@ from typing import Protocol
 
 from bot.diff import Diff
 from bot.events import Role
-from bot.models import Side
+from bot.models import ForgeKind, Side
 
 _MARKER = re.compile(r"<!-- reviewbot:(?:(summary)|(finding):([0-9a-f]{8,64})) -->")
 
@@ -116,10 +117,59 @@ class PolledFeedback:
     resolved: dict[str, bool] = field(default_factory=dict)  # thread id -> resolved
 
 
-class Forge(Protocol):
-    """One project on one forge, authenticated as the bot."""
+@dataclass(frozen=True)
+class HookEvent:
+    """An event the bot's webhook must send: its name in the forge's API (GitLab's hook flag, GitHub's
+    event) and what the forge's webhook settings page calls it."""
+
+    name: str
+    label: str
+
+
+# Every event the bot uses, per forge: the one list that webhook creation, its check, `project add`'s
+# instructions and README follow (a missing one loses feedback silently).
+WEBHOOK_EVENTS: dict[ForgeKind, tuple[HookEvent, ...]] = {
+    ForgeKind.GITLAB: (
+        HookEvent("merge_requests_events", "Merge request events"),
+        HookEvent("note_events", "Comments"),
+        HookEvent("emoji_events", "Emoji events"),
+    ),
+    ForgeKind.GITHUB: (
+        HookEvent("pull_request", "Pull requests"),
+        HookEvent("pull_request_review_comment", "Pull request review comments"),
+        HookEvent("pull_request_review_thread", "Pull request review threads"),
+        HookEvent("issue_comment", "Issue comments"),
+    ),
+}
+
+CREATED, UPDATED = "created", "updated"  # what ``ensure_webhook`` did
+
+
+class Connection(Protocol):
+    """What connecting the bot to a project (or a GitLab group) needs: whether its token may do what the
+    bot does there, and the webhook. Problems are plain sentences, one each, for a terminal or a table."""
 
     bot_username: str
+
+    def access_problems(self, *, manage_hooks: bool) -> list[str]:
+        """What the token lacks (scopes, role, permission), or why the target cannot be reached; [] when
+        it has all the bot needs, and the right to manage webhooks too when ``manage_hooks``."""
+        ...
+
+    def ensure_webhook(self, url: str, secret: str, events: Sequence[str] | None = None) -> str:
+        """Create the webhook at ``url``, or update the one already there (secret, events, SSL
+        verification on); ``events`` are API names, default every one the bot uses. ``CREATED`` or
+        ``UPDATED``."""
+        ...
+
+    def webhook_problems(self, url: str) -> list[str]:
+        """What is wrong with the webhook at ``url``, read through the API: missing, events missing,
+        disabled, failing deliveries; [] when it is fine."""
+        ...
+
+
+class Forge(Connection, Protocol):
+    """One project on one forge, authenticated as the bot."""
 
     def merge_request(self, number: int) -> MergeRequest:
         """Metadata of the MR/PR, with the SHAs of its latest diff version."""

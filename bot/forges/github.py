@@ -33,7 +33,7 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
@@ -42,6 +42,7 @@ from typing import Any
 from github import Auth, Github, GithubException, GithubIntegration, GithubRetry
 from github.File import File
 from github.GithubException import RateLimitExceededExceedsMaxWait, RateLimitExceededException
+from github.Hook import Hook
 from github.PullRequest import PullRequest
 from github.PullRequestComment import PullRequestComment
 from github.Requester import Requester
@@ -54,6 +55,8 @@ from bot import untrusted
 from bot.diff import Diff, omission_note, quote_path
 from bot.events import DOWN, GITHUB_PERMISSIONS, UP, Role
 from bot.forges.base import (
+    CREATED,
+    UPDATED,
     BotComment,
     ForgeError,
     InlineComment,
@@ -64,11 +67,21 @@ from bot.forges.base import (
     own_marker,
     parse_marker,
 )
-from bot.models import Side
+from bot.forges.base import WEBHOOK_EVENTS as _EVENTS
+from bot.models import ForgeKind, Side
 
 log = logging.getLogger(__name__)
 
+WEBHOOK_EVENTS = _EVENTS[ForgeKind.GITHUB]  # the events the bot's webhook must send
 MAX_FILES = 3000  # GitHub's pulls/{n}/files lists no more
+# A repository's ``permissions`` keys, highest first, and the role names GitHub shows for them
+_PERMISSIONS = (
+    ("admin", "admin"),
+    ("maintain", "maintain"),
+    ("push", "write"),
+    ("triage", "triage"),
+    ("pull", "read"),
+)
 _PAGE = 100  # the most GitHub lists in one page
 _ISSUE_PREFIX = "issuecomment-"
 _MAX_WAIT_S = 10.0  # longer waits are the queue's job, not a blocked worker's
@@ -358,6 +371,82 @@ class GitHubForge:
             # GitHub takes replies to a thread's first comment only (the bot's finding, ``thread_id``).
             pr.create_review_comment_reply(int(thread_id or reply_to), body)
 
+    # --- connecting: the token's access, the webhook ---
+
+    def access_problems(self, *, manage_hooks: bool) -> list[str]:
+        where = f"repository {self.repo_name}"
+        with self._calling(f"read the {where}"):
+            try:
+                headers, data = self._requester.requestJsonAndCheck("GET", f"/repos/{self.repo_name}")
+            except GithubException as exc:
+                if exc.status == 404:  # GitHub's answer to a private repository the token cannot see, too
+                    return [f"{where} was not found, or {self.bot_username} cannot see it"]
+                raise
+        problems = []
+        scopes = {k.lower(): v for k, v in headers.items()}.get("x-oauth-scopes")
+        if scopes is not None:  # a classic token; a fine-grained or an App's token sends no scopes
+            granted = sorted(scope.strip() for scope in scopes.split(",") if scope.strip())
+            private = bool(data.get("private"))
+            if "repo" not in granted and (private or "public_repo" not in granted):
+                need = "repo scope" if private else "repo (or public_repo) scope"
+                problems.append(f"the token lacks the {need} (it has: {', '.join(granted) or 'none'})")
+        permissions = data.get("permissions")
+        if isinstance(permissions, dict):  # the token's user's; an App's installation token has none
+            held = next((name for key, name in _PERMISSIONS if permissions.get(key)), "no")
+            if manage_hooks and not permissions.get("admin"):
+                problems.append(
+                    f"{self.bot_username} has {held} permission on {where}; managing its webhooks needs admin"
+                )
+            elif not permissions.get("push"):
+                problems.append(
+                    f"{self.bot_username} has {held} permission on {where}; the bot needs write"
+                    " (pull requests and issues write, contents read)"
+                )
+        return problems
+
+    def ensure_webhook(self, url: str, secret: str, events: Sequence[str] | None = None) -> str:
+        wanted = list(events) if events is not None else [event.name for event in WEBHOOK_EVENTS]
+        config = {"url": url, "content_type": "json", "secret": secret, "insecure_ssl": "0"}
+        with self._calling(f"set up the webhook of repository {self.repo_name}"):
+            hook = self._hook(url)
+            if hook is None:
+                self._repo.create_hook("web", config, wanted, active=True)
+                return CREATED
+            hook.edit("web", config, events=wanted, active=True)
+        return UPDATED
+
+    def webhook_problems(self, url: str) -> list[str]:
+        where = f"repository {self.repo_name}"
+        with self._calling(f"read the webhooks of {where}"):
+            try:
+                hook = self._hook(url)
+            except GithubException as exc:
+                if exc.status in (403, 404):
+                    return [
+                        f"cannot read the webhooks of {where}: {self.bot_username} needs admin to see them"
+                    ]
+                raise
+            if hook is None:
+                return [f"{where} has no webhook to {url}"]
+            problems = []
+            missing = [
+                e.label for e in WEBHOOK_EVENTS if e.name not in hook.events and "*" not in hook.events
+            ]
+            if missing:
+                problems.append(f"the webhook does not send {', '.join(missing)}")
+            if not hook.active:
+                problems.append("the webhook is inactive")
+            if hook.config.get("content_type") != "json":
+                problems.append("the webhook's content type is not application/json")
+            code = hook.last_response.code if hook.last_response is not None else None
+            if code is not None and not 200 <= code < 300:
+                said = hook.last_response.message
+                problems.append(f"its last delivery got HTTP {code}" + (f" ({said})" if said else ""))
+        return problems
+
+    def _hook(self, url: str) -> Hook | None:
+        return next((hook for hook in self._repo.get_hooks() if hook.config.get("url") == url), None)
+
     # --- helpers ---
 
     @property
@@ -449,7 +538,9 @@ class GitHubForge:
             wait = _SECONDARY_WAIT_S
         retryable = exc.status >= 500 or exc.status == 429 or (exc.status == 403 and rate_limited)
         message = f"{self._where()}: {operation}: {exc.status} {_github_message(exc)}"
-        if exc.status in (401, 403) and not retryable:
+        if exc.status == 401:
+            message += " (the token is invalid, expired or revoked)"
+        elif exc.status == 403 and not retryable:
             message += " (check the token or the App's permissions)"
         return ForgeError(message, retryable=retryable, retry_after_s=wait if retryable else None)
 

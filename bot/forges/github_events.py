@@ -2,7 +2,8 @@
 
 Events handled: ``pull_request`` (opened, reopened, synchronize, ready_for_review, closed),
 ``pull_request_review_comment`` (replies to the bot's comments), ``pull_request_review_thread``
-(resolved / unresolved) and ``issue_comment`` on a pull request that links to or quotes a finding.
+(resolved / unresolved) and ``issue_comment`` on a pull request that links to or quotes a finding;
+for a GitHub App, ``installation`` and ``installation_repositories`` (the repositories it serves).
 Reactions fire no webhook on GitHub: they are polled (``GitHubForge.feedback``).
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from bot.events import Signal, SignalKind, WebhookEvent, quoted_text, signal_from_reply
+from bot.events import Installation, Signal, SignalKind, WebhookEvent, quoted_text, signal_from_reply
 from bot.forges.base import parse_marker
 
 
@@ -29,9 +30,19 @@ def delivery_id(headers: Mapping[str, str], body: bytes) -> str:
 
 
 def parse(headers: Mapping[str, str], payload: dict[str, Any]) -> WebhookEvent:
+    event = _parse(headers.get("x-github-event", ""), payload)
+    installation = payload.get("installation")
+    installation_id = installation.get("id") if isinstance(installation, dict) else None
+    if isinstance(installation_id, int) and event.installation_id is None:  # sent by an App
+        return replace(event, installation_id=installation_id)
+    return event
+
+
+def _parse(event: str, payload: dict[str, Any]) -> WebhookEvent:
     path = str(payload.get("repository", {}).get("full_name", ""))
     actor = str(payload.get("sender", {}).get("login", ""))
-    event = headers.get("x-github-event", "")
+    if event in ("installation", "installation_repositories"):
+        return _installation(event, actor, payload)
     if event == "pull_request_review_comment":
         return _reply(path, actor, payload)
     if event == "pull_request_review_thread":
@@ -49,6 +60,36 @@ def parse(headers: Mapping[str, str], payload: dict[str, Any]) -> WebhookEvent:
     if action == "reopened" and isinstance(number, int):  # polled again, reviewed unless a draft
         return replace(route, number=number, closed=False)
     return route
+
+
+def _repositories(payload: dict[str, Any], key: str) -> tuple[str, ...]:
+    listed = payload.get(key) or []
+    return tuple(
+        str(repo["full_name"]) for repo in listed if isinstance(repo, dict) and repo.get("full_name")
+    )
+
+
+def _installation(event: str, actor: str, payload: dict[str, Any]) -> WebhookEvent:
+    """An App installed, uninstalled, suspended or given repositories: no repository of its own
+    (``project_path`` is empty); what changed is in ``installation``."""
+    action, installation_id = payload.get("action"), payload.get("installation", {}).get("id")
+    if not isinstance(installation_id, int):
+        return WebhookEvent("", actor, ignored=f"{event} event without an installation id")
+    if event == "installation_repositories" and action in ("added", "removed"):
+        change = Installation(
+            installation_id,
+            added=_repositories(payload, "repositories_added"),
+            removed=_repositories(payload, "repositories_removed"),
+        )
+    elif action in ("created", "new_permissions_accepted"):
+        change = Installation(installation_id, added=_repositories(payload, "repositories"))
+    elif action in ("deleted", "suspend"):
+        change = Installation(installation_id, disable_all=True)
+    elif action == "unsuspend":
+        change = Installation(installation_id, enable_all=True)
+    else:
+        return WebhookEvent("", actor, ignored=f"{event} action {action!r} changes no repository")
+    return WebhookEvent("", actor, installation=change, installation_id=installation_id)
 
 
 def _review(path: str, actor: str, action: Any, pull: dict[str, Any]) -> WebhookEvent:

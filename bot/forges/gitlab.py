@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -17,12 +17,14 @@ from typing import Any, cast
 import gitlab
 import requests
 from gitlab.exceptions import GitlabError
-from gitlab.v4.objects import ProjectMergeRequest
+from gitlab.v4.objects import Group, Project, ProjectMergeRequest
 
 from bot import untrusted
 from bot.diff import Diff, DiffLine, FileDiff, LineKind, omission_note, quote_path
 from bot.events import Role
 from bot.forges.base import (
+    CREATED,
+    UPDATED,
     BotComment,
     ForgeError,
     InlineComment,
@@ -32,7 +34,8 @@ from bot.forges.base import (
     PostedComment,
     own_marker,
 )
-from bot.models import Side
+from bot.forges.base import WEBHOOK_EVENTS as _EVENTS
+from bot.models import ForgeKind, Side
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,10 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 2
 _STATES = {"opened": "open", "locked": "open", "closed": "closed", "merged": "merged"}
 _REFUSED = (400, 422)  # GitLab's answers to a position it cannot place
+WEBHOOK_EVENTS = _EVENTS[ForgeKind.GITLAB]  # the hook flags the bot needs
+REVIEWER = Role.DEVELOPER  # the least role the bot's user needs on a project to review it
 _HINTS = {
-    401: "check the bot's access token",
+    401: "check the bot's access token: it is invalid, expired or revoked",
     403: "the bot's user lacks permission on the project (it needs at least Reporter to comment)",
     404: "check the project path and the merge request number, and that the bot's user can see them",
 }
@@ -61,12 +66,16 @@ class _Refused(Exception):
     """GitLab would not place a discussion at that position; the message is GitLab's."""
 
 
-class GitLabForge:
-    """One GitLab project, authenticated as the bot; ``project`` is ``group/name`` or a numeric id."""
+class _GitLabAccount:
+    """The bot's account on one GitLab, and what a project and a group have alike: the client and its
+    error mapping, the token's checks and the webhook. Its subclasses say which one ``_target`` is."""
 
-    def __init__(self, url: str, token: str, project: str, *, timeout_s: float = 10.0) -> None:
+    _kind: str  # "project" or "group", in messages
+    _hook_level: int  # the access level that manages this target's webhooks
+
+    def __init__(self, url: str, token: str, name: str, *, timeout_s: float) -> None:
         self.url = url.rstrip("/")
-        self.project = project
+        self._name = name
         self._last = threading.local()  # the Retry-After of this thread's latest response
         session = requests.Session()
         session.hooks["response"].append(self._remember_retry_after)
@@ -78,11 +87,181 @@ class GitLabForge:
             keep_base_url=True,  # follow pagination links on our URL even if GitLab's external_url differs
             session=session,
         )
-        self._project = self._gl.projects.get(project, lazy=True)
         with self._call("read the bot's own user (GET /user)"):
             self._gl.auth()
         assert self._gl.user is not None  # auth() sets it or raises
         self.bot_username: str = str(self._gl.user.username)
+
+    @property
+    def _target(self) -> Project | Group:  # lazy: its managers, without a GET
+        raise NotImplementedError
+
+    def _read_target(self) -> None:
+        """GET the project or group: a GitlabError 404 when it does not exist or the token cannot see it."""
+        raise NotImplementedError
+
+    # --- connecting: the token's access, the webhook
+
+    def access_problems(self, *, manage_hooks: bool) -> list[str]:
+        where = f"{self._kind} {self._name}"
+        problems = self._scope_problems()
+        with self._call(f"read {where}"):
+            try:
+                self._read_target()
+            except GitlabError as exc:
+                if exc.response_code == 404:
+                    return [*problems, f"{where} was not found, or {self.bot_username} cannot see it"]
+                raise
+        role = self._own_role()
+        need, purpose = (
+            (_role(self._hook_level), "to manage its webhooks") if manage_hooks else (REVIEWER, "to review")
+        )
+        if role.rank < need.rank:
+            problems.append(
+                f"{self.bot_username} is {_article(role)} on {where}; the bot needs at least {need} {purpose}"
+            )
+        return problems
+
+    def ensure_webhook(self, url: str, secret: str, events: Sequence[str] | None = None) -> str:
+        wanted = list(events) if events is not None else [event.name for event in WEBHOOK_EVENTS]
+        data: dict[str, Any] = {
+            "url": url,
+            "token": secret,
+            "enable_ssl_verification": True,
+            "push_events": False,
+        }
+        data |= dict.fromkeys(wanted, True)
+        with self._call(f"set up the webhook of {self._kind} {self._name}"):
+            hook = self._hook(url)
+            if hook is None:
+                self._target.hooks.create(data, retry_transient_errors=False)  # a repeat would make two
+                return CREATED
+            self._target.hooks.update(hook["id"], data)
+        return UPDATED
+
+    def webhook_problems(self, url: str) -> list[str]:
+        where = f"{self._kind} {self._name}"
+        with self._call(f"read the webhooks of {where}"):
+            try:
+                hook = self._hook(url)
+            except GitlabError as exc:
+                if exc.response_code in (403, 404):
+                    need = _role(self._hook_level)
+                    return [
+                        f"cannot read the webhooks of {where}: {self.bot_username} needs {need} to see them"
+                    ]
+                raise
+        if hook is None:
+            return [f"{where} has no webhook to {url}"]
+        problems = []
+        missing = [event.label for event in WEBHOOK_EVENTS if not hook.get(event.name)]
+        if missing:
+            problems.append(f"the webhook does not send {', '.join(missing)}")
+        alert = str(hook.get("alert_status") or "executable")
+        if alert != "executable":  # GitLab stops a hook whose deliveries keep failing
+            problems.append(f"GitLab has {alert.replace('_', ' ')} the webhook after failed deliveries")
+        return problems
+
+    def _hook(self, url: str) -> dict[str, Any] | None:
+        """The webhook at ``url`` (its attributes), None when there is none."""
+        hooks = self._target.hooks.list(get_all=True)
+        return next((dict(hook.attributes) for hook in hooks if hook.attributes.get("url") == url), None)
+
+    def _scope_problems(self) -> list[str]:
+        """What the token's scopes lack; nothing when GitLab does not say (not a personal, project or
+        group access token, or a GitLab too old for ``/personal_access_tokens/self``)."""
+        try:
+            token = self._gl.http_get("/personal_access_tokens/self")
+        except (GitlabError, requests.RequestException):
+            return []
+        scopes = [str(scope) for scope in cast(dict[str, Any], token).get("scopes") or []]
+        if "api" in scopes:
+            return []
+        return [f"the token lacks the api scope (it has: {', '.join(scopes) or 'none'})"]
+
+    def _own_role(self) -> Role:
+        """The bot's role on the target, inherited membership included; an administrator's is owner."""
+        user = self._gl.user
+        assert user is not None
+        if user.attributes.get("is_admin"):
+            return Role.OWNER
+        with self._call(f"read the membership of {self.bot_username}"):
+            try:
+                member = self._target.members_all.get(user.id)
+            except GitlabError as exc:
+                if exc.response_code == 404:
+                    return Role.NONE
+                raise
+        return _role(int(member.access_level))
+
+    # --- plumbing
+
+    @property
+    def _where(self) -> str:
+        return f"GitLab {self.url}, {self._kind} {self._name}"
+
+    def _remember_retry_after(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        value = response.headers.get("Retry-After", "")
+        self._last.retry_after = float(value) if value.isdigit() else None
+
+    @contextmanager
+    def _call(self, operation: str) -> Iterator[None]:
+        """Turns python-gitlab's and requests' errors into a ForgeError saying where, what and why."""
+        try:
+            yield
+        except GitlabError as exc:
+            code = exc.response_code
+            retryable = code is not None and (code == 429 or code >= 500)
+            hint = _HINTS.get(code or 0, "try again later" if retryable else "")
+            raise ForgeError(
+                f"{self._where}: could not {operation}: HTTP {code}: {_message(exc)}"
+                + (f" ({hint})" if hint else ""),
+                retryable=retryable,
+                retry_after_s=getattr(self._last, "retry_after", None) if retryable else None,
+            ) from exc
+        except requests.RequestException as exc:
+            raise ForgeError(
+                f"{self._where}: could not {operation}: GitLab is unreachable ({exc}); try again later",
+                retryable=True,
+            ) from exc
+
+
+class GitLabGroup(_GitLabAccount):
+    """One GitLab group, for its group webhook (every project under it); ``group_path`` is its full path."""
+
+    _kind = "group"
+    _hook_level = 50  # Owner: GitLab lets only a group's owners manage its webhooks
+
+    def __init__(self, url: str, token: str, group_path: str, *, timeout_s: float = 10.0) -> None:
+        super().__init__(url, token, group_path, timeout_s=timeout_s)
+        self.group = group_path
+        self._group = self._gl.groups.get(group_path, lazy=True)
+
+    @property
+    def _target(self) -> Group:
+        return self._group
+
+    def _read_target(self) -> None:
+        self._gl.groups.get(self.group)
+
+
+class GitLabForge(_GitLabAccount):
+    """One GitLab project, authenticated as the bot; ``project`` is ``group/name`` or a numeric id."""
+
+    _kind = "project"
+    _hook_level = 40  # Maintainer
+
+    def __init__(self, url: str, token: str, project: str, *, timeout_s: float = 10.0) -> None:
+        super().__init__(url, token, project, timeout_s=timeout_s)
+        self.project = project
+        self._project = self._gl.projects.get(project, lazy=True)
+
+    @property
+    def _target(self) -> Project:
+        return self._project
+
+    def _read_target(self) -> None:
+        self._gl.projects.get(self.project)
 
     def merge_request(self, number: int) -> MergeRequest:
         with self._call(f"read merge request !{number}"):
@@ -286,37 +465,8 @@ class GitLabForge:
 
     # --- plumbing
 
-    @property
-    def _where(self) -> str:
-        return f"GitLab {self.url}, project {self.project}"
-
     def _mr(self, number: int) -> ProjectMergeRequest:  # lazy: its managers, without a GET
         return self._project.mergerequests.get(number, lazy=True)
-
-    def _remember_retry_after(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        value = response.headers.get("Retry-After", "")
-        self._last.retry_after = float(value) if value.isdigit() else None
-
-    @contextmanager
-    def _call(self, operation: str) -> Iterator[None]:
-        """Turns python-gitlab's and requests' errors into a ForgeError saying where, what and why."""
-        try:
-            yield
-        except GitlabError as exc:
-            code = exc.response_code
-            retryable = code is not None and (code == 429 or code >= 500)
-            hint = _HINTS.get(code or 0, "try again later" if retryable else "")
-            raise ForgeError(
-                f"{self._where}: could not {operation}: HTTP {code}: {_message(exc)}"
-                + (f" ({hint})" if hint else ""),
-                retryable=retryable,
-                retry_after_s=getattr(self._last, "retry_after", None) if retryable else None,
-            ) from exc
-        except requests.RequestException as exc:
-            raise ForgeError(
-                f"{self._where}: could not {operation}: GitLab is unreachable ({exc}); try again later",
-                retryable=True,
-            ) from exc
 
 
 # GitLab's access levels, highest first; Minimal Access (5) and Planner (15) count as the level below.
@@ -331,6 +481,13 @@ _LEVELS = (
 
 def _role(access_level: int) -> Role:
     return next((role for level, role in _LEVELS if access_level >= level), Role.NONE)
+
+
+def _article(role: Role) -> str:
+    """``a developer``, ``an owner``, ``not a member``."""
+    if role is Role.NONE:
+        return "not a member"
+    return f"{'an' if role.value[0] in 'aeiou' else 'a'} {role}"
 
 
 def _line_position(mr: MergeRequest, file: FileDiff, line: DiffLine) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from bot.retention import prune
 from bot.review.job import mark_failed, run_review_job
 from bot.review.reconcile import reconcile
 from bot.secrets import secret_box
+from bot.sources import AppKeys
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +134,19 @@ class Queue:
         self,
         settings: Settings,
         engine: sa.Engine,
-        forges: ForgeFactory | None = None,  # default: forge_for, with the configured token prefix
+        forges: ForgeFactory | None = None,  # default: forge_for, with the token prefix and the App keys
         retry_delay_s: float | None = None,  # default: REVIEW_RETRY_DELAY_S times settings.period_scale
         period_scale: float | None = None,  # default: settings.period_scale
     ) -> None:
         self.settings, self.engine = settings, engine
-        self.forges = forges or partial(forge_for, token_env_prefix=settings.token_env_prefix)
+        box = secret_box(settings)
+        prefix, app_keys = settings.token_env_prefix, AppKeys(engine, box)  # App projects: App tokens
+        self.forges = forges or partial(forge_for, token_env_prefix=prefix, app_keys=app_keys)
         self.period_scale = settings.period_scale if period_scale is None else period_scale
         if retry_delay_s is None:
             retry_delay_s = REVIEW_RETRY_DELAY_S * self.period_scale
         self.retry_delay_s = retry_delay_s
-        self.huey = make_huey(settings.queue_url, secret_box(settings).queue_key())
+        self.huey = make_huey(settings.queue_url, box.queue_key())
         self.relay = Relay(engine, self._send)
         self.etags: ETags = {}  # this process's conditional polls
         self.roles = RoleCache()  # reviewers' roles, read from the forges a few minutes ago at most

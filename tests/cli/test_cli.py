@@ -9,7 +9,7 @@ import pytest
 
 from bot import __version__
 
-GROUPS = ["db", "project", "feedback", "flywheel", "models"]
+GROUPS = ["db", "project", "app", "feedback", "flywheel", "models", "doctor"]
 
 
 def reviewbot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -31,7 +31,8 @@ COMMANDS = [
     ["feedback", "list"], ["feedback", "export"], ["feedback", "stats"], ["review"], ["serve"], ["worker"],
     ["flywheel", "run"], ["flywheel", "status"], ["flywheel", "report"], ["flywheel", "worker"],
     ["flywheel", "golden", "add"], ["flywheel", "golden", "list"], ["project", "rotate-secret"],
-    ["models", "list"], ["models", "promote"], ["models", "rollback"],
+    ["models", "list"], ["models", "promote"], ["models", "rollback"], ["project", "hook"],
+    ["app", "add"], ["app", "list"], ["app", "sync"], ["doctor"],
 ]  # fmt: skip
 
 
@@ -44,7 +45,7 @@ def test_help_reads_like_a_tools(command: list[str], tmp_path: Path) -> None:
         assert leak not in result.stdout, f"{' '.join(command)} --help shows {leak!r}:\n{result.stdout}"
 
 
-@pytest.mark.parametrize("group", ["project", "feedback", "db", "flywheel", "models"])
+@pytest.mark.parametrize("group", ["project", "app", "feedback", "db", "flywheel", "models"])
 def test_every_group_shows_an_example(group: str, tmp_path: Path) -> None:
     result = reviewbot(group, "--help", cwd=tmp_path)
     assert f"Example: reviewbot {group}" in " ".join(result.stdout.split())
@@ -92,7 +93,16 @@ def test_project_add_set_list_reviews(tmp_path: Path) -> None:
     assert "run `reviewbot db upgrade`" in behind.stderr
     upgrade = [sys.executable, "-m", "bot.cli", "db", "upgrade"]
     assert subprocess.run(upgrade, env=env, capture_output=True, text=True).returncode == 0
-    add = ["add", "--forge", "gitlab", "--url", "https://gitlab.example", "--project", "team/app"]
+    add = [
+        "add",
+        "--forge",
+        "gitlab",
+        "--url",
+        "https://gitlab.example",
+        "--project",
+        "team/app",
+        "--skip-checks",
+    ]
     added = run(*add, "--secret-env", "HOOK_SECRET", "--bot-username", "rb")
     assert added.returncode == 0, added.stderr
     assert "webhook URL:    http://127.0.0.1:8080/webhooks/gitlab" in added.stdout
@@ -116,16 +126,17 @@ def test_project_add_set_list_reviews(tmp_path: Path) -> None:
     assert "MR" in reviews.stdout
 
 
-def test_project_add_without_a_token_warns_and_still_adds(tmp_path: Path) -> None:
+def test_project_add_without_a_token_is_refused_unless_checks_are_skipped(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200", "REVIEWBOT_DATABASE_URL": f"sqlite:///{tmp_path}/bot.db"}
     env.pop("GITHUB_TOKEN", None)
     upgrade = [sys.executable, "-m", "bot.cli", "db", "upgrade"]
     subprocess.run(upgrade, env=env, check=True, capture_output=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "project", "add", "--forge", "github", "--url", "https://github.com",
-         "--project", "o/r"],
-        env=env, capture_output=True, text=True,
-    )  # fmt: skip
+    add = [sys.executable, "-m", "bot.cli", "project", "add", "--forge", "github", "--url", "https://github.com",
+           "--project", "o/r"]  # fmt: skip
+    refused = subprocess.run(add, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "set the environment variable GITHUB_TOKEN" in refused.stderr
+    result = subprocess.run([*add, "--skip-checks"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "GITHUB_TOKEN" in result.stderr
+    assert "GITHUB_TOKEN" in result.stderr  # a warning: the bot's name could not be asked
     assert "(bot: unknown)" in result.stdout

@@ -18,8 +18,10 @@ from sqlmodel import Session
 from bot import db
 from bot.api import create_app
 from bot.config import load_settings
-from bot.models import ModelStatus, ModelVersion, Project
+from bot.forges.gitlab import GitLabForge, GitLabGroup
+from bot.models import ModelStatus, ModelVersion, Project, Source, SourceKind
 from bot.queue.schedule import Scheduler
+from tests.support.fake_gitlab import FakeGitLab
 from tests.support.live_server import live_server
 from tests.support.scripted_server import Script, completion, scripted_server
 
@@ -138,3 +140,68 @@ def test_a_project_without_its_token_fails(setup: dict[str, str], tmp_path: Path
     token = checks["gitlab g/\x1b[31mapp: token"]
     assert token["state"] == "fail"
     assert "REVIEWBOT_TOKEN_APP" in token["fix"]
+
+
+def test_a_projects_token_and_webhook_are_read_from_the_forge(setup: dict[str, str], tmp_path: Path) -> None:
+    """Through the forge's API: a token lacking its scope fails its line; with it, the webhook's
+    absence fails the next one, with the command that creates it; once created, both pass."""
+    fake = FakeGitLab()
+    bot = fake.add_user("reviewbot", "reviewbot-token", scopes=("read_api",))
+    fake.add_member(fake.add_project("team/app"), bot, 40)  # maintainer: the test creates the hook
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'home' / 'reviewbot.db'}")
+    with live_server(fake.app) as url:
+        with Session(engine) as session:
+            session.add(
+                Project(forge="gitlab", forge_url=url, path="team/app", webhook_secret="x", webhook_key="k3y",
+                        token_env="REVIEWBOT_TOKEN_APP")
+            )  # fmt: skip
+            session.commit()
+        env = {**setup, "REVIEWBOT_TOKEN_APP": "reviewbot-token"}
+        code, checks = doctor(env)
+        assert code == 1
+        assert "api scope" in checks["gitlab team/app: token"]["detail"]
+        bot.scopes = ["api"]
+        code, checks = doctor(env)
+        assert checks["gitlab team/app: token"]["state"] == "ok"
+        assert checks["gitlab team/app: webhook"]["state"] == "fail"
+        assert "reviewbot project hook team/app" in checks["gitlab team/app: webhook"]["fix"]
+        hook = f"{setup['REVIEWBOT_PUBLIC_URL']}/webhooks/gitlab/k3y"
+        GitLabForge(url, "reviewbot-token", "team/app").ensure_webhook(hook, "s3cret")
+        code, checks = doctor(env)
+        assert checks["gitlab team/app: webhook"]["state"] == "ok"
+        assert checks["gitlab team/app: deliveries"]["state"] == "warn"  # no review yet: worth a look
+        assert code == 0
+
+
+def test_a_groups_token_and_group_webhook_are_checked(setup: dict[str, str], tmp_path: Path) -> None:
+    """A GitLab group source: its token on the group, and the group's own webhook; the projects it
+    added are served by that hook, so no project webhook is asked of them."""
+    fake = FakeGitLab()
+    bot = fake.add_user("reviewbot", "reviewbot-token")
+    fake.add_member(fake.add_group("team"), bot, 50)
+    fake.add_member(fake.add_project("team/app"), bot, 30, inherited=True)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'home' / 'reviewbot.db'}")
+    with live_server(fake.app) as url, Session(engine) as session:
+        source = Source(
+            kind=SourceKind.GITLAB_GROUP, forge="gitlab", forge_url=url, name="team", webhook_secret="x",
+            webhook_key="gr0up", token_env="REVIEWBOT_TOKEN_TEAM",
+        )  # fmt: skip
+        session.add(source)
+        session.commit()
+        session.add(
+            Project(forge="gitlab", forge_url=url, path="team/app", webhook_secret="x", webhook_key="k4",
+                    token_env="REVIEWBOT_TOKEN_TEAM", source_id=source.id)
+        )  # fmt: skip
+        session.commit()
+        env = {**setup, "REVIEWBOT_TOKEN_TEAM": "reviewbot-token"}
+        code, checks = doctor(env)
+        assert code == 1
+        assert checks["gitlab group team: token"]["state"] == "ok"
+        assert checks["gitlab group team: webhook"]["state"] == "fail"
+        assert checks["gitlab team/app: token"]["state"] == "ok"
+        assert "gitlab team/app: webhook" not in checks
+        hook = f"{setup['REVIEWBOT_PUBLIC_URL']}/webhooks/gitlab/gr0up"
+        GitLabGroup(url, "reviewbot-token", "team").ensure_webhook(hook, "s3cret")
+        code, checks = doctor(env)
+        assert checks["gitlab group team: webhook"]["state"] == "ok"
+        assert code == 0

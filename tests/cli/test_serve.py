@@ -44,6 +44,7 @@ NEW = OLD.replace("cart.total * 3", "eval(cart.total) * 3").replace("cart.total 
 def github() -> Iterator[tuple[FakeGitHub, str]]:
     fake = FakeGitHub()
     fake.add_user("shop-bot", token="bot-token")
+    fake.add_collaborator(REPO, "shop-bot", "write")  # `project add` checks the token may write
     fake.add_user("alice", token="alice-token")
     fake.add_pull(REPO, 12, [SeedFile("shop/prices.py", OLD, NEW), SeedFile("logo.png", binary=True)])
     with live_server(fake.app) as url:

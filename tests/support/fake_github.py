@@ -14,7 +14,11 @@ and point the client's ``base_url`` at it. It enforces the rules the bot must re
 - more than ``secondary_limit`` content-creating requests in a minute answer 403 secondary rate limit;
 - ``fail()`` makes the next requests to a path answer 429, 5xx or 403 secondary rate limit;
 - a collaborator's permission is what ``add_collaborator`` gave; any other user reads (a public
-  repository); reactions are listed with their users.
+  repository; a private one, ``add_repo(private=True)``, is 404 to them); reactions are listed with
+  their users;
+- a classic token (``add_user(..., scopes=[...])``) gets its scopes in ``X-OAuth-Scopes`` on every
+  answer, a fine-grained one (the default) none; ``GET /repos/o/r`` has the user's ``permissions``;
+- repository webhooks (``hooks``) are listed, created and edited by admins only (403 otherwise).
 
 One rule of its own, stricter than GitHub: a review comment with the legacy ``position`` is refused.
 """
@@ -127,7 +131,11 @@ class FakeGitHub:
         self.users: dict[str, str] = {}  # login -> type ("User" or "Bot")
         self.permissions: dict[tuple[str, str], str] = {}  # (repo, login) -> role name; others read
         self.tokens: dict[str, str] = {}  # token -> login
+        self.scopes: dict[str, list[str]] = {}  # a classic token -> its scopes (fine-grained: absent)
+        self.repos: dict[str, bool] = {}  # repository -> private, besides those known by their pulls
+        self.hooks: dict[int, dict[str, Any]] = {}  # hook id -> the hook as GitHub shows it, its repo kept
         self.apps: dict[str, tuple[str, set[int]]] = {}  # app id -> (slug, installation ids)
+        self.installed: dict[int, list[str]] = {}  # installation id -> its repositories (``install``)
         self.pulls: dict[tuple[str, int], PullRequest] = {}
         self.reviews: list[dict[str, Any]] = []
         self.review_comments: dict[int, ReviewComment] = {}
@@ -141,11 +149,18 @@ class FakeGitHub:
 
     # --- seeding ---
 
-    def add_user(self, login: str, token: str | None = None) -> str:
+    def add_user(self, login: str, token: str | None = None, *, scopes: list[str] | None = None) -> str:
+        """A user; ``token`` authenticates as them, a classic token with ``scopes``, else fine-grained."""
         self.users[login] = "User"
         if token is not None:
             self.tokens[token] = login
+            if scopes is not None:
+                self.scopes[token] = scopes
         return login
+
+    def add_repo(self, repo: str, *, private: bool = False) -> str:
+        self.repos[repo] = private
+        return repo
 
     def add_collaborator(self, repo: str, login: str, role: str) -> str:
         """``login`` (added as a user) with ``role`` on ``repo``: read, triage, write, maintain or admin."""
@@ -167,6 +182,11 @@ class FakeGitHub:
         self.apps[str(app_id)] = (slug, {installation_id})
         self.users[f"{slug}[bot]"] = "Bot"
         return f"{slug}[bot]"
+
+    def install(self, app_id: int, installation_id: int, repos: list[str]) -> None:
+        """The App gets (another) installation on ``repos``, listed by ``GET /installation/repositories``."""
+        self.apps[str(app_id)][1].add(installation_id)
+        self.installed[installation_id] = list(repos)
 
     def add_pull(
         self,
@@ -263,6 +283,9 @@ class FakeGitHub:
                 return login
             request.state.login = login
             response: Response = await call_next(request)
+            scopes = self.scopes.get(request.headers.get("authorization", "").partition(" ")[2])
+            if scopes is not None:
+                response.headers["X-OAuth-Scopes"] = ", ".join(scopes)
             return response
 
         @app.get("/user")
@@ -384,6 +407,63 @@ class FakeGitHub:
             legacy = {"maintain": "write", "triage": "read"}.get(role, role)
             return JSONResponse({"permission": legacy, "role_name": role, "user": _user_json(login)})
 
+        @app.get("/repos/{owner}/{name}")
+        async def repository(request: Request, owner: str, name: str) -> Response:
+            repo = f"{owner}/{name}"
+            role = self._role(repo, request.state.login)
+            if role is None:
+                return _not_found()
+            ranks = ["read", "triage", "write", "maintain", "admin"]
+            held = ranks.index(role)
+            keys = {
+                "pull": "read",
+                "triage": "triage",
+                "push": "write",
+                "maintain": "maintain",
+                "admin": "admin",
+            }
+            permissions = {key: held >= ranks.index(level) for key, level in keys.items()}
+            return JSONResponse(
+                {"id": _user_id(repo), "name": name, "full_name": repo, "owner": _user_json(owner),
+                 "private": self.repos.get(repo, False), "url": f"{_base(request)}/repos/{repo}",
+                 "permissions": permissions}
+            )  # fmt: skip
+
+        @app.get("/repos/{owner}/{name}/hooks")
+        async def list_hooks(request: Request, owner: str, name: str) -> Response:
+            repo = f"{owner}/{name}"
+            refusal = self._refuse_hooks(repo, request.state.login)
+            if refusal is not None:
+                return refusal
+            shown = [_hook_json(h, _base(request)) for h in self.hooks.values() if h["repo"] == repo]
+            return _page(request, shown)
+
+        @app.post("/repos/{owner}/{name}/hooks", status_code=201)
+        async def create_hook(request: Request, owner: str, name: str) -> Response:
+            repo = f"{owner}/{name}"
+            refusal = self._refuse_hooks(repo, request.state.login)
+            if refusal is not None:
+                return refusal
+            sent = await request.json()
+            if not (sent.get("config") or {}).get("url"):
+                return _unprocessable("url is missing")
+            unused = {"code": None, "status": "unused", "message": None}
+            hook = {"id": next(self._ids), "repo": repo, "name": "web", "active": True, "events": ["push"],
+                    "config": {}, "last_response": unused}  # fmt: skip
+            _edit_hook(hook, sent)
+            self.hooks[hook["id"]] = hook
+            return JSONResponse(_hook_json(hook, _base(request)), status_code=201)
+
+        @app.patch("/repos/{owner}/{name}/hooks/{hook_id}")
+        async def edit_hook(request: Request, owner: str, name: str, hook_id: int) -> Response:
+            repo = f"{owner}/{name}"
+            refusal = self._refuse_hooks(repo, request.state.login)
+            hook = self.hooks.get(hook_id)
+            if refusal is not None or hook is None or hook["repo"] != repo:
+                return refusal or _not_found()
+            _edit_hook(hook, await request.json())
+            return JSONResponse(_hook_json(hook, _base(request)))
+
         @app.post("/repos/{owner}/{name}/pulls/{number}/comments/{comment_id}/replies", status_code=201)
         async def reply(request: Request, owner: str, name: str, number: int, comment_id: int) -> Response:
             parent = self.review_comments.get(comment_id)
@@ -471,9 +551,37 @@ class FakeGitHub:
             payload = await request.json()
             return JSONResponse(self._graphql(payload["query"], payload.get("variables") or {}))
 
+        @app.get("/app/installations")
+        async def app_installations(request: Request) -> Response:
+            _, installations = self.apps[request.state.login]
+            app_id = int(request.state.login)
+            return _page(request, [{"id": i, "app_id": app_id} for i in sorted(installations)])
+
+        @app.get("/installation/repositories")
+        async def installation_repositories(request: Request) -> Response:
+            # Tokens name their App's bot, not their installation: every installation of that App is listed.
+            apps = [ids for slug, ids in self.apps.values() if f"{slug}[bot]" == request.state.login]
+            repos = [r for ids in apps for i in sorted(ids) for r in self.installed.get(i, [])]
+            shown = [{"id": _user_id(r), "full_name": r, "name": r.split("/")[1]} for r in repos]
+            return JSONResponse({"total_count": len(shown), "repositories": shown})
+
         return app
 
     # --- rules ---
+
+    def _role(self, repo: str, login: str) -> str | None:
+        """``login``'s permission on ``repo``; None when the repository is unknown or private to them."""
+        known = repo in self.repos or any(r == repo for r, _ in self.pulls)
+        role = self.permissions.get((repo, login))
+        if not known or (role is None and self.repos.get(repo, False)):
+            return None
+        return role or "read"
+
+    def _refuse_hooks(self, repo: str, login: str) -> Response | None:
+        role = self._role(repo, login)
+        if role is None:
+            return _not_found()
+        return None if role == "admin" else _error(403, "Must have admin rights to Repository.")
 
     def _failure(self, request: Request) -> Response | None:
         for failure in self._failures:
@@ -577,6 +685,30 @@ class FakeGitHub:
 
 
 # --- JSON shapes ---
+
+
+def _edit_hook(hook: dict[str, Any], sent: dict[str, Any]) -> None:
+    """A create's or an edit's fields on the stored hook; GitHub never shows the secret back."""
+    for key in ("active", "events", "name"):
+        if key in sent:
+            hook[key] = sent[key]
+    hook["config"] = {**hook["config"], **(sent.get("config") or {})}
+
+
+def _hook_json(hook: dict[str, Any], base: str) -> dict[str, Any]:
+    url = f"{base}/repos/{hook['repo']}/hooks/{hook['id']}"
+    config = {k: ("********" if k == "secret" else v) for k, v in hook["config"].items()}
+    return {
+        **{k: v for k, v in hook.items() if k != "repo"},
+        "type": "Repository",
+        "config": config,
+        "url": url,
+        "test_url": f"{url}/test",
+        "ping_url": f"{url}/pings",
+        "deliveries_url": f"{url}/deliveries",
+        "created_at": _STAMP,
+        "updated_at": _STAMP,
+    }
 
 
 def _file_entry(seed: SeedFile) -> tuple[dict[str, Any], dict[str, set[int]]]:

@@ -9,6 +9,10 @@ It keeps GitLab's rules that the bot must get right:
   latest diff shows; anything else gets ``400 {"message": {"line_code": ["can't be blank"]}}``.
 - Members: ``members/all`` holds the project's own members and those inherited from its group
   (``add_member``), ``members`` only its own; anyone else is 404.
+- Tokens have scopes (``add_user(..., scopes=[...])``, default ``api``): a write without ``api`` is
+  ``403 insufficient_scope``; ``/personal_access_tokens/self`` shows them.
+- Webhooks of projects and groups (``add_group``): listing or changing them needs Maintainer on a
+  project, Owner on a group (403 otherwise); they are stored in ``hooks`` with their flags.
 - Lists are paginated like GitLab's (``page``/``per_page``, ``X-Page``, ``X-Next-Page``, ``X-Total``,
   ``Link``), 20 per page unless asked, 100 at most.
 
@@ -38,6 +42,7 @@ class User:
     id: int
     username: str
     token: str
+    scopes: list[str] = field(default_factory=lambda: ["api"])
 
     def api(self, base_url: str) -> dict[str, Any]:
         return {
@@ -185,6 +190,24 @@ class Project:
     merge_requests: dict[int, MergeRequest] = field(default_factory=dict)
     members: dict[int, int] = field(default_factory=dict)  # user id -> access level, its own members
     inherited: dict[int, int] = field(default_factory=dict)  # user id -> access level, from its group
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # as GitLab shows them, the token kept
+
+
+@dataclass
+class Group:
+    id: int
+    path: str  # its full path
+    members: dict[int, int] = field(default_factory=dict)  # user id -> access level
+    inherited: dict[int, int] = field(default_factory=dict)  # from its parent groups
+    hooks: list[dict[str, Any]] = field(default_factory=list)
+
+
+HOOK_FLAGS = (
+    "push_events", "tag_push_events", "merge_requests_events", "note_events", "confidential_note_events",
+    "emoji_events", "issues_events", "confidential_issues_events", "job_events", "pipeline_events",
+    "wiki_page_events", "deployment_events", "releases_events",
+)  # fmt: skip
+HOOK_LEVEL = {"project": 40, "group": 50}  # Maintainer manages a project's hooks, Owner a group's
 
 
 @dataclass
@@ -200,11 +223,16 @@ class NotFound(Exception):
     pass
 
 
+class Forbidden(Exception):
+    pass
+
+
 class FakeGitLab:
     def __init__(self, per_page: int = 20) -> None:
         self.per_page = per_page
         self.users: dict[str, User] = {}  # by token
         self.projects: list[Project] = []
+        self.groups: list[Group] = []
         self.requests: list[tuple[str, str]] = []  # (method, decoded path), every request
         self.failures: list[Failure] = []
         self._ids = itertools.count(1)
@@ -212,18 +240,26 @@ class FakeGitLab:
 
     # --- seeding and inspecting, for tests
 
-    def add_user(self, username: str, token: str) -> User:
-        user = User(next(self._ids), username, token)
+    def add_user(self, username: str, token: str, *, scopes: Iterable[str] = ("api",)) -> User:
+        user = User(next(self._ids), username, token, list(scopes))
         self.users[token] = user
         return user
+
+    def add_group(self, path: str) -> Group:
+        group = Group(next(self._ids), path)
+        self.groups.append(group)
+        return group
 
     def add_project(self, path: str) -> Project:
         project = Project(next(self._ids), path)
         self.projects.append(project)
         return project
 
-    def add_member(self, project: Project, user: User, access_level: int, *, inherited: bool = False) -> User:
-        """``user`` a member of ``project`` at ``access_level`` (10 Guest … 50 Owner), or of its group."""
+    def add_member(
+        self, project: Project | Group, user: User, access_level: int, *, inherited: bool = False
+    ) -> User:
+        """``user`` a member of ``project`` (or a group) at ``access_level`` (10 Guest … 50 Owner), or of
+        its group."""
         (project.inherited if inherited else project.members)[user.id] = access_level
         return user
 
@@ -283,6 +319,22 @@ class FakeGitLab:
                 return project
         raise NotFound("404 Project Not Found")
 
+    def _group(self, ref: str) -> Group:
+        for group in self.groups:
+            if ref in (group.path, str(group.id)):
+                return group
+        raise NotFound("404 Group Not Found")
+
+    def _hook_target(self, kind: str, ref: str, user: User) -> Project | Group:
+        """The project or group whose hooks ``user`` manages; 403 below the level GitLab asks for."""
+        if kind not in ("projects", "groups"):
+            raise NotFound("404 Not found")
+        target = self._project(ref) if kind == "projects" else self._group(ref)
+        level = {**target.inherited, **target.members}.get(user.id, 0)
+        if level < HOOK_LEVEL["project" if kind == "projects" else "group"]:
+            raise Forbidden("403 Forbidden")
+        return target
+
     def _mr(self, ref: str, iid: int) -> MergeRequest:
         mr = self._project(ref).merge_requests.get(iid)
         if mr is None:
@@ -317,6 +369,8 @@ class FakeGitLab:
             user = self.users.get(request.headers.get("PRIVATE-TOKEN", ""))
             if user is None:
                 return JSONResponse({"message": "401 Unauthorized"}, 401)
+            if method != "GET" and "api" not in user.scopes:
+                return JSONResponse({"error": "insufficient_scope", "scope": "api"}, 403)
             request.state.user = user
             response: Response = await call_next(request)
             return response
@@ -324,6 +378,69 @@ class FakeGitLab:
         @app.exception_handler(NotFound)
         async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
             return JSONResponse({"message": str(exc)}, 404)
+
+        @app.exception_handler(Forbidden)
+        async def forbidden(_request: Request, exc: Forbidden) -> JSONResponse:
+            return JSONResponse({"message": str(exc)}, 403)
+
+        @app.get("/api/v4/personal_access_tokens/self")
+        async def own_token(request: Request) -> dict[str, Any]:
+            user: User = request.state.user
+            return {"id": user.id, "name": "bot", "user_id": user.id, "scopes": user.scopes, "active": True,
+                    "revoked": False, "expires_at": None}  # fmt: skip
+
+        @app.get("/api/v4/groups/{ref:path}/members/all/{user_id:int}")
+        async def group_member(request: Request, ref: str, user_id: int) -> Response:
+            group = self._group(ref)
+            levels = {**group.inherited, **group.members}
+            user = next((u for u in self.users.values() if u.id == user_id), None)
+            if user is None or user_id not in levels:
+                raise NotFound("404 Not found")
+            return JSONResponse({**user.api(_base_url(request)), "access_level": levels[user_id]})
+
+        hooks = "/api/v4/{kind:str}/{ref:path}/hooks"
+
+        @app.get(hooks)
+        async def list_hooks(request: Request, kind: str, ref: str) -> Response:
+            target = self._hook_target(kind, ref, request.state.user)
+            shown = [{k: v for k, v in hook.items() if k != "token"} for hook in target.hooks]
+            return _page(request, shown, self.per_page)
+
+        @app.post(hooks, status_code=201)
+        async def create_hook(request: Request, kind: str, ref: str) -> Response:
+            target, params = self._hook_target(kind, ref, request.state.user), await _params(request)
+            if not params.get("url"):
+                return JSONResponse({"error": "url is missing"}, 400)
+            hook: dict[str, Any] = {
+                "id": next(self._ids),
+                "url": params["url"],
+                "alert_status": "executable",
+                "enable_ssl_verification": True,
+                "push_events": True,  # GitLab's default
+                "created_at": TIMESTAMP,
+            }
+            hook[f"{kind.removesuffix('s')}_id"] = target.id
+            hook |= _hook_fields(params)
+            target.hooks.append(hook)
+            return JSONResponse({k: v for k, v in hook.items() if k != "token"}, 201)
+
+        @app.put(hooks + "/{hook_id:int}")
+        async def edit_hook(request: Request, kind: str, ref: str, hook_id: int) -> Response:
+            target, params = self._hook_target(kind, ref, request.state.user), await _params(request)
+            hook = next((h for h in target.hooks if h["id"] == hook_id), None)
+            if hook is None:
+                raise NotFound("404 Not found")
+            hook |= _hook_fields(params)
+            return JSONResponse({k: v for k, v in hook.items() if k != "token"})
+
+        @app.get("/api/v4/groups/{ref:path}")
+        async def group(request: Request, ref: str) -> Response:
+            found = self._group(ref)
+            user: User = request.state.user
+            if user.id not in {**found.inherited, **found.members}:
+                raise NotFound("404 Group Not Found")  # a private group: as if it did not exist
+            web_url = f"{_base_url(request)}/groups/{found.path}"
+            return JSONResponse({"id": found.id, "full_path": found.path, "web_url": web_url})
 
         @app.get("/api/v4/user")
         async def current_user(request: Request) -> dict[str, Any]:
@@ -461,6 +578,12 @@ class FakeGitLab:
             ]
             return _page(request, items, self.per_page)
 
+        @app.get("/api/v4/projects/{ref:path}")  # last: its {ref:path} would take every longer path
+        async def project(request: Request, ref: str) -> Response:
+            found = self._project(ref)
+            return JSONResponse({"id": found.id, "path_with_namespace": found.path,
+                                 "web_url": f"{_base_url(request)}/{found.path}"})  # fmt: skip
+
         return app
 
 
@@ -480,6 +603,15 @@ async def _params(request: Request) -> dict[str, Any]:
 
 def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() == "true"
+
+
+def _hook_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The hook settings a create or an edit sets: its URL, token and flags."""
+    fields = {key: params[key] for key in ("url", "token") if key in params}
+    for flag in (*HOOK_FLAGS, "enable_ssl_verification"):
+        if flag in params:
+            fields[flag] = _truthy(params[flag])
+    return fields
 
 
 def _position_error(mr: MergeRequest, position: dict[str, Any]) -> dict[str, Any] | None:

@@ -52,7 +52,12 @@ def vllm_python() -> str:
 
 
 def start_vllm(
-    model_path: Path, served_name: str, adapters: dict[str, Path], log_path: Path, max_lora_rank: int = 16
+    model_path: Path,
+    served_name: str,
+    adapters: dict[str, Path],
+    log_path: Path,
+    max_lora_rank: int = 16,
+    max_model_len: int = 8192,
 ) -> VLLMServer:
     port = free_port()
     env = {
@@ -61,7 +66,7 @@ def start_vllm(
         "SERVED_NAME": served_name,
         "PORT": str(port),
         "MAX_LORA_RANK": str(max_lora_rank),
-        "MAX_MODEL_LEN": "8192",
+        "MAX_MODEL_LEN": str(max_model_len),
         "LORA_MODULES": " ".join(f"{name}={path}" for name, path in adapters.items()),
     }
     started = time.monotonic()

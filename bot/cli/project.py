@@ -192,14 +192,18 @@ def _webhook_secret(secret_env: str | None) -> str:
     return secret
 
 
-def _refuse_local_url(settings: Settings, forge: ForgeKind, allowed: bool) -> None:
-    """A forge elsewhere cannot deliver to 127.0.0.1: a hook made there would fail every delivery."""
+def _local_url(settings: Settings) -> bool:
+    """Whether REVIEWBOT_PUBLIC_URL is a loopback address, which a forge elsewhere cannot reach."""
     host = (settings.public_url.host or "").strip("[]")
     try:
-        local = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        local = host == "localhost" or host.endswith(".localhost")
-    if local and not allowed:
+        return host == "localhost" or host.endswith(".localhost")
+
+
+def _refuse_local_url(settings: Settings, forge: ForgeKind, allowed: bool) -> None:
+    """A forge elsewhere cannot deliver to 127.0.0.1: a hook made there would fail every delivery."""
+    if _local_url(settings) and not allowed:
         fail(
             f"REVIEWBOT_PUBLIC_URL is {settings.public_url}, which {forge.value} cannot reach: set it to the"
             " address the forge reaches this service at (or pass --allow-local-url when the forge runs on"
@@ -330,6 +334,13 @@ def _print_connection(
         typer.echo(f"webhook secret: {secret}" + (f" (from {secret_env})" if secret_env else ""))
     typer.echo(f"events:         {_events(target.forge)}")
     typer.echo(f"API token from: ${row.token_env or DEFAULT_TOKEN_ENV[target.forge]}")
+    if outcome is None and _local_url(settings):
+        err.print(
+            f"note: the webhook URL is under REVIEWBOT_PUBLIC_URL={settings.public_url}, a loopback address"
+            " a forge elsewhere cannot reach: set REVIEWBOT_PUBLIC_URL to where it reaches this service,"
+            " then `reviewbot project hook` (or `rotate-secret` to print the URL again)",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 @project_app.command("hook")

@@ -108,6 +108,7 @@ def test_create_webhook_needs_maintainer_and_a_reachable_url(
     labels = ", ".join(f'"{e.label}"' for e in WEBHOOK_EVENTS[ForgeKind.GITLAB])
     assert f"events:         {labels}" in plain.stdout
     assert '"Merge request events", "Comments", "Emoji events"' in plain.stdout
+    assert "a loopback address a forge elsewhere cannot reach" in plain.stderr  # printed, with a warning
 
 
 def test_create_webhook_then_project_hook_updates_it(database: str, gitlab: tuple[FakeGitLab, str]) -> None:

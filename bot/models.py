@@ -167,6 +167,17 @@ class Project(SQLModel, table=True):
     installation_id: int | None = Field(
         default=None, sa_type=sa.BigInteger, description="the GitHub App installation serving it"
     )
+    repo_config: bool = Field(
+        default=True, sa_column_kwargs={"server_default": sa.true()},
+        description="whether the repository's own .reviewbot.toml (read at the MR's base) applies",
+    )  # fmt: skip
+    threshold_floor: str | None = Field(
+        default=None, max_length=16, description="the least severe threshold the repository file may set"
+    )
+    repo_config_status: str | None = Field(
+        default=None, max_length=512, description='last read of the file: "ok: PATH", "none", or its error'
+    )
+    repo_config_checked_at: datetime | None = _when(default=None, description="when the file was last read")
     created_at: datetime = _when(default_factory=utcnow)
 
 
@@ -233,6 +244,14 @@ class Finding(SQLModel, table=True):
         max_length=16,
         sa_column_kwargs={"server_default": "posted"},
     )
+    settings_digest: str = Field(
+        default="", max_length=64, sa_column_kwargs={"server_default": ""},
+        description="sha256 of the review settings in force (bot.repo_config.Effective.digest)",
+    )  # fmt: skip
+    instructions: str = Field(
+        default="", sa_type=sa.Text, sa_column_kwargs={"server_default": ""},
+        description="the repository file's instructions that reached the prompts for its file",
+    )  # fmt: skip
     created_at: datetime = _when(default_factory=utcnow)
 
 

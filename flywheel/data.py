@@ -152,6 +152,8 @@ def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
                     "finding_id": i.finding.id,
                     "fingerprint": i.finding.fingerprint,
                     "model_version": i.finding.model_version,
+                    "settings_digest": i.finding.settings_digest,  # the repository's settings in force
+                    "instructions": i.finding.instructions,
                 },
             },
             f"finding {i.finding.id}",

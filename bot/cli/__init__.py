@@ -16,6 +16,7 @@ from bot import __version__
 from bot.cli import help as help_style
 from bot.cli.app import app_app
 from bot.cli.common import err
+from bot.cli.config import config_app
 from bot.cli.db import db_app
 from bot.cli.doctor import doctor_command
 from bot.cli.feedback import feedback_app
@@ -37,6 +38,7 @@ app.add_typer(project_app)
 app.add_typer(app_app)
 app.add_typer(feedback_app)
 app.add_typer(db_app)
+app.add_typer(config_app)
 app.command("review")(review_command)
 app.command("serve")(serve)
 app.command("worker")(worker)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Annotated
 
 import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import Session, select
 
 from bot.cli.common import command_group, err, fail, open_engine
@@ -36,7 +38,12 @@ ForgeChoice = Annotated[
 ]
 
 
-def _find(session: Session, path: str, forge: ForgeKind | None) -> Project:
+class Switch(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+def find_project(session: Session, path: str, forge: ForgeKind | None) -> Project:
     query = select(Project).where(Project.path == path)
     if forge is not None:
         query = query.where(Project.forge == forge)
@@ -358,7 +365,7 @@ def hook(
     """Create (or update) a registered project's webhook on the forge: its URL, secret and every event."""
     settings, engine = open_engine(ctx)
     with Session(engine, expire_on_commit=False) as session:
-        row = _find(session, path, forge)
+        row = find_project(session, path, forge)
     target = Target(ForgeKind(row.forge), row.forge_url, row.path, row.token_env, is_group=False)
     if row.installation_id is not None:
         fail(f"{target.shown} is served by a GitHub App: its webhook is the App's, set on GitHub")
@@ -380,7 +387,7 @@ def rotate_secret(ctx: typer.Context, path: RegisteredProject, forge: ForgeChoic
     settings, engine = open_engine(ctx)
     secret = new_secret()
     with Session(engine, expire_on_commit=False) as session:
-        row = _find(session, path, forge)
+        row = find_project(session, path, forge)
         row.webhook_secret = _box(settings).seal(secret)
         row.webhook_key = row.webhook_key or new_webhook_key()
         session.add(row)
@@ -394,12 +401,14 @@ def rotate_secret(ctx: typer.Context, path: RegisteredProject, forge: ForgeChoic
 def list_projects(ctx: typer.Context) -> None:
     """The registered projects and their settings."""
     _, engine = open_engine(ctx)
-    table = Table("forge", "project", "url", "threshold", "ignore", "enabled", "bot", "labels by")
+    columns = ("forge", "project", "url", "threshold", "ignore", "enabled", "bot", "labels by")
+    table = Table(*columns, "repo file", "last read")
     with Session(engine, expire_on_commit=False) as session:
         for p in session.exec(select(Project).order_by(Project.forge, Project.path)).all():
             table.add_row(
                 p.forge, p.path, p.forge_url, p.severity_threshold, ", ".join(p.ignore_globs) or "(defaults)",
-                "yes" if p.enabled else "no", p.bot_username or "?", _labellers(p),
+                "yes" if p.enabled else "no", p.bot_username or "?", _labellers(p), _repo_file(p),
+                Text(terminal(_last_read(p))),  # quotes the file's words: Text, not markup
             )  # fmt: skip
         sources = session.exec(select(Source).order_by(Source.forge, Source.name)).all()
     Console().print(table)
@@ -451,11 +460,25 @@ def set_project(
             help="Whether the merge request's author's feedback labels the findings of their own code.",
         ),
     ] = None,
+    repo_config: Annotated[
+        Switch | None,
+        typer.Option(
+            metavar="on|off",
+            help="Whether the repository's .reviewbot.toml (read at the merge request's base) applies.",
+        ),
+    ] = None,
+    threshold_floor: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SEVERITY|none",
+            help="The least severe threshold the repository file may set (a lower one is raised to it).",
+        ),
+    ] = None,
 ) -> None:
     """Change a project's settings."""
     _, engine = open_engine(ctx)
     with Session(engine, expire_on_commit=False) as session:
-        row = _find(session, path, forge)
+        row = find_project(session, path, forge)
         if threshold is not None:
             row.severity_threshold = threshold
         if ignore is not None:
@@ -468,14 +491,42 @@ def set_project(
             row.feedback_min_role = _role_setting(feedback_min_role)
         if author_labels is not None:
             row.author_labels = author_labels
+        if repo_config is not None:
+            row.repo_config = repo_config is Switch.ON
+        if threshold_floor is not None:
+            row.threshold_floor = _floor_setting(threshold_floor)
         session.add(row)
         session.commit()
         globs = ", ".join(row.ignore_globs) or "(defaults)"
         state = "enabled" if row.enabled else "disabled"
         typer.echo(
             f"{row.forge} {row.path}: threshold {row.severity_threshold}, ignore {globs}, {state},"
-            f" labels by {_labellers(row)}"
+            f" labels by {_labellers(row)}, repository file {_repo_file(row)}"
         )
+
+
+def _floor_setting(name: str) -> str | None:
+    if name.strip().lower() == "none":
+        return None
+    try:
+        return Severity(name.strip().lower()).value
+    except ValueError:
+        fail(f"--threshold-floor: no severity {name!r}; one of {', '.join(Severity)}, or none")
+
+
+def _last_read(project: Project) -> str:
+    """The last review's reading of the repository file, and when."""
+    if not project.repo_config_status:
+        return "(not yet)"
+    when = project.repo_config_checked_at
+    return project.repo_config_status + (f" ({when:%Y-%m-%d %H:%M})" if when else "")
+
+
+def _repo_file(project: Project) -> str:
+    """Whether the repository's file applies, and the admin's floor under its threshold."""
+    if not project.repo_config:
+        return "off"
+    return f"on, floor {project.threshold_floor}" if project.threshold_floor else "on"
 
 
 def _role_setting(name: str) -> str | None:
@@ -503,7 +554,7 @@ def reviews(
     _, engine = open_engine(ctx)
     table = Table("id", "MR", "head", "status", "queued", "took", "error")
     with Session(engine, expire_on_commit=False) as session:
-        row = _find(session, path, forge)
+        row = find_project(session, path, forge)
         query = (
             select(Review).where(Review.project_id == row.id).order_by(sa.desc(sa.column("id"))).limit(limit)
         )

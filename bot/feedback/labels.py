@@ -189,7 +189,9 @@ def labelled_findings(
 def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str, Any]]:
     """The flywheel's format for the severity task: hard labels only (findings confirmed or corrected
     by ``/severity``). ``meta.fingerprint`` is the finding's line-number-blind identity, which keeps
-    a re-posted finding on the same side of the train/held-out split."""
+    a re-posted finding on the same side of the train/held-out split. ``meta.settings_digest`` and
+    ``meta.instructions`` are the provenance: the review settings in force and the repository's
+    instructions its prompts saw ("" for findings from before the repository file)."""
     for item in findings:
         if item.label.severity is None:
             continue
@@ -202,6 +204,8 @@ def severity_examples(findings: Iterable[LabelledFinding]) -> Iterator[dict[str,
                 "project": item.project.path,
                 "model_version": item.finding.model_version,
                 "label_state": item.label.state.value,
+                "settings_digest": item.finding.settings_digest,
+                "instructions": item.finding.instructions,
                 "signals": [
                     {"kind": s.kind, "value": s.value, "author": s.author, "role": s.role}
                     for s in item.trusted

@@ -7,12 +7,14 @@ The review pipeline and the jobs use only this module: python-gitlab and PyGithu
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from bot import untrusted
 from bot.diff import Diff
 from bot.events import Role
 from bot.models import ForgeKind, Side
@@ -54,6 +56,75 @@ class ForgeError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+
+MAX_FILE_BYTES = 64 * 1024  # the most of a repository file the bot reads (its settings file)
+MAX_LABEL_CHARS = 50  # GitHub's limit on a label's name (GitLab's is longer)
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def repo_path_problem(path: str) -> str | None:
+    """Why ``path`` may not name a file the bot reads from a repository, or None when it may. Paths
+    come from repositories and settings: only a plain relative path, with no ``.``/``..``/empty
+    segment even once percent-decoded (a forge or a proxy decodes ``%2e%2e`` to ``..``), no backslash
+    and no control character, reaches a forge or git."""
+    shown = untrusted.terminal(untrusted.truncate(path, 200)[0])
+    if not path or len(path) > 1024:
+        return f"repository path {shown!r}: must be 1 to 1024 characters"
+    if _UNPRINTABLE.search(path) or "\\" in path:
+        return f"repository path {shown!r}: control characters and backslashes are not allowed"
+    spellings = {path}
+    for _ in range(3):  # %252e%252e is %2e%2e once decoded, and .. twice
+        path = urllib.parse.unquote(path)
+        spellings.add(path)
+    for spelling in spellings:
+        if spelling.startswith("/") or any(s in ("", ".", "..") for s in spelling.split("/")):
+            return f"repository path {shown!r}: must be relative, without '.', '..' or empty segments"
+    return None
+
+
+def check_file_request(path: str, sha: str) -> None:
+    """ForgeError (not retryable) unless ``path`` is a safe repository path and ``sha`` a commit id."""
+    problem = repo_path_problem(path)
+    if problem is None and not _COMMIT.fullmatch(sha):
+        shown = untrusted.terminal(untrusted.truncate(sha, 80)[0])
+        problem = f"commit {shown!r}: not a commit id (7 to 64 lowercase hex digits)"
+    if problem is not None:
+        raise ForgeError(problem, retryable=False)
+
+
+def checked_labels(labels: Iterable[str]) -> list[str]:
+    """``labels`` without repeats, in order; ForgeError (not retryable) for a name a forge would split
+    (a comma: GitLab's list separator) or refuse (empty, too long, unprintable)."""
+    unique = list(dict.fromkeys(labels))
+    for label in unique:
+        if not 0 < len(label) <= MAX_LABEL_CHARS or "," in label or _UNPRINTABLE.search(label):
+            shown = untrusted.terminal(untrusted.truncate(label, 80)[0])
+            raise ForgeError(
+                f"label {shown!r}: must be 1 to {MAX_LABEL_CHARS} printable characters without commas",
+                retryable=False,
+            )
+    return unique
+
+
+def decode_text(data: bytes) -> str | None:
+    """A file's bytes as text; None when it is not text (a NUL byte, or not UTF-8)."""
+    if b"\x00" in data:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def too_large(where: str, path: str, sha: str) -> ForgeError:
+    """The error for a repository file past ``MAX_FILE_BYTES``: not retryable, the file stays as it is."""
+    shown = untrusted.terminal(untrusted.truncate(path, 200)[0])
+    return ForgeError(
+        f"{where}: {shown} at {sha[:12]} is too large: the bot reads files of at most {MAX_FILE_BYTES} bytes",
+        retryable=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -218,6 +289,17 @@ class Forge(Connection, Protocol):
     def member_role(self, username: str) -> Role:
         """``username``'s role on the project (GitLab: access level, inherited membership included;
         GitHub: repository permission); ``Role.NONE`` for a stranger or an unknown user."""
+        ...
+
+    def file_at(self, path: str, sha: str) -> str | None:
+        """The text of the repository file ``path`` at commit ``sha``; None when it is absent there or
+        not text (a directory, a binary file). ForgeError: a path or sha ``check_file_request`` refuses,
+        a file past ``MAX_FILE_BYTES`` (neither retryable), or the forge failing."""
+        ...
+
+    def add_labels(self, number: int, labels: list[str]) -> None:
+        """Add ``labels`` to the MR/PR (the forge creates a label the project lacks); one already
+        there stays as it is, so a repeat changes nothing. Names are checked by ``checked_labels``."""
         ...
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:

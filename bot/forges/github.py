@@ -56,6 +56,7 @@ from bot.diff import Diff, omission_note, quote_path
 from bot.events import DOWN, GITHUB_PERMISSIONS, UP, Role
 from bot.forges.base import (
     CREATED,
+    MAX_FILE_BYTES,
     UPDATED,
     BotComment,
     ForgeError,
@@ -64,8 +65,12 @@ from bot.forges.base import (
     Placement,
     PolledFeedback,
     PostedComment,
+    check_file_request,
+    checked_labels,
+    decode_text,
     own_marker,
     parse_marker,
+    too_large,
 )
 from bot.forges.base import WEBHOOK_EVENTS as _EVENTS
 from bot.models import ForgeKind, Side
@@ -238,6 +243,21 @@ class GitHubForge:
                     notes.insert(0, omission_note(f"({total - len(files)} more files)", reason))
         return "".join(notes) + "".join(_file_patch(f) for f in files if f.status != "unchanged")
 
+    def file_at(self, path: str, sha: str) -> str | None:
+        check_file_request(path, sha)
+        with self._calling(f"read {untrusted.terminal(path)} at {sha[:12]}"):
+            try:
+                found = self._repo.get_contents(path, ref=sha)  # PyGithub percent-encodes the path
+            except GithubException as exc:
+                if exc.status == 404:  # no such file (or commit) there
+                    return None
+                raise
+            if isinstance(found, list) or found.type != "file":  # a directory, a symlink, a submodule
+                return None
+            if found.size > MAX_FILE_BYTES:  # past 1 MB GitHub sends no content at all
+                raise too_large(self._where(), path, sha)
+            return decode_text(found.decoded_content)
+
     def bot_comments(self, number: int) -> list[BotComment]:
         found: list[BotComment] = []
         with self._calling(f"list the comments of pull request #{number}"):
@@ -282,6 +302,14 @@ class GitHubForge:
             PostedComment(c.fingerprint, ids[i], None, placed[i][0], placed[i][1])
             for i, c in enumerate(comments)
         ]
+
+    def add_labels(self, number: int, labels: list[str]) -> None:
+        wanted = checked_labels(labels)
+        if not wanted:
+            return
+        # GitHub adds to what is there (a repeat changes nothing) and creates a label the repository lacks
+        with self._calling(f"add labels to pull request #{number}"):
+            self._repo.get_issue(number).add_to_labels(*wanted)
 
     def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
         with self._calling(f"post the summary on pull request #{number}"):

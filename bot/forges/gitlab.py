@@ -24,6 +24,7 @@ from bot.diff import Diff, DiffLine, FileDiff, LineKind, omission_note, quote_pa
 from bot.events import Role
 from bot.forges.base import (
     CREATED,
+    MAX_FILE_BYTES,
     UPDATED,
     BotComment,
     ForgeError,
@@ -32,7 +33,11 @@ from bot.forges.base import (
     Placement,
     PolledFeedback,
     PostedComment,
+    check_file_request,
+    checked_labels,
+    decode_text,
     own_marker,
+    too_large,
 )
 from bot.forges.base import WEBHOOK_EVENTS as _EVENTS
 from bot.models import ForgeKind, Side
@@ -390,6 +395,31 @@ class GitLabForge(_GitLabAccount):
         del etag
         threads = {c.thread_id: c.resolved for c in self.bot_comments(number) if c.thread_id}
         return PolledFeedback(resolved=threads), None
+
+    def file_at(self, path: str, sha: str) -> str | None:
+        check_file_request(path, sha)
+        # python-gitlab percent-encodes the whole path (slashes too), as the files API wants.
+        with self._call(f"read {untrusted.terminal(path)} at {sha[:12]}"):
+            try:
+                chunks = self._project.files.raw(path, ref=sha, streamed=True, iterator=True, chunk_size=8192)
+            except GitlabError as exc:
+                if exc.response_code == 404:  # no such file (or commit) there
+                    return None
+                raise
+            data = bytearray()
+            for chunk in chunks:  # streamed: a huge file is never read past the cap
+                data += chunk
+                if len(data) > MAX_FILE_BYTES:
+                    raise too_large(self._where, path, sha)
+        return decode_text(bytes(data))
+
+    def add_labels(self, number: int, labels: list[str]) -> None:
+        wanted = checked_labels(labels)
+        if not wanted:
+            return
+        # add_labels leaves the labels already there (and GitLab creates the project label when missing)
+        with self._call(f"add labels to merge request !{number}"):
+            self._project.mergerequests.update(number, {"add_labels": ",".join(wanted)})
 
     def member_role(self, username: str) -> Role:
         with self._call(f"read the membership of {username}"):

@@ -5,12 +5,16 @@ posted (hidden fingerprints) before anything is posted, so a job that died after
 post twice; findings are recorded (pending) before they are posted, so a comment always has its row;
 a job for a head that is no longer the MR's head does nothing.
 
-Stages: load the review → ask the forge for the MR (superseded?) → diff, minus files unchanged since
+Stages: load the review → ask the forge for the MR (superseded?) → the repository's settings file,
+read at the MR's base commit (so a merge request cannot change how it is itself reviewed), applied
+within the admin's controls (``bot.repo_config.effective``) → diff, minus files unchanged since
 the last review → the pipeline (find → rate → explain, within the review's call limit and deadline,
 the MR asked again between stages: superseded?) → superseded again? → record the findings as pending
 (a retry reuses its rows) → post the new ones → mark them posted with their comment ids (a comment
 posted by an attempt that died is found by fingerprint) → resolve outdated comments, edit the
-summary → record addressed signals and the file digests (not of files left unreviewed), mark done.
+summary (unless the file turns it off), add the file's labels → record addressed signals and the
+file digests (not of files left unreviewed), mark done. Each finding records the digest of the
+settings in force and the instructions its prompts saw.
 
 Errors: ``ForgeError`` and ``LLMError`` are for the queue to retry or fail; anything else is a bug
 and propagates as it is.
@@ -22,7 +26,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -30,15 +34,24 @@ from sqlmodel import Session, SQLModel, col, select
 
 from bot import metrics
 from bot.config import Settings
-from bot.diff import DEFAULT_IGNORE_GLOBS, Diff, FileDiff, SkippedFile, parse_diff
+from bot.diff import Diff, FileDiff, SkippedFile, parse_diff
 from bot.events import SignalKind
 from bot.feedback.signals import record_signal
 from bot.forges import ForgeFactory
-from bot.forges.base import BotComment, Forge, InlineComment, MergeRequest
+from bot.forges.base import BotComment, Forge, ForgeError, InlineComment, MergeRequest
 from bot.llm import LLMClient, LLMUnavailable
-from bot.models import Finding, FindingStatus, Project, Review, ReviewStatus, Severity, Task
-from bot.review.pipeline import Limits, ReviewFinding, ReviewResult, render_hunk, review_diff
-from bot.review.render import comment_body, summary_body
+from bot.models import Finding, FindingStatus, Project, Review, ReviewStatus, Task
+from bot.repo_config import MAX_ERROR_CHARS, Effective, effective, find_config
+from bot.review.pipeline import (
+    Limits,
+    ReviewFinding,
+    ReviewResult,
+    joined,
+    only_reviewed,
+    render_hunk,
+    review_diff,
+)
+from bot.review.render import comment_body, settings_line, summary_body
 from bot.serving import load_missing_adapters, served_models
 from bot.untrusted import body_limit
 
@@ -121,8 +134,13 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
         return ReviewStatus.SUPERSEDED
     running = {"status": ReviewStatus.RUNNING, "started_at": datetime.now(UTC), "error": None}
     _set(engine, review_id, **running, mr_author=mr.author)  # whose signals on its findings are the author's
+    final_attempt = job.review.attempts >= settings.review_max_attempts
+    config = repository_settings(forge, job.project, mr, final_attempt)
+    _record_config_status(engine, job.project, config)
 
-    full = parse_diff(forge.diff(mr), job.project.ignore_globs or DEFAULT_IGNORE_GLOBS)
+    # Files outside the file's review globs are skipped like ignored ones: no digest, so a later
+    # change of the globs reviews them.
+    full = only_reviewed(parse_diff(forge.diff(mr), config.ignore_globs), config.review_globs)
     diff = unchanged_since(full, job.previous_digests)
 
     async def between_stages() -> None:  # the forge's client blocks: off the event loop
@@ -130,14 +148,13 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
         if await asyncio.to_thread(_superseded, engine, job.review, now):
             raise _MergeRequestMoved
 
-    threshold = Severity(job.project.severity_threshold)
     try:
-        result = asyncio.run(_review(settings, engine, diff, threshold, limits, between_stages))
+        result = asyncio.run(_review(settings, engine, diff, config, limits, between_stages))
     except _MergeRequestMoved:
         return ReviewStatus.SUPERSEDED
 
     unreachable = [f for f in result.failed if f.unreachable]
-    if unreachable and job.review.attempts < settings.review_max_attempts:
+    if unreachable and not final_attempt:
         # The server may be restarting: the whole review again later beats one with holes. The last
         # attempt posts what it has and says what it could not review.
         raise LLMUnavailable(unreachable[0].error)
@@ -146,9 +163,43 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     # the review queued for the new head will post instead.
     if _superseded(engine, job.review, forge.merge_request(mr.number)):
         return ReviewStatus.SUPERSEDED
-    _post(engine, forge, mr, job, full, diff, result, body_limit(job.project.forge))
-    _finish(engine, job, result, full, diff)
+    _post(engine, forge, mr, job, full, diff, result, config)
+    _finish(engine, job, result, full, diff, _add_labels(forge, mr, result, config))
     return ReviewStatus.DONE
+
+
+def repository_settings(forge: Forge, project: Project, mr: MergeRequest, final_attempt: bool) -> Effective:
+    """The settings in force: the project's, with the repository's file read at the MR's base commit
+    where the admin allows it. A file the forge fails to read is a problem of the review's settings,
+    not of the review: it is retried with the job while attempts are left, then the project's
+    settings apply and the summary says why."""
+    if not project.repo_config:
+        return effective(project, None)
+    tried: list[str] = []
+
+    def read(path: str) -> str | None:
+        tried.append(path)
+        return forge.file_at(path, mr.base_sha)
+
+    try:
+        found = find_config(read)
+    except ForgeError as exc:
+        if exc.retryable and not final_attempt:
+            raise
+        problem = f"{tried[-1]} could not be read at {mr.base_sha[:12]}: {exc}"
+        return replace(effective(project, None), problem=" ".join(problem.split())[:MAX_ERROR_CHARS])
+    return effective(project, found)
+
+
+def _record_config_status(engine: sa.Engine, project: Project, config: Effective) -> None:
+    """What the last review made of the repository's file, for ``project list`` and the console."""
+    with Session(engine) as session:
+        row = session.get(Project, project.id)
+        assert row is not None
+        row.repo_config_status = config.status if project.repo_config else "off"
+        row.repo_config_checked_at = datetime.now(UTC)
+        session.add(fit_columns(row))
+        session.commit()
 
 
 def _load(engine: sa.Engine, review_id: int) -> _Job | str:
@@ -183,7 +234,7 @@ async def _review(
     settings: Settings,
     engine: sa.Engine,
     diff: Diff,
-    threshold: Severity,
+    config: Effective,
     limits: Limits,
     between_stages: Callable[[], Awaitable[None]],
 ) -> ReviewResult:
@@ -193,10 +244,12 @@ async def _review(
             diff,
             llm,
             served_models(settings, engine),
-            threshold=threshold,
+            threshold=config.threshold,
             chunk_tokens=settings.review_chunk_tokens,
             limits=limits,
             between_stages=between_stages,
+            instructions=config.instructions_for,
+            max_findings_per_file=config.max_findings_per_file,
         )
 
 
@@ -213,27 +266,51 @@ def _post(
     full: Diff,
     reviewed: Diff,
     result: ReviewResult,
-    limit: int,
+    config: Effective,
 ) -> None:
     """Record the findings as pending, post those not posted before, mark them posted with their
-    comments; then resolve the outdated ones and edit the summary. Each body at most ``limit``
-    characters."""
+    comments; then resolve the outdated ones and edit the summary (unless the repository's file
+    turns it off). Each body within the forge's limit."""
+    limit = body_limit(job.project.forge)
     existing = forge.bot_comments(mr.number)
     before = {c.fingerprint: c for c in existing if c.kind == "finding" and c.fingerprint}
-    _record_pending(engine, job.review_id, result)
+    _record_pending(engine, job.review_id, result, config)
     fresh = [f for f in result.findings if f.fingerprint not in before]
     new = forge.post_review(mr, full, [_inline(f, limit) for f in fresh]) if fresh else []
     comments = {fp: (c.comment_id, c.thread_id) for fp, c in before.items()}
     comments.update({p.fingerprint: (p.comment_id, p.thread_id) for p in new})
     _mark_posted(engine, job.review_id, comments)
     resolved = _resolve_outdated(engine, forge, mr, existing, result, reviewed)
+    if not config.summary:
+        return
     summary = next((c for c in existing if c.kind == "summary"), None)
-    forge.upsert_summary(mr.number, summary_body(result, mr, len(new), resolved, limit), summary)
+    note = settings_line(config.source, config.problem)
+    body = summary_body(result, mr, len(new), resolved, limit, settings=note)
+    forge.upsert_summary(mr.number, body, summary)
 
 
-def _record_pending(engine: sa.Engine, review_id: int, result: ReviewResult) -> None:
+def _add_labels(forge: Forge, mr: MergeRequest, result: ReviewResult, config: Effective) -> str | None:
+    """Add each of the file's labels whose severity a finding of this review reaches (all of them are
+    on the merge request now); idempotent, so a retry adds nothing twice. A label the forge refuses
+    (the bot may not label) costs the labels only: the error, for the review's row."""
+    worst = max((f.severity.rank for f in result.findings), default=None)
+    wanted = [name for name, least in config.labels.items() if worst is not None and worst >= least.rank]
+    if not wanted:
+        return None
+    try:
+        forge.add_labels(mr.number, wanted)
+    except ForgeError as exc:
+        if exc.retryable:
+            raise
+        log.warning("labels %s not added to %d: %s", wanted, mr.number, exc)
+        return f"labels not added: {exc}"
+    return None
+
+
+def _record_pending(engine: sa.Engine, review_id: int, result: ReviewResult, config: Effective) -> None:
     """This review's findings as pending rows, in one transaction; rows an earlier attempt of the
-    same review recorded are kept, not added again."""
+    same review recorded are kept, not added again. Each records the settings in force (digest) and
+    the instructions its file's prompts saw."""
     model = result.stats.models[Task.SEVERITY.value]
     with Session(engine) as session:
         recorded = set(session.exec(select(Finding.fingerprint).where(Finding.review_id == review_id)))
@@ -254,6 +331,8 @@ def _record_pending(engine: sa.Engine, review_id: int, result: ReviewResult) -> 
                 fingerprint=finding.fingerprint,
                 model_version=model,
                 status=FindingStatus.PENDING,
+                settings_digest=config.digest,
+                instructions=joined(config.instructions_for(finding.path)),
             )
             session.add(fit_columns(row))
         session.commit()
@@ -274,7 +353,9 @@ def _mark_posted(engine: sa.Engine, review_id: int, comments: dict[str, tuple[st
         session.commit()
 
 
-def _finish(engine: sa.Engine, job: _Job, result: ReviewResult, full: Diff, reviewed: Diff) -> None:
+def _finish(
+    engine: sa.Engine, job: _Job, result: ReviewResult, full: Diff, reviewed: Diff, labels_error: str | None
+) -> None:
     """Record the addressed findings, the file digests and the review as done, at once."""
     unfinished = result.unfinished  # failed or cut short by a limit: the next push reviews them again
     digests = {
@@ -290,7 +371,7 @@ def _finish(engine: sa.Engine, job: _Job, result: ReviewResult, full: Diff, revi
         review.status, review.finished_at = ReviewStatus.DONE, datetime.now(UTC)
         review.timings = {"wall_seconds": result.stats.wall_seconds}
         review.file_digests = digests
-        problems = [f"{f.path}: {f.error}" for f in result.failed]
+        problems = [f"{f.path}: {f.error}" for f in result.failed] + ([labels_error] if labels_error else [])
         review.error = (
             "; ".join(([f"stopped: {result.stopped}"] if result.stopped else []) + problems) or None
         )

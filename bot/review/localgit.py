@@ -1,9 +1,11 @@
-"""Diffs of a local git repository, for ``reviewbot review``."""
+"""Diffs and files of a local git repository, for ``reviewbot review``."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+from bot.forges.base import MAX_FILE_BYTES, decode_text, repo_path_problem
 
 
 class GitError(Exception):
@@ -58,3 +60,31 @@ def diff_range(repo: Path, base: str, head: str) -> bytes:
     return _git(
         repo, "diff", "--no-color", "--no-ext-diff", "--find-renames", "-U3", merge_base, head_commit, "--"
     )
+
+
+def file_at(repo: Path, ref: str, path: str) -> str | None:
+    """The text of ``path`` at ``ref`` (``git show REF:PATH``), as ``Forge.file_at`` reads it from a
+    forge: None when absent there or not text (a directory, a binary file); GitError for an unknown
+    ref, a path ``repo_path_problem`` refuses (``REF:../x`` would be relative to the working
+    directory) or a file past ``MAX_FILE_BYTES``."""
+    problem = repo_path_problem(path)
+    if problem is not None:
+        raise GitError(problem)
+    commit = commit_of(repo, ref)
+    try:  # the object's id; --end-of-options: the spec is never taken for an option
+        blob = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{commit}:{path}")
+    except GitError:
+        return None
+    obj = blob.decode().strip()
+    try:  # a submodule's commit is not in this repository
+        kind = _git(repo, "cat-file", "-t", obj).decode().strip()
+    except GitError:
+        return None
+    if kind != "blob":  # a directory
+        return None
+    size = int(_git(repo, "cat-file", "-s", obj))
+    if size > MAX_FILE_BYTES:
+        raise GitError(
+            f"{path} at {ref} is too large: reviewbot reads files of at most {MAX_FILE_BYTES} bytes"
+        )
+    return decode_text(_git(repo, "cat-file", "blob", obj))

@@ -12,6 +12,10 @@ every chunk's find call, then every candidate's rate call, then every finding's 
 the caller's check (a newer push?) in between. A call that fails after its retries costs only its own
 chunk or finding, which the result reports under ``failed``. A review's ``Limits`` (model calls, wall
 time) stop it early: what it did not reach is listed under ``skipped`` with the reason.
+
+The repository's own settings (``bot.repo_config``) come in as plain values: which files to review,
+each file's instructions (shown to the find and explain prompts as a data block, and counted in the
+chunk budget), and how many findings a file may get (the most severe are kept).
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bot.diff import Diff, DiffLine, FileDiff, Hunk, LineKind
+from bot.diff import Diff, DiffLine, FileDiff, Hunk, LineKind, SkippedFile, matches_glob
 from bot.llm import Answer, LLMBadAnswer, LLMClient, LLMError, LLMRejected, LLMTooLong, LLMUnavailable
 from bot.models import Severity, Side, Task
 from prompts import MAX_ISSUES_PER_CHUNK, ExplainAnswer, FindAnswer, RateAnswer, conversation
@@ -36,6 +40,7 @@ SNIPPET_RADIUS = 6  # lines of the hunk shown around a finding to the rate and e
 SPLIT_OVERLAP = 2  # context lines repeated at the edges of the pieces of a split hunk
 MIN_CHUNK_TOKENS = 64  # however small the context, a chunk holds a few lines (a refusal splits it further)
 CALLS_PER_CHUNK = 3  # a find call, then about two to rate and explain what it found (a wave's size)
+NOT_IN_REVIEW_GLOBS = "not in the repository file's review globs"
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +143,7 @@ class ReviewStats:
     models: dict[str, str]  # task -> served model
     stages: dict[str, StageStats]  # task -> its calls
     wall_seconds: float
+    capped: int = 0  # past the repository file's max_findings_per_file (the least severe of their file)
 
 
 @dataclass
@@ -340,8 +346,25 @@ def _lines(chunk: Chunk) -> str:
     return f"lines {first.new_start}-{last.new_start + max(last.new_count, 1) - 1}"
 
 
-def _find_values(chunk: Chunk) -> dict[str, Any]:
-    return {"path": chunk.file.path, "code": chunk.text(), "max_issues": MAX_ISSUES_PER_CHUNK}
+Instructions = Callable[[str], Sequence[str]]  # a file's path -> the repository file's guidance for it
+
+
+def no_instructions(_path: str) -> Sequence[str]:
+    return ()
+
+
+def joined(texts: Sequence[str]) -> str:
+    """A file's instructions as one prompt value (and as a finding records them): "" for none."""
+    return "\n\n".join(texts)
+
+
+def _find_values(chunk: Chunk, instructions: str) -> dict[str, Any]:
+    return {
+        "path": chunk.file.path,
+        "code": chunk.text(),
+        "max_issues": MAX_ISSUES_PER_CHUNK,
+        "instructions": instructions,
+    }
 
 
 @dataclass(frozen=True)
@@ -355,6 +378,10 @@ class _Rated:
     code: str
     severity: Severity
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.chunk.file.path, self.target, self.issue.review)
+
 
 @dataclass
 class _Run:
@@ -365,6 +392,8 @@ class _Run:
     threshold: Severity
     budget: _Budget
     window: int | None = None  # the find model's context length (prompt and answer), when known
+    instructions: Instructions = no_instructions
+    max_per_file: int | None = None  # findings a file may get, the most severe first; None: any number
     findings: list[ReviewFinding] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
     cut: list[tuple[str, str]] = field(default_factory=list)  # (path, what a limit left undone)
@@ -389,12 +418,24 @@ class _Run:
         self.stages[task.value].add(answer)
         return answer.value
 
-    def chunk_budget(self, chunk_tokens: int) -> int:
-        """``chunk_tokens``, or less when the find prompt and its answer would not fit the context."""
+    def guidance(self, path: str) -> str:
+        return joined(self.instructions(path))
+
+    def chunk_budget(self, chunk_tokens: int, path: str) -> int:
+        """``chunk_tokens``, or less when the find prompt (with ``path``'s instructions) and its answer
+        would not fit the context."""
         if self.window is None:
             return chunk_tokens
-        room = self.window - context_needed(0)
+        room = self.window - context_needed(0, self.guidance(path))
         return max(MIN_CHUNK_TOKENS, min(chunk_tokens, room))
+
+    def chunks(self, diff: Diff, chunk_tokens: int) -> list[Chunk]:
+        """Each file's chunks, sized to what its own instructions leave of the context."""
+        return [
+            chunk
+            for file in diff.files
+            for chunk in chunk_diff(Diff((file,), ()), self.chunk_budget(chunk_tokens, file.path))
+        ]
 
     async def fit(self, chunk: Chunk) -> list[Chunk]:
         """``chunk``, split until each piece's find prompt fits the context by the server's own
@@ -403,7 +444,8 @@ class _Run:
             return [chunk]
         try:
             tokens = await self.llm.count_tokens(
-                self.models[Task.FIND], conversation("find", **_find_values(chunk))
+                self.models[Task.FIND],
+                conversation("find", **_find_values(chunk, self.guidance(chunk.file.path))),
             )
         except LLMError:
             return [chunk]
@@ -428,14 +470,33 @@ class _Run:
         if candidates and between_stages is not None:
             await between_stages()
         rated = [r for r in await asyncio.gather(*(self.rate(*c) for c in candidates)) if r]
+        rated = self.cap(rated)  # no explain call for a finding the cap would drop anyway
         if rated and between_stages is not None:
             await between_stages()
         await asyncio.gather(*map(self.explain, rated))
 
+    def cap(self, rated: list[_Rated]) -> list[_Rated]:
+        """The most severe ``max_per_file`` findings of each file among ``rated`` (identical ones,
+        merged later, count once); the rest counted as capped. The final cap over every wave's
+        findings is ``cap_per_file``."""
+        if self.max_per_file is None:
+            return rated
+        kept: set[int] = set()
+        seen: dict[str, set[str]] = {}
+        for item in sorted(rated, key=lambda r: -r.severity.rank):  # stable: the model's order within
+            prints = seen.setdefault(item.chunk.file.path, set())
+            if item.fingerprint in prints or len(prints) < self.max_per_file:
+                prints.add(item.fingerprint)
+                kept.add(id(item))
+            else:
+                self.counts["capped"] += 1
+        return [item for item in rated if id(item) in kept]
+
     async def find(self, chunk: Chunk) -> list[tuple[Chunk, CandidateIssue]]:
         path = chunk.file.path
         try:
-            found: FindAnswer = await self.call(Task.FIND, FindAnswer, "find", **_find_values(chunk))
+            values = _find_values(chunk, self.guidance(path))
+            found: FindAnswer = await self.call(Task.FIND, FindAnswer, "find", **values)
         except LLMTooLong as exc:  # the estimate was wrong for this server: smaller pieces, never a loss
             pieces = split_chunk(chunk)
             if pieces:
@@ -486,6 +547,7 @@ class _Run:
             explained: ExplainAnswer = await self.call(
                 Task.EXPLANATION, ExplainAnswer, "explain",
                 code=rated.code, review=issue.review, issue_type=rated.severity.value,
+                instructions=self.guidance(path),
             )  # fmt: skip
             explanation = explained.explanation
         except LLMError as exc:
@@ -503,7 +565,7 @@ class _Run:
                 review=issue.review,
                 explanation=explanation,
                 code=rated.code,
-                fingerprint=fingerprint(path, target, issue.review),
+                fingerprint=rated.fingerprint,
                 anchor_text=target.text if target else "",
                 anchor_note=rated.note,
             )
@@ -520,12 +582,43 @@ def merge_identical(findings: list[ReviewFinding]) -> list[ReviewFinding]:
     return sorted(best.values(), key=lambda f: (f.path, f.line or 0, f.side.value, -f.severity.rank))
 
 
-def context_needed(chunk_tokens: int) -> int:
-    """The context a find call with ``chunk_tokens`` of diff needs: the prompt's template, the chunk
-    and the longest answer (estimated; the server's exact count splits what does not fit)."""
-    empty = conversation("find", path="", code="", max_issues=MAX_ISSUES_PER_CHUNK)
+def cap_per_file(findings: list[ReviewFinding], most: int | None) -> tuple[list[ReviewFinding], int]:
+    """The ``most`` most severe findings of each file (all when None), in their order; and how many
+    were dropped."""
+    if most is None:
+        return findings, 0
+    ranked = sorted(findings, key=lambda f: -f.severity.rank)  # stable: by file and line within one
+    per_file: Counter[str] = Counter()
+    kept: set[int] = set()
+    for finding in ranked:
+        if per_file[finding.path] < most:
+            per_file[finding.path] += 1
+            kept.add(id(finding))
+    return [f for f in findings if id(f) in kept], len(findings) - len(kept)
+
+
+def context_needed(chunk_tokens: int, instructions: str = "") -> int:
+    """The context a find call with ``chunk_tokens`` of diff needs: the prompt's template (with a
+    file's ``instructions``, if any), the chunk and the longest answer (estimated; the server's
+    exact count splits what does not fit)."""
+    empty = conversation("find", path="", code="", max_issues=MAX_ISSUES_PER_CHUNK, instructions=instructions)
     template = estimate_tokens("".join(str(m.get("content") or "") for m in empty))
     return template + chunk_tokens + MAX_ANSWER_TOKENS[Task.FIND]
+
+
+def only_reviewed(diff: Diff, review_globs: Sequence[str]) -> Diff:
+    """``diff`` with only the files matching one of ``review_globs`` left to review (every file when
+    there are none); the others are skipped, with why."""
+    if not review_globs:
+        return diff
+    keep: list[FileDiff] = []
+    left: list[SkippedFile] = []
+    for file in diff.files:
+        if any(matches_glob(file.path, glob) for glob in review_globs):
+            keep.append(file)
+        else:
+            left.append(SkippedFile(file.path, NOT_IN_REVIEW_GLOBS))
+    return Diff(tuple(keep), diff.skipped + tuple(left))
 
 
 async def _context_window(llm: LLMClient, model: str) -> int | None:
@@ -547,16 +640,25 @@ async def review_diff(
     between_stages: Callable[[], Awaitable[None]] | None = None,
     on_chunks: Callable[[int], None] | None = None,
     on_chunk_done: Callable[[], None] | None = None,
+    review_globs: Sequence[str] = (),
+    instructions: Instructions = no_instructions,
+    max_findings_per_file: int | None = None,
 ) -> ReviewResult:
     """Review every reviewable file of ``diff``; ``threshold`` drops findings below that severity.
 
     Within ``limits``, what is left when they are spent is listed as skipped, with why;
     ``between_stages`` runs between find, rate and explain, and whatever it raises stops the review.
+    The repository file's settings: only files matching ``review_globs`` are reviewed (all when
+    empty); ``instructions`` gives a file's guidance for its prompts; ``max_findings_per_file``
+    keeps the most severe findings of each file.
     """
     started = time.perf_counter()
     budget = _Budget(limits or Limits())
-    run = _Run(llm, models, threshold, budget, await _context_window(llm, models[Task.FIND]))
-    chunks = chunk_diff(diff, run.chunk_budget(chunk_tokens))
+    window = await _context_window(llm, models[Task.FIND])
+    run = _Run(llm, models, threshold, budget, window, instructions=instructions,
+               max_per_file=max_findings_per_file)  # fmt: skip
+    diff = only_reviewed(diff, review_globs)
+    chunks = run.chunks(diff, chunk_tokens)
     chunks = [fitted for done in await asyncio.gather(*map(run.fit, chunks)) for fitted in done]
     if on_chunks is not None:
         on_chunks(len(chunks))
@@ -570,7 +672,7 @@ async def review_diff(
         run.cut.append((chunk.file.path, f"{_lines(chunk)} not reviewed: {budget.spent}"))
         if on_chunk_done is not None:
             on_chunk_done()
-    findings = merge_identical(run.findings)
+    findings, capped = cap_per_file(merge_identical(run.findings), max_findings_per_file)
     counts = run.counts
     stats = ReviewStats(
         files=len(diff.files),
@@ -581,7 +683,8 @@ async def review_diff(
         below_threshold=counts["below_threshold"],
         anchors_moved=counts["anchors_moved"],
         file_level=counts["file_level"],
-        merged=len(run.findings) - len(findings),
+        merged=len(run.findings) - len(findings) - capped,
+        capped=counts["capped"] + capped,
         findings=len(findings),
         threshold=threshold.value,
         models={task.value: name for task, name in models.items()},

@@ -79,14 +79,37 @@ def _listed(entries: list[str], room: int, more: str) -> str:
     return "; ".join(shown + ([f"and {left:,} {more}"] if left else []))
 
 
-def summary_body(result: ReviewResult, mr: MergeRequest, posted: int, resolved: int, limit: int) -> str:
+def settings_line(source: str | None, problem: str | None) -> str | None:
+    """The summary's line on the repository's settings file: which one was used, or why it was not
+    (its problem quotes the file: untrusted); None when there is none."""
+    if problem:
+        return (
+            f"The repository's settings file was not used: {untrusted.inline(problem, 600)}. "
+            "The project's settings applied."
+        )
+    if source:
+        return f"Settings: {untrusted.code(source)} at the target branch."
+    return None
+
+
+def summary_body(
+    result: ReviewResult,
+    mr: MergeRequest,
+    posted: int,
+    resolved: int,
+    limit: int,
+    *,
+    settings: str | None = None,
+) -> str:
     """The summary comment on the merge request, edited in place at each review, within ``limit``
     characters: long lists of files are collapsed to a count. Failures are told in plain words
-    (``Failure.public``); the full errors are in the review's row (``reviewbot project reviews``)."""
+    (``Failure.public``); the full errors are in the review's row (``reviewbot project reviews``).
+    ``settings`` is ``settings_line``'s, already safe."""
     lines = [
         f"**reviewbot** reviewed {untrusted.code(mr.head_sha[:12])}: "
         f"{_found(result)} at or above {result.stats.threshold}.",
         f"{posted} new comment(s), {resolved} earlier comment(s) resolved as outdated.",
+        *([settings] if settings else []),
     ]
     if result.stopped:
         lines.append(

@@ -9,7 +9,7 @@ import pytest
 
 from bot import __version__
 
-GROUPS = ["db", "project", "app", "feedback", "flywheel", "models", "doctor"]
+GROUPS = ["db", "project", "app", "feedback", "config", "flywheel", "models", "doctor"]
 
 
 def reviewbot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -32,7 +32,7 @@ COMMANDS = [
     ["flywheel", "run"], ["flywheel", "status"], ["flywheel", "report"], ["flywheel", "worker"],
     ["flywheel", "golden", "add"], ["flywheel", "golden", "list"], ["project", "rotate-secret"],
     ["models", "list"], ["models", "promote"], ["models", "rollback"], ["project", "hook"],
-    ["app", "add"], ["app", "list"], ["app", "sync"], ["doctor"],
+    ["app", "add"], ["app", "list"], ["app", "sync"], ["doctor"], ["config", "check"],
 ]  # fmt: skip
 
 
@@ -45,7 +45,7 @@ def test_help_reads_like_a_tools(command: list[str], tmp_path: Path) -> None:
         assert leak not in result.stdout, f"{' '.join(command)} --help shows {leak!r}:\n{result.stdout}"
 
 
-@pytest.mark.parametrize("group", ["project", "app", "feedback", "db", "flywheel", "models"])
+@pytest.mark.parametrize("group", ["project", "app", "feedback", "db", "config", "flywheel", "models"])
 def test_every_group_shows_an_example(group: str, tmp_path: Path) -> None:
     result = reviewbot(group, "--help", cwd=tmp_path)
     assert f"Example: reviewbot {group}" in " ".join(result.stdout.split())

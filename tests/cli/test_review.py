@@ -78,7 +78,8 @@ def reviewed(feature_repo: Path, vllm_server: VLLMServer) -> dict[str, Any]:
 
 @pytest.mark.vllm
 def test_json_has_the_documented_shape(reviewed: dict[str, Any]) -> None:
-    assert set(reviewed) == {"findings", "skipped", "failed", "stopped", "stats"}
+    assert set(reviewed) == {"findings", "skipped", "failed", "stopped", "stats", "settings"}
+    assert reviewed["settings"]["source"] is None  # the repository has no settings file
     assert reviewed["stopped"] is None or "limit" in reviewed["stopped"] or "deadline" in reviewed["stopped"]
     keys = {"path", "line", "side", "severity", "title", "review", "explanation"}
     for finding in reviewed["findings"]:

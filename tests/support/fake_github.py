@@ -18,6 +18,10 @@ and point the client's ``base_url`` at it. It enforces the rules the bot must re
   their users;
 - a classic token (``add_user(..., scopes=[...])``) gets its scopes in ``X-OAuth-Scopes`` on every
   answer, a fine-grained one (the default) none; ``GET /repos/o/r`` has the user's ``permissions``;
+- repository files at a commit (``put_file``) through the contents API: ``ref`` names the commit,
+  the content comes base64-encoded in lines (none past 1 MB, as on GitHub), a folder is a list, and
+  anything else is 404;
+- labels on a pull request (``labels_of``): ``POST /repos/o/r/issues/N/labels`` adds to those there;
 - repository webhooks (``hooks``) are listed, created and edited by admins only (403 otherwise).
 
 One rule of its own, stricter than GitHub: a review comment with the legacy ``position`` is refused.
@@ -141,6 +145,8 @@ class FakeGitHub:
         self.review_comments: dict[int, ReviewComment] = {}
         self.issue_comments: dict[int, IssueComment] = {}
         self.resolved: set[int] = set()  # root review comment ids of resolved threads
+        self.files: dict[tuple[str, str, str], bytes] = {}  # (repository, commit, path) -> content
+        self.labels: dict[tuple[str, int], list[str]] = {}  # (repository, number) -> labels, in order
         self.not_modified = 0  # conditional requests answered 304
         self._failures: list[Failure] = []
         self._writes: deque[float] = deque()
@@ -242,6 +248,13 @@ class FakeGitHub:
         comment_id = next(self._ids)
         self.issue_comments[comment_id] = IssueComment(comment_id, repo, pr, body, user)
         return comment_id
+
+    def put_file(self, repo: str, sha: str, path: str, text: str | bytes) -> None:
+        """``repo`` holds ``path`` with ``text`` at commit ``sha``."""
+        self.files[(repo, sha, path)] = text.encode() if isinstance(text, str) else text
+
+    def labels_of(self, repo: str, number: int) -> list[str]:
+        return list(self.labels.get((repo, number), []))
 
     def fail(
         self,
@@ -515,6 +528,33 @@ class FakeGitHub:
             self.issue_comments[comment.id] = comment
             return JSONResponse(_issue_comment_json(comment, _base(request)), status_code=201)
 
+        @app.post("/repos/{owner}/{name}/issues/{number}/labels")
+        async def add_labels(request: Request, owner: str, name: str, number: int) -> Response:
+            repo = f"{owner}/{name}"
+            if (repo, number) not in self.pulls:
+                return _not_found()
+            sent = await request.json()
+            names = sent.get("labels") if isinstance(sent, dict) else sent  # GitHub takes either
+            if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= 50 for n in names):
+                return _unprocessable("Invalid labels")
+            held = self.labels.setdefault((repo, number), [])
+            held += [n for n in dict.fromkeys(names) if n not in held]
+            return JSONResponse([_label_json(repo, n, _base(request)) for n in held])
+
+        @app.get("/repos/{owner}/{name}/contents/{path:path}")
+        async def contents(request: Request, owner: str, name: str, path: str) -> Response:
+            repo, commit = f"{owner}/{name}", request.query_params.get("ref", "")
+            content = self.files.get((repo, commit, path))
+            if content is not None:
+                return JSONResponse(_content_json(repo, commit, path, content, _base(request)))
+            inside = sorted(
+                p for r, c, p in self.files if (r, c) == (repo, commit) and p.startswith(path + "/")
+            )
+            if not inside:
+                return _not_found()
+            entries = sorted({path + "/" + p[len(path) + 1 :].split("/")[0] for p in inside})
+            return JSONResponse([self._entry_json(repo, commit, e, _base(request)) for e in entries])
+
         @app.get("/repos/{owner}/{name}/issues/comments/{comment_id}")
         async def issue_comment(request: Request, owner: str, name: str, comment_id: int) -> Response:
             comment = self.issue_comments.get(comment_id)
@@ -568,6 +608,18 @@ class FakeGitHub:
         return app
 
     # --- rules ---
+
+    def _entry_json(self, repo: str, commit: str, path: str, base: str) -> dict[str, Any]:
+        """An entry of a folder's listing: a file, or a folder holding files further down."""
+        content = self.files.get((repo, commit, path))
+        return {
+            "type": "dir" if content is None else "file",
+            "name": path.rsplit("/", 1)[-1],
+            "path": path,
+            "sha": _blob_sha(content or b""),
+            "size": len(content or b""),
+            "url": f"{base}/repos/{repo}/contents/{path}?ref={commit}",
+        }
 
     def _role(self, repo: str, login: str) -> str | None:
         """``login``'s permission on ``repo``; None when the repository is unknown or private to them."""
@@ -821,6 +873,34 @@ def _issue_comment_json(c: IssueComment, base: str) -> dict[str, Any]:
         "created_at": _STAMP,
         "updated_at": _STAMP,
     }
+
+
+def _blob_sha(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def _content_json(repo: str, commit: str, path: str, content: bytes, base: str) -> dict[str, Any]:
+    """A file as the contents API shows it: base64 in lines of 60, no content past 1 MB."""
+    encoded = base64.b64encode(content).decode()
+    shown = "\n".join(encoded[i : i + 60] for i in range(0, len(encoded), 60)) + "\n"
+    large = len(content) > 1024 * 1024
+    return {
+        "type": "file",
+        "encoding": "none" if large else "base64",
+        "size": len(content),
+        "name": path.rsplit("/", 1)[-1],
+        "path": path,
+        "content": "" if large else shown,
+        "sha": _blob_sha(content),
+        "url": f"{base}/repos/{repo}/contents/{path}?ref={commit}",
+        "html_url": f"https://github.example/{repo}/blob/{commit}/{path}",
+        "download_url": None,
+    }
+
+
+def _label_json(repo: str, name: str, base: str) -> dict[str, Any]:
+    return {"id": _user_id(name), "name": name, "color": "ededed", "default": False, "description": None,
+            "url": f"{base}/repos/{repo}/labels/{name}"}  # fmt: skip
 
 
 def _page(request: Request, items: list[dict[str, Any]]) -> Response:

@@ -13,6 +13,10 @@ It keeps GitLab's rules that the bot must get right:
   ``403 insufficient_scope``; ``/personal_access_tokens/self`` shows them.
 - Webhooks of projects and groups (``add_group``): listing or changing them needs Maintainer on a
   project, Owner on a group (403 otherwise); they are stored in ``hooks`` with their flags.
+- Repository files at a commit (``put_file``): the raw files API wants the file path percent-encoded,
+  slashes included (an unencoded one is 404, as on GitLab), and a ``ref``.
+- Labels on a merge request (``labels_of``): ``PUT .../merge_requests/:iid`` with ``labels``,
+  ``add_labels`` or ``remove_labels`` (comma-separated, as GitLab takes them).
 - Lists are paginated like GitLab's (``page``/``per_page``, ``X-Page``, ``X-Next-Page``, ``X-Total``,
   ``Link``), 20 per page unless asked, 100 at most.
 
@@ -25,6 +29,7 @@ import difflib
 import hashlib
 import itertools
 import re
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -174,6 +179,7 @@ class MergeRequest:
     sha: str  # the head; GitLab moves it before the push's diff version is ready
     discussions: list[Discussion] = field(default_factory=list)
     updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # moved by ``push``
+    labels: list[str] = field(default_factory=list)
 
     @property
     def latest(self) -> Version:
@@ -235,6 +241,7 @@ class FakeGitLab:
         self.groups: list[Group] = []
         self.requests: list[tuple[str, str]] = []  # (method, decoded path), every request
         self.failures: list[Failure] = []
+        self.files: dict[tuple[str, str, str], bytes] = {}  # (project path, commit, file path) -> content
         self._ids = itertools.count(1)
         self.app = self._build_app()
 
@@ -301,6 +308,14 @@ class FakeGitLab:
         note = Note(next(self._ids), author, body, resolvable=discussion.notes[0].resolvable)
         discussion.notes.append(note)
         return note
+
+    def put_file(self, project_path: str, sha: str, path: str, text: str | bytes) -> None:
+        """The repository of ``project_path`` holds ``path`` with ``text`` at commit ``sha``."""
+        self.files[(project_path, sha, path)] = text.encode() if isinstance(text, str) else text
+
+    def labels_of(self, project_path: str, iid: int) -> list[str]:
+        """The labels on merge request ``iid``, in the order they were added."""
+        return list(self._mr(project_path, iid).labels)
 
     def fail(
         self, method: str, path: str, status: int, *, times: int = 1, headers: dict[str, str] | None = None
@@ -486,6 +501,35 @@ class FakeGitLab:
         async def merge_request(request: Request, ref: str, iid: int) -> dict[str, Any]:
             return _merge_request(self._mr(ref, iid), ref, _base_url(request))
 
+        @app.put(mrs)
+        async def edit_merge_request(request: Request, ref: str, iid: int) -> dict[str, Any]:
+            mr, params = self._mr(ref, iid), await _params(request)
+
+            def names(key: str) -> list[str]:
+                return [name.strip() for name in str(params.get(key) or "").split(",") if name.strip()]
+
+            if "labels" in params:
+                mr.labels = list(dict.fromkeys(names("labels")))
+            mr.labels += [name for name in dict.fromkeys(names("add_labels")) if name not in mr.labels]
+            mr.labels = [name for name in mr.labels if name not in names("remove_labels")]
+            return _merge_request(mr, ref, _base_url(request))
+
+        @app.get("/api/v4/projects/{ref:path}/repository/files/{file_path:path}/raw")
+        async def raw_file(request: Request) -> Response:
+            # from the raw path: GitLab takes the project and the file path each encoded as one segment
+            raw = request.scope["raw_path"].decode()
+            parts = re.fullmatch(r"/api/v4/projects/([^/]+)/repository/files/([^/]+)/raw", raw)
+            if parts is None:
+                raise NotFound("404 Not Found")
+            project = self._project(urllib.parse.unquote(parts[1]))
+            commit = request.query_params.get("ref")
+            if not commit:
+                return JSONResponse({"error": "ref is missing"}, 400)
+            content = self.files.get((project.path, commit, urllib.parse.unquote(parts[2])))
+            if content is None:
+                raise NotFound("404 File Not Found")
+            return Response(content, media_type="text/plain; charset=utf-8")
+
         @app.get(mrs + "/versions")
         async def versions(request: Request, ref: str, iid: int) -> Response:
             mr = self._mr(ref, iid)
@@ -643,6 +687,7 @@ def _merge_request(mr: MergeRequest, ref: str, base_url: str, *, listed: bool = 
         "work_in_progress": mr.draft,
         "author": mr.author.api(base_url),
         "sha": mr.sha,
+        "labels": list(mr.labels),
         "updated_at": mr.updated_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "web_url": f"{base_url}/{ref}/-/merge_requests/{mr.iid}",
     }

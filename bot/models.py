@@ -174,6 +174,10 @@ class Project(SQLModel, table=True):
     threshold_floor: str | None = Field(
         default=None, max_length=16, description="the least severe threshold the repository file may set"
     )
+    repo_config_keys: list[str] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True),
+        description="the keys the repository file may set; None: every key",
+    )  # fmt: skip
     repo_config_status: str | None = Field(
         default=None, max_length=512, description='last read of the file: "ok: PATH", "none", or its error'
     )

@@ -189,6 +189,7 @@ class Effective:
     source: str | None  # the file used; None: no file (or not allowed, or broken)
     problem: str | None  # one line: what was wrong with the file, which was then not used
     digest: str  # sha256 of the settings in force: a finding's provenance
+    refused: tuple[str, ...] = ()  # keys the file set that the project does not let it set (ignored)
 
     def reviews(self, path: str) -> bool:
         """Whether ``path`` is reviewed: within the review globs (none: all) and not ignored."""
@@ -219,8 +220,9 @@ class Effective:
 
 def effective(project: Project | None, found: tuple[str, str] | None) -> Effective:
     """The settings in force for ``project`` (None: the defaults) given the file ``found`` at the base
-    as (path, text). The admin's controls hold: ``repo_config`` off ignores the file, and a file's
-    threshold less severe than ``threshold_floor`` is raised to it."""
+    as (path, text). The admin's controls hold: ``repo_config`` off ignores the file, keys outside
+    ``repo_config_keys`` are ignored (and listed in ``refused``), and a file's threshold less severe
+    than ``threshold_floor`` is raised to it."""
     threshold = Severity(project.severity_threshold) if project else Severity.MINOR
     ignore = list((project.ignore_globs if project else None) or DEFAULT_IGNORE_GLOBS)
     config, source, problem = RepoConfig(), None, None
@@ -229,6 +231,12 @@ def effective(project: Project | None, found: tuple[str, str] | None) -> Effecti
             config, source = parse(found[1], found[0]), found[0]
         except RepoConfigError as error:
             problem = str(error)
+    refused: tuple[str, ...] = ()
+    if project is not None and project.repo_config_keys is not None:
+        allowed = set(project.repo_config_keys)
+        refused = tuple(sorted(key for key in config.model_fields_set if key not in allowed))
+        kept = {key: getattr(config, key) for key in config.model_fields_set if key in allowed}
+        config = RepoConfig(**kept)
     if config.threshold is not None:
         threshold = config.threshold
         floor = Severity(project.threshold_floor) if project and project.threshold_floor else None
@@ -245,6 +253,7 @@ def effective(project: Project | None, found: tuple[str, str] | None) -> Effecti
         source=source,
         problem=problem,
         digest="",
+        refused=refused,
     )
     canonical = json.dumps(settings.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return replace(settings, digest=hashlib.sha256(canonical.encode()).hexdigest())

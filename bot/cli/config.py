@@ -90,9 +90,13 @@ def _notes(project: Project | None, config: RepoConfig, settings: Effective) -> 
         return [
             f"{project.path} ignores repository files (project set --repo-config on): its own settings apply"
         ]
-    if config.threshold is not None and config.threshold is not settings.threshold:
-        return [f"threshold {config.threshold} is below the project's floor: raised to {settings.threshold}"]
-    return []
+    notes = []
+    if settings.refused:
+        notes.append(f"keys the project does not let the file set, ignored: {', '.join(settings.refused)}")
+    if "threshold" not in settings.refused and config.threshold not in (None, settings.threshold):
+        floor = settings.threshold
+        notes.append(f"threshold {config.threshold} is below the project's floor: raised to {floor}")
+    return notes
 
 
 def _table(shown: str, project: Project | None, settings: Effective) -> Table:

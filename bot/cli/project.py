@@ -22,6 +22,7 @@ from bot.feedback.roles import min_role
 from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
 from bot.forges.base import WEBHOOK_EVENTS, Connection, ForgeError
 from bot.models import ForgeKind, Project, Review, Severity, Source, SourceKind
+from bot.repo_config import RepoConfig
 from bot.secrets import SecretBox, new_secret, new_webhook_key, secret_box
 from bot.untrusted import terminal
 
@@ -474,6 +475,13 @@ def set_project(
             help="The least severe threshold the repository file may set (a lower one is raised to it).",
         ),
     ] = None,
+    repo_config_keys: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY,…|all",
+            help="The keys the repository file may set (the others are ignored), comma-separated; 'all'.",
+        ),
+    ] = None,
 ) -> None:
     """Change a project's settings."""
     _, engine = open_engine(ctx)
@@ -495,6 +503,8 @@ def set_project(
             row.repo_config = repo_config is Switch.ON
         if threshold_floor is not None:
             row.threshold_floor = _floor_setting(threshold_floor)
+        if repo_config_keys is not None:
+            row.repo_config_keys = _keys_setting(repo_config_keys)
         session.add(row)
         session.commit()
         globs = ", ".join(row.ignore_globs) or "(defaults)"
@@ -514,6 +524,19 @@ def _floor_setting(name: str) -> str | None:
         fail(f"--threshold-floor: no severity {name!r}; one of {', '.join(Severity)}, or none")
 
 
+def _keys_setting(value: str) -> list[str] | None:
+    if value.strip().lower() == "all":
+        return None
+    keys = [key.strip() for key in value.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in RepoConfig.model_fields]
+    if unknown or not keys:
+        fail(
+            f"--repo-config-keys: no key {terminal(', '.join(unknown))!r}; keys are "
+            f"{', '.join(RepoConfig.model_fields)}, or all"
+        )
+    return sorted(set(keys))
+
+
 def _last_read(project: Project) -> str:
     """The last review's reading of the repository file, and when."""
     if not project.repo_config_status:
@@ -526,7 +549,9 @@ def _repo_file(project: Project) -> str:
     """Whether the repository's file applies, and the admin's floor under its threshold."""
     if not project.repo_config:
         return "off"
-    return f"on, floor {project.threshold_floor}" if project.threshold_floor else "on"
+    floor = f", floor {project.threshold_floor}" if project.threshold_floor else ""
+    keys = f", keys {' '.join(project.repo_config_keys)}" if project.repo_config_keys is not None else ""
+    return f"on{floor}{keys}"
 
 
 def _role_setting(name: str) -> str | None:

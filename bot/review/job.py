@@ -284,7 +284,7 @@ def _post(
     if not config.summary:
         return
     summary = next((c for c in existing if c.kind == "summary"), None)
-    note = settings_line(config.source, config.problem)
+    note = settings_line(config.source, config.problem, config.refused)
     body = summary_body(result, mr, len(new), resolved, limit, settings=note)
     forge.upsert_summary(mr.number, body, summary)
 

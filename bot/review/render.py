@@ -79,16 +79,18 @@ def _listed(entries: list[str], room: int, more: str) -> str:
     return "; ".join(shown + ([f"and {left:,} {more}"] if left else []))
 
 
-def settings_line(source: str | None, problem: str | None) -> str | None:
-    """The summary's line on the repository's settings file: which one was used, or why it was not
-    (its problem quotes the file: untrusted); None when there is none."""
+def settings_line(source: str | None, problem: str | None, refused: tuple[str, ...] = ()) -> str | None:
+    """The summary's line on the repository's settings file: which one was used (and which of its keys
+    the project does not let it set), or why it was not (its problem quotes the file: untrusted);
+    None when there is none."""
     if problem:
         return (
             f"The repository's settings file was not used: {untrusted.inline(problem, 600)}. "
             "The project's settings applied."
         )
     if source:
-        return f"Settings: {untrusted.code(source)} at the target branch."
+        ignored = f" Keys the project does not let it set, ignored: {', '.join(refused)}." if refused else ""
+        return f"Settings: {untrusted.code(source)} at the target branch.{ignored}"
     return None
 
 

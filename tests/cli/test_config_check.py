@@ -136,6 +136,24 @@ def test_a_projects_floor_and_switch_apply(registered: sa.Engine, tmp_path: Path
     assert (stored(registered).repo_config, stored(registered).threshold_floor) == (True, None)
 
 
+def test_the_keys_a_repository_may_set(registered: sa.Engine, tmp_path: Path) -> None:
+    (tmp_path / ".reviewbot.toml").write_text('threshold = "trivial"\nsummary = false\n')
+    keys = ["project", "set", "team/app", "--repo-config-keys", "summary,instructions"]
+    result = reviewbot(*keys, engine=registered)
+    assert result.exit_code == 0, result.stderr
+    assert "repository file on, keys instructions summary" in result.stdout
+    check = ["config", "check", "--project", "team/app", "--format", "json"]
+    shown = json.loads(reviewbot(*check, engine=registered).stdout)
+    assert (shown["threshold"], shown["summary"]) == ("minor", False)
+    assert shown["notes"] == ["keys the project does not let the file set, ignored: threshold"]
+    bad = reviewbot("project", "set", "team/app", "--repo-config-keys", "threshold,colour", engine=registered)
+    assert bad.exit_code == 2
+    assert "no key 'colour'" in bad.stderr
+    every = reviewbot("project", "set", "team/app", "--repo-config-keys", "all", engine=registered)
+    assert every.exit_code == 0
+    assert stored(registered).repo_config_keys is None
+
+
 def test_bad_admin_settings_are_refused(registered: sa.Engine) -> None:
     result = reviewbot("project", "set", "team/app", "--threshold-floor", "severe", engine=registered)
     assert result.exit_code == 2

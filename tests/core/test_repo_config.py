@@ -139,6 +139,15 @@ def test_the_floor_raises_a_less_severe_threshold() -> None:
     assert effective(project(threshold_floor="minor"), stricter).threshold is Severity.CRITICAL
 
 
+def test_keys_the_project_does_not_allow_are_ignored_and_named() -> None:
+    found = (".reviewbot.toml", 'threshold = "trivial"\nsummary = false\nmax_findings_per_file = 2\n')
+    settings = effective(project(repo_config_keys=["max_findings_per_file"]), found)
+    assert settings.refused == ("summary", "threshold")
+    assert (settings.threshold, settings.summary, settings.max_findings_per_file) == (Severity.MINOR, True, 2)
+    assert effective(project(repo_config_keys=None), found).refused == ()  # None: every key
+    assert effective(project(repo_config_keys=[]), found).max_findings_per_file is None  # none at all
+
+
 def test_repo_config_off_ignores_the_file() -> None:
     settings = effective(
         project(repo_config=False, severity_threshold="major"), (".reviewbot.toml", COMPLETE)

@@ -22,6 +22,7 @@ def upgrade() -> None:
     with op.batch_alter_table("project") as batch:
         batch.add_column(sa.Column("repo_config", sa.Boolean(), server_default=sa.true(), nullable=False))
         batch.add_column(sa.Column("threshold_floor", text(length=16), nullable=True))
+        batch.add_column(sa.Column("repo_config_keys", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("repo_config_status", text(length=512), nullable=True))
         batch.add_column(sa.Column("repo_config_checked_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("finding") as batch:
@@ -36,5 +37,6 @@ def downgrade() -> None:
     with op.batch_alter_table("project") as batch:
         batch.drop_column("repo_config_checked_at")
         batch.drop_column("repo_config_status")
+        batch.drop_column("repo_config_keys")
         batch.drop_column("threshold_floor")
         batch.drop_column("repo_config")

@@ -129,7 +129,8 @@ def test_review_command_on_a_local_repository(
 ) -> None:
     before = served(demo_server)
     result = review(feature_repo, demo_server, tmp_path / "home")
-    assert set(result) == {"findings", "skipped", "failed", "stopped", "stats"}
+    assert set(result) == {"findings", "skipped", "failed", "stopped", "settings", "stats"}
+    assert result["settings"]["source"] is None  # the repository has no .reviewbot.toml
     assert result["failed"] == []
     assert result["stopped"] is None
     assert result["stats"]["models"] == dict.fromkeys(STAGES, demo_server.model)

@@ -177,6 +177,10 @@ class Settings(BaseSettings):
         '{"critical": {"trivial": 20}} (flywheel.metrics.DEFAULT_COSTS)',
     )
 
+    def webhook_url(self, forge: str, key: str | None) -> str:
+        """The webhook URL of a project or source: where its forge delivers, under the public URL."""
+        return f"{str(self.public_url).rstrip('/')}/webhooks/{forge}/{key}"
+
     @model_validator(mode="after")
     def _in_home(self) -> Settings:
         """What is not set lives in the data folder, whatever the working directory."""

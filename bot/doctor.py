@@ -208,10 +208,6 @@ def _projects(settings: Settings, engine: sa.Engine) -> Iterator[Check]:
         yield from _project(settings, engine, project, app_keys)
 
 
-def _hook_url(settings: Settings, forge: str, key: str | None) -> str:
-    return f"{str(settings.public_url).rstrip('/')}/webhooks/{forge}/{key}"
-
-
 def _source(settings: Settings, source: Source, app_keys: AppKeys | None) -> Iterator[Check]:
     """A GitLab group: its token on the group and the group's webhook; a GitHub App: its key."""
     if source.kind == SourceKind.GITHUB_APP:
@@ -238,7 +234,7 @@ def _source(settings: Settings, source: Source, app_keys: AppKeys | None) -> Ite
     from bot.forges.gitlab import GitLabGroup  # python-gitlab, only when there is a group to check
 
     group = GitLabGroup(source.forge_url, token, source.name, timeout_s=TIMEOUT_S)
-    yield from _connection(name, group, _hook_url(settings, source.forge, source.webhook_key), variable, "")
+    yield from _connection(name, group, settings.webhook_url(source.forge, source.webhook_key), variable, "")
 
 
 def _project(
@@ -257,7 +253,7 @@ def _project(
         return
     if project.source_id is None:
         fix = f"reviewbot project hook {project.path} --forge {project.forge} (creates or updates it)"
-        hook_url = _hook_url(settings, project.forge, project.webhook_key)
+        hook_url = settings.webhook_url(project.forge, project.webhook_key)
         yield from _connection(name, forge, hook_url, variable, fix)
     elif project.installation_id is None:  # a group's project: the group's webhook serves it
         yield from _token(name, forge, variable)

@@ -17,13 +17,13 @@ from rich.table import Table
 from sqlmodel import Session, col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from bot.cli.common import command_group, fail, open_engine
-from bot.config import ConfigError, Settings
+from bot.cli.common import command_group, fail, open_engine, open_secret_box
+from bot.config import Settings
 from bot.forges import github_api_url
 from bot.forges.base import WEBHOOK_EVENTS, ForgeError
 from bot.forges.github_app import app_slug, installations
 from bot.models import ForgeKind, Project, Severity, Source, SourceKind
-from bot.secrets import SecretBox, new_webhook_key, secret_box
+from bot.secrets import new_webhook_key
 from bot.sources import Changes, sync_app
 from bot.untrusted import terminal
 
@@ -80,7 +80,7 @@ def add(
         slug = app_slug(github_api_url(forge_url), app_id, private_key)
     except ForgeError as exc:
         fail(str(exc))
-    box = _box(settings)
+    box = open_secret_box(settings)
     source = Source(
         kind=SourceKind.GITHUB_APP,
         forge=ForgeKind.GITHUB,
@@ -116,13 +116,6 @@ def _private_key(path: Path) -> str:
     return pem.decode()
 
 
-def _box(settings: Settings) -> SecretBox:
-    try:
-        return secret_box(settings)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
 def _same_app(forge_url: str, app_id: int) -> SelectOfScalar[Source]:
     return select(Source).where(
         col(Source.kind) == SourceKind.GITHUB_APP,
@@ -133,7 +126,7 @@ def _same_app(forge_url: str, app_id: int) -> SelectOfScalar[Source]:
 
 def _print_setup(settings: Settings, source: Source, secret_env: str) -> None:
     """What to set on the App's settings page: the webhook, its events, the permissions."""
-    hook_url = f"{str(settings.public_url).rstrip('/')}/webhooks/{source.forge}/{source.webhook_key}"
+    hook_url = settings.webhook_url(source.forge, source.webhook_key)
     events = [event.name for event in WEBHOOK_EVENTS[ForgeKind.GITHUB]]
     typer.echo(f"added GitHub App {source.name} (bot: {terminal(source.bot_username or '')})")
     typer.echo(f"webhook URL:    {hook_url}")
@@ -170,7 +163,7 @@ def sync(ctx: typer.Context, name: RegisteredApp) -> None:
     """Match the App's repositories to its installations as GitHub lists them now: adds those
     installed while the service was down, disables those it left."""
     settings, engine = open_engine(ctx)
-    box = _box(settings)
+    box = open_secret_box(settings)
     with Session(engine, expire_on_commit=False) as session:
         source = session.exec(
             select(Source).where(col(Source.kind) == SourceKind.GITHUB_APP, col(Source.name) == name)

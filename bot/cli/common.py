@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from bot import db
-from bot.config import Settings
+from bot.config import ConfigError, Settings
+from bot.secrets import SecretBox, secret_box
 
 err = Console(stderr=True)
 
@@ -38,6 +39,14 @@ def fail(message: str, code: int = 2) -> NoReturn:
     command ran and the answer is no)."""
     err.print(f"reviewbot: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def open_secret_box(settings: Settings) -> SecretBox:
+    """The box that seals stored secrets, or one line saying which setting is missing."""
+    try:
+        return secret_box(settings)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def open_engine(ctx: typer.Context) -> tuple[Settings, sa.Engine]:

@@ -15,15 +15,15 @@ from rich.table import Table
 from rich.text import Text
 from sqlmodel import Session, select
 
-from bot.cli.common import command_group, err, fail, open_engine
-from bot.config import ConfigError, Settings
+from bot.cli.common import command_group, err, fail, open_engine, open_secret_box
+from bot.config import Settings
 from bot.events import Role
 from bot.feedback.roles import min_role
 from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
 from bot.forges.base import WEBHOOK_EVENTS, Connection, ForgeError
 from bot.models import ForgeKind, Project, Review, Severity, Source, SourceKind
 from bot.repo_config import RepoConfig
-from bot.secrets import SecretBox, new_secret, new_webhook_key, secret_box
+from bot.secrets import new_secret, new_webhook_key
 from bot.untrusted import terminal
 
 project_app = command_group(
@@ -142,7 +142,7 @@ def add(
     secret = _webhook_secret(secret_env)
     url = url.rstrip("/")
     target = Target(forge, url, project or group or "", token_env, is_group=group is not None)
-    row = target.row(_box(settings).seal(secret), threshold)
+    row = target.row(open_secret_box(settings).seal(secret), threshold)
     _refuse_duplicate(engine, row)
     connection: Connection | None = None
     if skip_checks:
@@ -182,13 +182,6 @@ class Target:
             forge=self.forge, forge_url=self.url, path=self.name, webhook_secret=sealed_secret,
             webhook_key=new_webhook_key(), token_env=self.token_env, severity_threshold=threshold,
         )  # fmt: skip
-
-
-def _box(settings: Settings) -> SecretBox:
-    try:
-        return secret_box(settings)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 def _webhook_secret(secret_env: str | None) -> str:
@@ -311,7 +304,7 @@ def _insert(engine: sa.Engine, row: Project | Source) -> None:
 def _hook_url(settings: Settings, row: Project | Source) -> str:
     """The project's (or group's) own webhook URL (for a project, the forge's shared one,
     /webhooks/FORGE, works too)."""
-    return f"{str(settings.public_url).rstrip('/')}/webhooks/{row.forge}/{row.webhook_key}"
+    return settings.webhook_url(row.forge, row.webhook_key)
 
 
 def _create_webhook(connection: Connection, target: Target, hook_url: str, secret: str) -> str:
@@ -370,7 +363,7 @@ def hook(
     target = Target(ForgeKind(row.forge), row.forge_url, row.path, row.token_env, is_group=False)
     if row.installation_id is not None:
         fail(f"{target.shown} is served by a GitHub App: its webhook is the App's, set on GitHub")
-    secret = _box(settings).open(row.webhook_secret)
+    secret = open_secret_box(settings).open(row.webhook_secret)
     if secret is None or row.webhook_key is None:
         fail(f"{target.shown} cannot open its webhook secret: `reviewbot project rotate-secret` makes one")
     _refuse_local_url(settings, target.forge, allow_local_url)
@@ -389,7 +382,7 @@ def rotate_secret(ctx: typer.Context, path: RegisteredProject, forge: ForgeChoic
     secret = new_secret()
     with Session(engine, expire_on_commit=False) as session:
         row = find_project(session, path, forge)
-        row.webhook_secret = _box(settings).seal(secret)
+        row.webhook_secret = open_secret_box(settings).seal(secret)
         row.webhook_key = row.webhook_key or new_webhook_key()
         session.add(row)
         session.commit()

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     public_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8080"), description="where forges reach this service (webhook URLs)"
     )
+    console_url: HttpUrl | None = Field(
+        None,
+        description="the admin console's address; the summary comment links to CONSOLE_URL/reviews/ID",
+    )
+    suppress_similarity: float = Field(
+        0.2,  # bot.review.similarity.SUPPRESS_AT: calibrated there
+        gt=0,
+        le=1,
+        description="how similar to a finding reviewers dismissed (0-1) a finding must be to go unposted",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /openapi.json and /metrics (Authorization: Bearer TOKEN)"
     )

@@ -63,6 +63,7 @@ class Answer(Generic[V]):
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    logprob: float | None = None  # of the whole answer, when asked for and the server gave it
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -77,6 +78,15 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         return min(float(value), MAX_RETRY_AFTER_S) if value is not None else None
     except ValueError:
         return None
+
+
+def _answer_logprob(choice: Any) -> float | None:
+    """The sum of the answer's token log-probabilities; None when the server sent none (a server
+    may ignore the request: the caller then has no confidence, not an error)."""
+    tokens = choice.logprobs.content if choice.logprobs is not None else None
+    if not tokens:
+        return None
+    return float(sum(token.logprob for token in tokens))
 
 
 def response_format(answer_type: type[BaseModel]) -> ResponseFormatJSONSchema:
@@ -175,9 +185,12 @@ class LLMClient:
         *,
         temperature: float = 0.0,
         max_tokens: int = 512,
+        logprobs: bool = False,
     ) -> Answer[T]:
-        """Ask ``model`` (a base model or adapter name) for an answer of ``answer_type``."""
-        raw = await self._complete(messages, answer_type, model, temperature, max_tokens)
+        """Ask ``model`` (a base model or adapter name) for an answer of ``answer_type``; with
+        ``logprobs``, the answer's log-probability too (the sum over its tokens), when the server
+        gives it."""
+        raw = await self._complete(messages, answer_type, model, temperature, max_tokens, logprobs)
         try:
             value = answer_type.model_validate_json(raw.value)
         except ValidationError as exc:
@@ -185,7 +198,7 @@ class LLMClient:
                 f"{self._where()}: the answer of {model} does not match {answer_type.__name__} "
                 f"({validation_problems(exc)}): {raw.value[:200]!r}"
             ) from None
-        return Answer(value, model, raw.prompt_tokens, raw.completion_tokens, raw.seconds)
+        return Answer(value, model, raw.prompt_tokens, raw.completion_tokens, raw.seconds, raw.logprob)
 
     async def ask_object(
         self,
@@ -218,6 +231,7 @@ class LLMClient:
         model: str,
         temperature: float,
         max_tokens: int,
+        logprobs: bool = False,
     ) -> Answer[str]:
         async with self._slots:
             started = time.perf_counter()
@@ -228,6 +242,7 @@ class LLMClient:
                     temperature=temperature,
                     max_tokens=max_tokens,
                     response_format=response_format(answer_type),
+                    logprobs=logprobs or None,  # None: not sent
                 )
             )
             seconds = time.perf_counter() - started
@@ -245,6 +260,7 @@ class LLMClient:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             seconds=seconds,
+            logprob=_answer_logprob(choice) if logprobs else None,
         )
 
     async def ask_many(

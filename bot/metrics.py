@@ -25,3 +25,6 @@ REVIEW_SECONDS = Histogram(
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 FINDINGS = Counter("reviewbot_findings_total", "Findings of finished reviews by severity", ["severity"])
+SUPPRESSED = Counter(
+    "reviewbot_findings_suppressed_total", "Findings not posted: too like one trusted reviewers dismissed"
+)

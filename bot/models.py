@@ -68,6 +68,8 @@ class ReviewStatus(StrEnum):
 class FindingStatus(StrEnum):
     PENDING = "pending"  # recorded before posting: a crash leaves it to the retry, never unmatched
     POSTED = "posted"  # on the forge, with its comment id
+    SUPPRESSED = "suppressed"  # like one trusted reviewers dismissed (``like_finding_id``): not posted
+    LISTED = "listed"  # past the review's comment cap: named in the summary, not posted inline
 
 
 class Side(StrEnum):
@@ -182,6 +184,18 @@ class Project(SQLModel, table=True):
         default=None, max_length=512, description='last read of the file: "ok: PATH", "none", or its error'
     )
     repo_config_checked_at: datetime | None = _when(default=None, description="when the file was last read")
+    block_on: str = Field(
+        default="off", max_length=16, sa_column_kwargs={"server_default": "off"},
+        description="least severity that fails the reviewbot commit status; off: no status",
+    )  # fmt: skip
+    max_comments: int = Field(
+        default=10, sa_column_kwargs={"server_default": "10"},
+        description="inline comments a review posts at most; the rest are listed in the summary",
+    )  # fmt: skip
+    quiet: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false()},
+        description="no summary comment when a review has nothing to say",
+    )  # fmt: skip
     created_at: datetime = _when(default_factory=utcnow)
 
 
@@ -219,6 +233,11 @@ class Review(SQLModel, table=True):
         default=None,
         description="its worker's lease, renewed by a heartbeat; past it, taken over",
     )
+    summary_comment_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the summary comment it wrote; the commit status links to it",
+    )
 
 
 class Finding(SQLModel, table=True):
@@ -255,6 +274,18 @@ class Finding(SQLModel, table=True):
     instructions: str = Field(
         default="", sa_type=sa.Text, sa_column_kwargs={"server_default": ""},
         description="the repository file's instructions that reached the prompts for its file",
+    )  # fmt: skip
+    confidence: float | None = Field(
+        default=None, description="the model's probability of its severity (None: the server gave none)"
+    )
+    like_finding_id: int | None = Field(
+        default=None, foreign_key="finding.id",
+        description="suppressed: the dismissed finding it was too similar to",
+    )  # fmt: skip
+    similarity: float | None = Field(default=None, description="its similarity to ``like_finding_id``")
+    suppresses: bool = Field(
+        default=True, sa_column_kwargs={"server_default": sa.true()},
+        description="once dismissed, whether it suppresses similar findings (feedback unsuppress)",
     )  # fmt: skip
     created_at: datetime = _when(default_factory=utcnow)
 

@@ -20,6 +20,8 @@ class Job(StrEnum):
     FEEDBACK = "feedback"  # (project_id, delivery_id, signal)
     ACKNOWLEDGE = "acknowledge"  # (finding_id, signal)
     ROLES = "roles"  # (project_id,)
+    GATE = "gate"  # (project_id, mr_number): the merge request's commit status, from its latest review
+    POST = "post"  # (review_id,): post the review's findings an admin unsuppressed
 
 
 def _encode(arg: int | Signal) -> Any:

@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bot import metrics
 from bot.api.group_commit import GroupCommit
 from bot.events import Signal, WebhookEvent
-from bot.feedback.signals import apply_signal, quoted_findings
+from bot.feedback.signals import apply_signal, quoted_findings, stage_follow_ups
 from bot.forges import WEBHOOK_FORMATS, WebhookFormat
 from bot.models import Delivery, ForgeKind, Project, Review, ReviewStatus, Source, SourceKind, utcnow
 from bot.outbox import Job, stage
@@ -461,11 +461,7 @@ def _feedback(session: Session, project_id: int, delivery_id: int, signal: Signa
     if applied is not None:
         finding, changed = applied
         _set_outcome(session, delivery_id, f"recorded {signal.kind}")
-        if changed and signal.is_command:
-            assert finding.id is not None
-            stage(session, Job.ACKNOWLEDGE, finding.id, signal)
-        # Its author's role, read from the forge: until then the signal labels nothing.
-        stage(session, Job.ROLES, project_id)
+        stage_follow_ups(session, project_id, finding, signal, changed)
         return Recorded(_answer(200, f"feedback recorded: {signal.describe()}"), staged=True)
     if signal.quote is not None and signal.mr_number is not None:
         # Only a review still being posted can add the finding a quote is about; with none in flight the

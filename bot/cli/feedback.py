@@ -13,10 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, open_engine
+from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, fail, open_engine
 from bot.feedback.labels import HARD_LABEL_KINDS, LabelledFinding, labelled_findings, severity_examples
 from bot.feedback.stats import RATES, acceptance
+from bot.feedback.suppression import suppressed_findings, unsuppress
 from bot.models import Feedback
+from bot.untrusted import terminal
 
 feedback_app = command_group(
     "feedback",
@@ -132,8 +134,52 @@ def stats(
     if output is Format.JSON:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("project", "model", "severity", "findings", *(name.replace("_", " ") for name in RATES))
+    names = (name.replace("_", " ") for name in RATES)
+    table = Table("project", "model", "severity", "findings", *names, "suppressed")
     for row in rows:
         rates = [f"{row[f'{name}_rate']:.0%}" for name in RATES]
-        table.add_row(row["project"], row["model_version"], row["severity"], str(row["findings"]), *rates)
+        counts = (str(row["findings"]), *rates, str(row["suppressed"]))
+        table.add_row(row["project"], row["model_version"], row["severity"], *counts)
     Console().print(table)
+
+
+@feedback_app.command("suppressed")
+def suppressed(
+    ctx: typer.Context,
+    project: ProjectFilter = None,
+    output: FormatOption = Format.TABLE,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 50,
+) -> None:
+    """Findings not posted because they were like ones trusted reviewers dismissed or 👎'd: which
+    finding each was like, and how similar. Undo one with ``reviewbot feedback unsuppress ID``."""
+    _, engine = open_engine(ctx)
+    rows = suppressed_findings(engine, project, limit)
+    if output is Format.JSON:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("id", "project", "MR", "where", "severity", "title", "like", "similarity")
+    for row in rows:
+        like = f"{row['like_finding_id']} on !{row['like_mr']}"
+        where = f"{row['path']}:{row['line'] or '-'}"
+        cells = (row["project"], f"!{row['mr']}", where, row["severity"], row["title"], like)
+        table.add_row(
+            str(row["finding_id"]), *(escape(terminal(c)) for c in cells), f"{row['similarity']:.2f}"
+        )
+    Console().print(table)
+
+
+@feedback_app.command("unsuppress")
+def unsuppress_finding(
+    ctx: typer.Context,
+    finding_id: Annotated[
+        int, typer.Argument(metavar="ID", help="A suppressed finding's id (feedback suppressed).")
+    ],
+) -> None:
+    """Post a suppressed finding after all (while its merge request is still at the reviewed head),
+    and stop the dismissed finding it was like from suppressing others."""
+    _, engine = open_engine(ctx)
+    try:
+        done = unsuppress(engine, finding_id)
+    except LookupError as exc:
+        fail(str(exc))
+    typer.echo(done)

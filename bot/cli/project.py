@@ -23,6 +23,7 @@ from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
 from bot.forges.base import WEBHOOK_EVENTS, Connection, ForgeError
 from bot.models import ForgeKind, Project, Review, Severity, Source, SourceKind
 from bot.repo_config import RepoConfig
+from bot.review.gate import GATE_CHOICES, OFF
 from bot.secrets import new_secret, new_webhook_key
 from bot.untrusted import terminal
 
@@ -475,6 +476,27 @@ def set_project(
             help="The keys the repository file may set (the others are ignored), comma-separated; 'all'.",
         ),
     ] = None,
+    block_on: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SEVERITY|off",
+            help="Findings at this severity or above fail the 'reviewbot' commit status on the merge "
+            "request's head (require it in branch protection); off: no status.",
+        ),
+    ] = None,
+    max_comments: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=1,
+            help="Inline comments a review posts at most (most severe, then most confident, first); the "
+            "rest are listed in the summary. Findings that fail the gate are always posted.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool | None,
+        typer.Option("--quiet/--no-quiet", help="No summary comment when a review has nothing to say."),
+    ] = None,
 ) -> None:
     """Change a project's settings."""
     _, engine = open_engine(ctx)
@@ -498,14 +520,34 @@ def set_project(
             row.threshold_floor = _floor_setting(threshold_floor)
         if repo_config_keys is not None:
             row.repo_config_keys = _keys_setting(repo_config_keys)
+        if block_on is not None:
+            row.block_on = _gate_setting(block_on)
+        if max_comments is not None:
+            row.max_comments = max_comments
+        if quiet is not None:
+            row.quiet = quiet
         session.add(row)
         session.commit()
         globs = ", ".join(row.ignore_globs) or "(defaults)"
         state = "enabled" if row.enabled else "disabled"
         typer.echo(
             f"{row.forge} {row.path}: threshold {row.severity_threshold}, ignore {globs}, {state},"
-            f" labels by {_labellers(row)}, repository file {_repo_file(row)}"
+            f" labels by {_labellers(row)}, repository file {_repo_file(row)}, {_voice(row)}"
         )
+
+
+def _gate_setting(name: str) -> str:
+    value = name.strip().lower()
+    if value not in GATE_CHOICES:
+        fail(f"--block-on: no severity {terminal(name)!r}; one of {', '.join(GATE_CHOICES)}")
+    return value
+
+
+def _voice(project: Project) -> str:
+    """What the project's merge requests get: the gate, the cap, the summary."""
+    gate = "no gate" if project.block_on == OFF else f"gate at {project.block_on}"
+    summary = "quiet summary" if project.quiet else "summary always"
+    return f"{gate}, at most {project.max_comments} comments, {summary}"
 
 
 def _floor_setting(name: str) -> str | None:

@@ -28,7 +28,7 @@ def plot_acceptance(rows: Iterable[dict[str, Any]], out: Path) -> Path:
     figure, axes = plt.subplots(figsize=(max(5, 1.6 * len(versions) + 2), 4))
     width = 0.8 / len(SHOWN)
     for index, name in enumerate(SHOWN):
-        rates = [totals[v][name] / totals[v]["findings"] for v in versions]
+        rates = [totals[v][name] / max(totals[v]["findings"], 1) for v in versions]
         positions = [i + (index - (len(SHOWN) - 1) / 2) * width for i in range(len(versions))]
         axes.bar(positions, rates, width, label=name.replace("_", " "))
     axes.set_xticks(range(len(versions)))

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from bot.events import Signal, SignalKind
 from bot.models import Feedback, Finding, Review, utcnow
+from bot.outbox import Job, stage
 
 _MARKUP = re.compile(r"[*_`]")  # emphasis and code marks: a quote may carry them or lose them
 
@@ -120,6 +121,20 @@ def apply_signal(session: Session, project_id: int, signal: Signal) -> tuple[Fin
     changed = before is None or (before.kind, before.value) != (signal.kind, signal.value)
     record_signal(session, finding.id, signal.kind, signal.value, signal.author, signal.source_event_id)
     return finding, changed
+
+
+def stage_follow_ups(
+    session: Session, project_id: int, finding: Finding, signal: Signal, changed: bool
+) -> None:
+    """The jobs a recorded signal calls for, in its transaction: its author's role, read from the
+    forge (until then the signal labels nothing); for a new or changed command, the reviewer's
+    acknowledgement and the merge request's status (a dismissal may clear the gate)."""
+    stage(session, Job.ROLES, project_id)
+    if changed and signal.is_command and finding.id is not None:
+        stage(session, Job.ACKNOWLEDGE, finding.id, signal)
+        review = session.get(Review, finding.review_id)
+        if review is not None:
+            stage(session, Job.GATE, project_id, review.mr_number)
 
 
 def record_reactions(

@@ -16,7 +16,7 @@ from sqlmodel import col
 
 from bot.events import UP, SignalKind
 from bot.feedback.labels import LabelledFinding, LabelState, labelled_findings, posted
-from bot.models import Feedback, Finding, Project
+from bot.models import Feedback, Finding, FindingStatus, Project, Review
 
 RATES = ("with_feedback", "thumbs_up", "corrected", "dismissed", "addressed")
 MAX_AGE_S = 60.0  # /metrics' figures are at most this old; Prometheus scrapes every 15-60 s
@@ -54,7 +54,8 @@ def feedback_stats(findings: Iterable[LabelledFinding]) -> list[dict[str, Any]]:
 def acceptance(engine: sa.Engine, project_path: str | None = None) -> list[dict[str, Any]]:
     """``feedback_stats`` of every posted finding, counted by the database: a grouped count over
     findings and their signals, and labels worked out only for the findings a command judged (the
-    only ones that can be corrected or dismissed). The same rows, however many findings there are."""
+    only ones that can be corrected or dismissed). The same rows, however many findings there are;
+    each also counts the findings not posted for being like dismissed ones (``suppressed``)."""
     kinds, values = col(Feedback.kind), col(Feedback.value)
     said = (
         sa.select(
@@ -86,6 +87,19 @@ def acceptance(engine: sa.Engine, project_path: str | None = None) -> list[dict[
                 "findings": findings, "with_feedback": with_feedback, "thumbs_up": int(thumbs_up),
                 "corrected": 0, "dismissed": 0, "addressed": int(addressed),
             }  # fmt: skip
+    held = (
+        sa.select(*group, sa.func.count(col(Finding.id)))
+        .select_from(Finding)
+        .join(Review, col(Finding.review_id) == col(Review.id))
+        .join(Project, col(Review.project_id) == col(Project.id))
+        .where(col(Finding.status) == FindingStatus.SUPPRESSED)
+    )
+    if project_path is not None:
+        held = held.where(col(Project.path) == project_path)
+    with engine.connect() as connection:
+        for path, model, severity, suppressed in connection.execute(held.group_by(*group)).all():
+            row = counts.setdefault((path, model, severity), dict.fromkeys(("findings", *RATES), 0))
+            row["suppressed"] = suppressed
     judged = (SignalKind.SEVERITY, SignalKind.DISMISS)
     for item in labelled_findings(engine, project_path, with_signal_of=judged):
         state = item.label.state
@@ -98,7 +112,8 @@ def acceptance(engine: sa.Engine, project_path: str | None = None) -> list[dict[
             "model_version": model,
             "severity": severity,
             "findings": row["findings"],
-            **{f"{name}_rate": round(row[name] / row["findings"], 3) for name in RATES},
+            "suppressed": row.get("suppressed", 0),
+            **{f"{name}_rate": round(row[name] / max(row["findings"], 1), 3) for name in RATES},
         }
         for (project, model, severity), row in sorted(counts.items())
     ]
@@ -127,6 +142,11 @@ class FeedbackCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["project", "model_version", "severity"]
         findings = GaugeMetricFamily("reviewbot_findings", "Findings posted", labels=labels)
+        suppressed = GaugeMetricFamily(
+            "reviewbot_findings_suppressed",
+            "Findings not posted: like ones reviewers dismissed",
+            labels=labels,
+        )
         rates = {
             name: GaugeMetricFamily(
                 f"reviewbot_feedback_{name}_ratio", f"Share of findings: {name}", labels=labels
@@ -136,7 +156,9 @@ class FeedbackCollector(Collector):
         for row in self.rows():
             key = [row["project"], row["model_version"], row["severity"]]
             findings.add_metric(key, row["findings"])
+            suppressed.add_metric(key, row["suppressed"])
             for name, family in rates.items():
                 family.add_metric(key, row[f"{name}_rate"])
         yield findings
+        yield suppressed
         yield from rates.values()

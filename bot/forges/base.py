@@ -58,6 +58,17 @@ class ForgeError(Exception):
         self.retry_after_s = retry_after_s
 
 
+class CommitState(StrEnum):
+    """What the bot's commit status (the merge gate) says about a merge request's head."""
+
+    PENDING = "pending"  # a review is running
+    SUCCESS = "success"  # nothing at or above the project's gate
+    FAILED = "failed"  # a finding at or above the gate
+    ERROR = "error"  # the review could not be done
+
+
+STATUS_NAME = "reviewbot"  # GitLab's status `name`, GitHub's `context`: what branch protection requires
+MAX_STATUS_DESCRIPTION = 140  # GitHub's limit; descriptions are cut to it (with "…") on both forges
 MAX_FILE_BYTES = 64 * 1024  # the most of a repository file the bot reads (its settings file)
 MAX_LABEL_CHARS = 50  # GitHub's limit on a label's name (GitLab's is longer)
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
@@ -300,6 +311,22 @@ class Forge(Connection, Protocol):
     def add_labels(self, number: int, labels: list[str]) -> None:
         """Add ``labels`` to the MR/PR (the forge creates a label the project lacks); one already
         there stays as it is, so a repeat changes nothing. Names are checked by ``checked_labels``."""
+        ...
+
+    def set_commit_status(
+        self, sha: str, state: CommitState, description: str, target_url: str | None
+    ) -> None:
+        """Set the `reviewbot` status of commit `sha`. Idempotent: setting the state it already has
+        is not an error.
+
+        ``sha`` must be a commit id and ``target_url`` an http(s) address or None (else ForgeError,
+        not retryable, before any request); ``description`` goes on one line, cut to
+        ``MAX_STATUS_DESCRIPTION``. GitLab has no error state: ``ERROR`` is ``failed`` there, so the
+        description must say why."""
+        ...
+
+    def comment_url(self, number: int, comment_id: str) -> str:
+        """The web address of one of the bot's comments on the MR/PR (the summary): a link for the status."""
         ...
 
     def acknowledge(self, number: int, reply_to: str, thread_id: str | None, body: str) -> None:

@@ -31,6 +31,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -57,8 +58,11 @@ from bot.events import DOWN, GITHUB_PERMISSIONS, UP, Role
 from bot.forges.base import (
     CREATED,
     MAX_FILE_BYTES,
+    MAX_STATUS_DESCRIPTION,
+    STATUS_NAME,
     UPDATED,
     BotComment,
+    CommitState,
     ForgeError,
     InlineComment,
     MergeRequest,
@@ -92,6 +96,14 @@ _ISSUE_PREFIX = "issuecomment-"
 _MAX_WAIT_S = 10.0  # longer waits are the queue's job, not a blocked worker's
 _SECONDARY_WAIT_S = 60.0  # GitHub: without retry-after, wait at least a minute
 _OUTDATED = "**Outdated:** the code this finding was about has changed.\n\n"
+_COMMIT_STATES = {
+    CommitState.PENDING: "pending",
+    CommitState.SUCCESS: "success",
+    CommitState.FAILED: "failure",
+    CommitState.ERROR: "error",
+}
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")  # what ``check_file_request`` takes for a commit id
+_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 _THREADS_QUERY = """
 query($owner: String!, $name: String!, $number: Int!, $cursor: String) {
@@ -310,6 +322,31 @@ class GitHubForge:
         # GitHub adds to what is there (a repeat changes nothing) and creates a label the repository lacks
         with self._calling(f"add labels to pull request #{number}"):
             self._repo.get_issue(number).add_to_labels(*wanted)
+
+    def set_commit_status(
+        self, sha: str, state: CommitState, description: str, target_url: str | None
+    ) -> None:
+        payload = {"state": _COMMIT_STATES[state], "context": STATUS_NAME}
+        payload |= _status_fields(sha, description, target_url)
+        operation = f"set the {STATUS_NAME} status of commit {sha[:12]}"
+        # GitHub keeps every status it is sent and shows the latest: a repeat is no error
+        with self._calling(operation):
+            try:
+                path = f"/repos/{self.repo_name}/statuses/{sha}"
+                self._requester.requestJsonAndCheck("POST", path, input=payload)
+            except GithubException as exc:
+                error = self._error(operation, exc)
+                if exc.status in (403, 404) and not error.retryable:  # e.g. an App installed before the gate
+                    hint = "statuses need write access (a GitHub App: Commit statuses: write)"
+                    raise ForgeError(f"{error}; {hint}", retryable=False) from exc
+                raise
+
+    def comment_url(self, number: int, comment_id: str) -> str:
+        """Built from the API's address, without a request: GitHub's web pages are at github.com for
+        api.github.com, at ``https://HOST`` for GitHub Enterprise Server's ``https://HOST/api/v3``."""
+        anchor = comment_id if comment_id.startswith(_ISSUE_PREFIX) else f"discussion_r{comment_id}"
+        where = f"{_web_root(self.api_url)}/{self.repo_name}/pull/{number}"
+        return f"{where}#{urllib.parse.quote(anchor, safe='-_')}"
 
     def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
         with self._calling(f"post the summary on pull request #{number}"):
@@ -586,6 +623,48 @@ def _retry_after(headers: dict[str, str]) -> float | None:
     if lowered.get("x-ratelimit-remaining") == "0" and reset is not None and reset.isdigit():
         return max(0.0, int(reset) - time.time())
     return None
+
+
+def _status_fields(sha: str, description: str, target_url: str | None) -> dict[str, str]:
+    """A status's description (one line, cut to ``MAX_STATUS_DESCRIPTION``) and link; ForgeError (not
+    retryable) for a ``sha`` that is not a commit id or a link that is not an http(s) address."""
+    if not _COMMIT.fullmatch(sha):
+        shown = untrusted.terminal(untrusted.truncate(sha, 80)[0])
+        raise ForgeError(f"commit {shown!r}: not a commit id (7 to 64 lowercase hex digits)", retryable=False)
+    line = untrusted.terminal(description)
+    if len(line) > MAX_STATUS_DESCRIPTION:
+        line = line[: MAX_STATUS_DESCRIPTION - 1] + "…"
+    if target_url is None:
+        return {"description": line}
+    if not _is_web_address(target_url):
+        shown = untrusted.terminal(untrusted.truncate(target_url, 80)[0])
+        raise ForgeError(f"status link {shown!r}: not an http(s) address", retryable=False)
+    return {"description": line, "target_url": target_url}
+
+
+def _is_web_address(url: str) -> bool:
+    """An http(s) URL with a host, and nothing a forge or a browser would read differently (blanks,
+    control characters)."""
+    if _UNSAFE_URL.search(url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a malformed host ("http://[x")
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _web_root(api_url: str) -> str:
+    """GitHub's web address for its API's: ``https://api.github.com`` -> ``https://github.com``,
+    ``https://HOST/api/v3`` (Enterprise Server) -> ``https://HOST``, ``https://api.X.ghe.com`` ->
+    ``https://X.ghe.com``; anything else (a proxy, a test server) serves both at the same root."""
+    parts = urllib.parse.urlsplit(api_url.rstrip("/"))
+    path, host = parts.path, parts.netloc
+    if path.endswith("/api/v3"):
+        path = path.removesuffix("/api/v3")
+    elif host.startswith("api."):
+        host = host.removeprefix("api.")
+    return urllib.parse.urlunsplit((parts.scheme, host, path, "", ""))
 
 
 def _github_message(exc: GithubException) -> str:

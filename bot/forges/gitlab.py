@@ -8,7 +8,9 @@ both on a context line; GitLab answers anything else with ``400 line_code can't 
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,8 +27,11 @@ from bot.events import Role
 from bot.forges.base import (
     CREATED,
     MAX_FILE_BYTES,
+    MAX_STATUS_DESCRIPTION,
+    STATUS_NAME,
     UPDATED,
     BotComment,
+    CommitState,
     ForgeError,
     InlineComment,
     MergeRequest,
@@ -50,6 +55,17 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 2
 _STATES = {"opened": "open", "locked": "open", "closed": "closed", "merged": "merged"}
 _REFUSED = (400, 422)  # GitLab's answers to a position it cannot place
+# GitLab has no error state: an error fails the status too, and its description says why
+_COMMIT_STATES = {
+    CommitState.PENDING: "pending",
+    CommitState.SUCCESS: "success",
+    CommitState.FAILED: "failed",
+    CommitState.ERROR: "failed",
+}
+# GitLab's 400 for a status already in the state asked for ("... via :enqueue from :pending")
+_NO_TRANSITION = re.compile(r"Cannot transition status via :\w+ from :(\w+)")
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")  # what ``check_file_request`` takes for a commit id
+_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 WEBHOOK_EVENTS = _EVENTS[ForgeKind.GITLAB]  # the hook flags the bot needs
 REVIEWER = Role.DEVELOPER  # the least role the bot's user needs on a project to review it
 _HINTS = {
@@ -260,6 +276,7 @@ class GitLabForge(_GitLabAccount):
         super().__init__(url, token, project, timeout_s=timeout_s)
         self.project = project
         self._project = self._gl.projects.get(project, lazy=True)
+        self._web_url: str | None = None  # the project's web address, read once by ``comment_url``
 
     @property
     def _target(self) -> Project:
@@ -421,6 +438,27 @@ class GitLabForge(_GitLabAccount):
         with self._call(f"add labels to merge request !{number}"):
             self._project.mergerequests.update(number, {"add_labels": ",".join(wanted)})
 
+    def set_commit_status(
+        self, sha: str, state: CommitState, description: str, target_url: str | None
+    ) -> None:
+        wanted = _COMMIT_STATES[state]
+        data = {"state": wanted, "name": STATUS_NAME, **_status_fields(sha, description, target_url)}
+        with self._call(f"set the {STATUS_NAME} status of commit {sha[:12]}"):
+            try:  # a repeat does no harm, so python-gitlab may retry it
+                self._project.commits.get(sha, lazy=True).statuses.create(data)
+            except GitlabError as exc:
+                if not _already_in(exc, wanted):
+                    raise
+
+    def comment_url(self, number: int, comment_id: str) -> str:
+        """From the project's ``web_url`` (read once): the address people see, which the numeric id
+        the bot may know the project by, or the URL the bot reaches GitLab at, may not tell."""
+        if self._web_url is None:
+            with self._call(f"read project {self.project}"):
+                self._web_url = str(self._gl.projects.get(self.project).web_url).rstrip("/")
+        note = urllib.parse.quote(comment_id, safe="")
+        return f"{self._web_url}/-/merge_requests/{number}#note_{note}"
+
     def member_role(self, username: str) -> Role:
         with self._call(f"read the membership of {username}"):
             users = self._gl.users.list(username=username, get_all=False)
@@ -546,6 +584,41 @@ def _on_line(comment: InlineComment) -> str:
     if comment.line is None:
         return ""
     return f"Line {comment.line}{' (removed)' if comment.side == Side.OLD else ''}:\n\n"
+
+
+def _status_fields(sha: str, description: str, target_url: str | None) -> dict[str, str]:
+    """A status's description (one line, cut to ``MAX_STATUS_DESCRIPTION``) and link; ForgeError (not
+    retryable) for a ``sha`` that is not a commit id or a link that is not an http(s) address."""
+    if not _COMMIT.fullmatch(sha):
+        shown = untrusted.terminal(untrusted.truncate(sha, 80)[0])
+        raise ForgeError(f"commit {shown!r}: not a commit id (7 to 64 lowercase hex digits)", retryable=False)
+    line = untrusted.terminal(description)
+    if len(line) > MAX_STATUS_DESCRIPTION:
+        line = line[: MAX_STATUS_DESCRIPTION - 1] + "…"
+    if target_url is None:
+        return {"description": line}
+    if not _is_web_address(target_url):
+        shown = untrusted.terminal(untrusted.truncate(target_url, 80)[0])
+        raise ForgeError(f"status link {shown!r}: not an http(s) address", retryable=False)
+    return {"description": line, "target_url": target_url}
+
+
+def _is_web_address(url: str) -> bool:
+    """An http(s) URL with a host, and nothing a forge or a browser would read differently (blanks,
+    control characters)."""
+    if _UNSAFE_URL.search(url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a malformed host ("http://[x")
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _already_in(exc: GitlabError, state: str) -> bool:
+    """Whether ``exc`` is GitLab's refusal to move a status to the state it already has."""
+    found = _NO_TRANSITION.search(_message(exc)) if exc.response_code == 400 else None
+    return found is not None and found.group(1) == state
 
 
 def _message(exc: GitlabError) -> str:

@@ -39,7 +39,7 @@ from bot.config import Settings
 from bot.events import Signal
 from bot.feedback.polling import ETags, poll_feedback
 from bot.feedback.roles import RoleCache, resolve_roles
-from bot.feedback.signals import apply_signal
+from bot.feedback.signals import apply_signal, stage_follow_ups
 from bot.forges import ForgeFactory, forge_for
 from bot.forges.base import ForgeError
 from bot.llm import LLMError, LLMRejected
@@ -50,7 +50,9 @@ from bot.queue.codec import SignedJsonSerializer
 from bot.queue.relay import Relay
 from bot.queue.schedule import Periodic, Scheduler
 from bot.retention import prune
-from bot.review.job import mark_failed, run_review_job
+from bot.review.gate import gate_severity
+from bot.review.gate import update as update_gate
+from bot.review.job import mark_failed, post_unsuppressed, run_review_job
 from bot.review.reconcile import reconcile
 from bot.secrets import secret_box
 from bot.sources import AppKeys
@@ -164,6 +166,8 @@ class Queue:
         )
         self._acknowledge = huey.task(name="acknowledge", **with_retries)(self.acknowledge)
         self._roles = huey.task(name="roles", **with_retries)(self.resolve_roles)
+        self._gate = huey.task(name="gate", **with_retries)(self.gate)
+        self._post = huey.task(name="post", **with_retries)(self.post)
         huey.signal(SIGNAL_ERROR)(self.on_error)
         huey.signal(SIGNAL_INTERRUPTED)(self.on_interrupted)
 
@@ -188,6 +192,7 @@ class Queue:
         """The relay's batch of outbox jobs, onto the queue at once."""
         tasks = {Job.REVIEW: self._review, Job.FEEDBACK: self._feedback}
         tasks |= {Job.ACKNOWLEDGE: self._acknowledge, Job.ROLES: self._roles}
+        tasks |= {Job.GATE: self._gate, Job.POST: self._post}
         enqueue_many(self.huey, [tasks[job].s(*args) for job, args in jobs])
 
     def wake(self) -> None:
@@ -218,12 +223,11 @@ class Queue:
         if until is None:
             return self._wait_for_lease(review_id)
         self._running[review_id] = (name, owner)
+        ended: str | None = None
         try:
             with lease.Heartbeat(self.engine, name, owner, ttl, on_renew=partial(self._mirror, review_id)):
                 ended = self._start_attempt(review_id, until)
-                if ended is not None:
-                    return ended
-                status = run_review_job(review_id, self.settings, self.engine, self.forges)
+                status = ended or run_review_job(review_id, self.settings, self.engine, self.forges)
         except (ForgeError, LLMError) as exc:
             status = self._after_failure(review_id, exc)
         except Exception as exc:  # a bug: no retry, the review says what it was
@@ -233,7 +237,9 @@ class Queue:
         finally:
             if self._running.pop(review_id, None) is not None:
                 lease.release(self.engine, name, owner)
-        if status in FINAL:
+        if status == ReviewStatus.FAILED:
+            self._stage_gate(row.project_id, row.mr_number)
+        if status in FINAL and ended is None:  # a repeated job, or one that gave up, counted already
             metrics.REVIEWS.labels(status).inc()
         return status
 
@@ -311,6 +317,13 @@ class Queue:
         self._schedule(review_id, delay)
         return "retrying"
 
+    def _stage_gate(self, project_id: int, mr_number: int) -> None:
+        """Queue the merge request's status update (a failed review says so on the gate)."""
+        with Session(self.engine) as session:
+            stage(session, Job.GATE, project_id, mr_number)
+            session.commit()
+        self._flush_outbox()
+
     def _schedule(self, review_id: int, delay_s: float) -> None:
         try:
             self.enqueue_review(review_id, delay_s)
@@ -324,9 +337,7 @@ class Queue:
             if applied is None:
                 raise FindingNotYet(f"no finding for {signal.describe()} yet")
             finding, changed = applied
-            stage(session, Job.ROLES, project_id)  # with the signal, or not at all
-            if changed and signal.is_command and finding.id is not None:
-                stage(session, Job.ACKNOWLEDGE, finding.id, signal)
+            stage_follow_ups(session, project_id, finding, signal, changed)  # with the signal, or not at all
             session.commit()
         _set_outcome(self.engine, delivery_id, f"recorded {signal.kind}")
         self._flush_outbox()
@@ -370,6 +381,35 @@ class Queue:
                 return "failed"  # the next poll of the project tries again
             session.commit()
         return f"{resolved} roles"
+
+    def gate(self, project_id: int, mr_number: int, task: HueyTask | None = None) -> str:
+        """Set the merge request's ``reviewbot`` status from its latest review (``bot.review.gate``),
+        after reading the roles of signals recorded without one: a dismissal counts once its
+        author's role is known."""
+        with Session(self.engine) as session:
+            project = session.get(Project, project_id)
+            if project is None or gate_severity(project) is None:
+                return "no gate"
+            forge = self.forges(project)
+            try:
+                resolve_roles(session, project_id, forge.member_role, self.roles)
+                session.commit()
+                return update_gate(session, forge, project, mr_number)
+            except ForgeError as exc:
+                if exc.retryable and _retries_left(task) > 0:
+                    raise
+                log.warning("could not set the status of %s!%s: %s", project.path, mr_number, exc)
+                return "failed"
+
+    def post(self, review_id: int, task: HueyTask | None = None) -> str:
+        """Post the review's findings an admin unsuppressed (``reviewbot feedback unsuppress``)."""
+        try:
+            return post_unsuppressed(review_id, self.engine, self.forges)
+        except ForgeError as exc:
+            if exc.retryable and _retries_left(task) > 0:
+                raise
+            log.warning("could not post the unsuppressed findings of review %s: %s", review_id, exc)
+            return "failed"
 
     # --- Huey's signals
 

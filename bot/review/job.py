@@ -38,11 +38,15 @@ from bot.diff import Diff, FileDiff, SkippedFile, parse_diff
 from bot.events import SignalKind
 from bot.feedback.signals import record_signal
 from bot.forges import ForgeFactory
-from bot.forges.base import BotComment, Forge, ForgeError, InlineComment, MergeRequest
+from bot.forges.base import BotComment, CommitState, Forge, ForgeError, InlineComment, MergeRequest
 from bot.llm import LLMClient, LLMUnavailable
-from bot.models import Finding, FindingStatus, Project, Review, ReviewStatus, Task
+from bot.models import Finding, FindingStatus, Project, Review, ReviewStatus, Severity, Side, Task
+from bot.outbox import Job, stage
 from bot.repo_config import MAX_ERROR_CHARS, Effective, effective, find_config
+from bot.review.gate import Verdict, blocking, gate_severity, set_status
+from bot.review.noise import cap, dismissed_findings, suppress
 from bot.review.pipeline import (
+    UNCHANGED,
     Limits,
     ReviewFinding,
     ReviewResult,
@@ -51,7 +55,7 @@ from bot.review.pipeline import (
     render_hunk,
     review_diff,
 )
-from bot.review.render import comment_body, settings_line, summary_body
+from bot.review.render import Outcome, comment_body, settings_line, summary_body
 from bot.serving import load_missing_adapters, served_models
 from bot.untrusted import body_limit
 
@@ -67,7 +71,7 @@ def unchanged_since(diff: Diff, previous: dict[str, str]) -> Diff:
     keep, same = [], []
     for file in diff.files:
         if previous.get(file.path) == file_digest(file):
-            same.append(SkippedFile(file.path, "unchanged since the last review"))
+            same.append(SkippedFile(file.path, UNCHANGED))
         else:
             keep.append(file)
     return Diff(tuple(keep), diff.skipped + tuple(same))
@@ -134,6 +138,8 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
         return ReviewStatus.SUPERSEDED
     running = {"status": ReviewStatus.RUNNING, "started_at": datetime.now(UTC), "error": None}
     _set(engine, review_id, **running, mr_author=mr.author)  # whose signals on its findings are the author's
+    if gate_severity(job.project) is not None:
+        set_status(forge, mr.head_sha, Verdict(CommitState.PENDING, f"reviewing {mr.head_sha[:12]}"), None)
     final_attempt = job.review.attempts >= settings.review_max_attempts
     config = repository_settings(forge, job.project, mr, final_attempt)
     _record_config_status(engine, job.project, config)
@@ -163,7 +169,7 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
     # the review queued for the new head will post instead.
     if _superseded(engine, job.review, forge.merge_request(mr.number)):
         return ReviewStatus.SUPERSEDED
-    _post(engine, forge, mr, job, full, diff, result, config)
+    _post(engine, forge, mr, job, full, diff, result, config, settings)
     _finish(engine, job, result, full, diff, _add_labels(forge, mr, result, config))
     return ReviewStatus.DONE
 
@@ -253,9 +259,18 @@ async def _review(
         )
 
 
-def _inline(finding: ReviewFinding, limit: int) -> InlineComment:
-    body = comment_body(finding, limit)
+def _inline(finding: ReviewFinding, limit: int, model: str) -> InlineComment:
+    body = comment_body(finding, limit, model)
     return InlineComment(finding.fingerprint, finding.path, finding.line, finding.side, body)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A finding recorded but not posted: suppressed (like a dismissed one) or listed (past the cap)."""
+
+    status: FindingStatus
+    like_finding_id: int | None = None
+    similarity: float | None = None
 
 
 def _post(
@@ -267,26 +282,67 @@ def _post(
     reviewed: Diff,
     result: ReviewResult,
     config: Effective,
+    settings: Settings,
 ) -> None:
-    """Record the findings as pending, post those not posted before, mark them posted with their
+    """Record the findings as pending, post those not posted before (less those like a dismissed
+    finding, and those past the cap: recorded, named in the summary), mark them posted with their
     comments; then resolve the outdated ones and edit the summary (unless the repository's file
-    turns it off). Each body within the forge's limit."""
-    limit = body_limit(job.project.forge)
+    turns it off, or the project is quiet and there is nothing to say). Each body within the
+    forge's limit."""
+    project = job.project
+    limit = body_limit(project.forge)
     existing = forge.bot_comments(mr.number)
     before = {c.fingerprint: c for c in existing if c.kind == "finding" and c.fingerprint}
-    _record_pending(engine, job.review_id, result, config)
     fresh = [f for f in result.findings if f.fingerprint not in before]
-    new = forge.post_review(mr, full, [_inline(f, limit) for f in fresh]) if fresh else []
+    dismissed = dismissed_findings(engine, project) if fresh else []
+    fresh, suppressed = suppress(fresh, dismissed, settings.suppress_similarity)
+    gate = gate_severity(project)
+    to_post, listed = cap(fresh, project.max_comments, gate)
+    held = {
+        s.finding.fingerprint: _Held(FindingStatus.SUPPRESSED, s.like.finding_id, s.similarity)
+        for s in suppressed
+    }
+    held |= {f.fingerprint: _Held(FindingStatus.LISTED) for f in listed}
+    _record_pending(engine, job.review_id, result, config, held)
+    model = result.stats.models[Task.SEVERITY.value]
+    new = forge.post_review(mr, full, [_inline(f, limit, model) for f in to_post]) if to_post else []
     comments = {fp: (c.comment_id, c.thread_id) for fp, c in before.items()}
     comments.update({p.fingerprint: (p.comment_id, p.thread_id) for p in new})
     _mark_posted(engine, job.review_id, comments)
     resolved = _resolve_outdated(engine, forge, mr, existing, result, reviewed)
+    if suppressed:
+        metrics.SUPPRESSED.inc(len(suppressed))
     if not config.summary:
         return
+    unposted = {s.finding.fingerprint for s in suppressed}
+    standing = replace(result, findings=[f for f in result.findings if f.fingerprint not in unposted])
+    console = str(settings.console_url).rstrip("/") if settings.console_url else None
+    outcome = Outcome(
+        posted=len(new),
+        resolved=resolved,
+        suppressed=suppressed,
+        listed=listed,
+        cap=project.max_comments,
+        gate=gate,
+        blocking=_blocking(engine, project, job.review_id, gate),
+        settings=settings_line(config.source, config.problem, config.refused),
+        console=f"{console}/reviews/{job.review_id}" if console else None,
+    )
     summary = next((c for c in existing if c.kind == "summary"), None)
-    note = settings_line(config.source, config.problem, config.refused)
-    body = summary_body(result, mr, len(new), resolved, limit, settings=note)
-    forge.upsert_summary(mr.number, body, summary)
+    if project.quiet and summary is None and not outcome.has_news(standing):
+        return
+    body = summary_body(standing, mr, outcome, limit, project.forge)
+    _set(engine, job.review_id, summary_comment_id=forge.upsert_summary(mr.number, body, summary))
+
+
+def _blocking(engine: sa.Engine, project: Project, review_id: int, gate: Severity | None) -> int:
+    """How many of the review's posted findings fail the gate (reviewers' earlier dismissals count)."""
+    if gate is None:
+        return 0
+    with Session(engine) as session:
+        review = session.get(Review, review_id)
+        assert review is not None
+        return len(blocking(session, project, review, gate)[0])
 
 
 def _add_labels(forge: Forge, mr: MergeRequest, result: ReviewResult, config: Effective) -> str | None:
@@ -307,15 +363,28 @@ def _add_labels(forge: Forge, mr: MergeRequest, result: ReviewResult, config: Ef
     return None
 
 
-def _record_pending(engine: sa.Engine, review_id: int, result: ReviewResult, config: Effective) -> None:
-    """This review's findings as pending rows, in one transaction; rows an earlier attempt of the
-    same review recorded are kept, not added again. Each records the settings in force (digest) and
-    the instructions its file's prompts saw."""
+def _record_pending(
+    engine: sa.Engine, review_id: int, result: ReviewResult, config: Effective, held: dict[str, _Held]
+) -> None:
+    """This review's findings as rows, in one transaction: pending, or ``held`` back (suppressed,
+    listed). Rows an earlier attempt of the same review recorded are kept, not added again, and take
+    this attempt's decision. Each records the settings in force (digest) and the instructions its
+    file's prompts saw."""
     model = result.stats.models[Task.SEVERITY.value]
     with Session(engine) as session:
-        recorded = set(session.exec(select(Finding.fingerprint).where(Finding.review_id == review_id)))
+        recorded = {
+            row.fingerprint: row
+            for row in session.exec(select(Finding).where(Finding.review_id == review_id))
+        }
         for finding in result.findings:
-            if finding.fingerprint in recorded:
+            hold = held.get(finding.fingerprint)
+            row = recorded.get(finding.fingerprint)
+            if row is not None:
+                if row.status != FindingStatus.POSTED:
+                    row.status = hold.status if hold else FindingStatus.PENDING
+                    row.like_finding_id = hold.like_finding_id if hold else None
+                    row.similarity = hold.similarity if hold else None
+                    session.add(row)
                 continue
             row = Finding(
                 review_id=review_id,
@@ -330,9 +399,12 @@ def _record_pending(engine: sa.Engine, review_id: int, result: ReviewResult, con
                 anchor_text=finding.anchor_text,
                 fingerprint=finding.fingerprint,
                 model_version=model,
-                status=FindingStatus.PENDING,
+                status=hold.status if hold else FindingStatus.PENDING,
                 settings_digest=config.digest,
                 instructions=joined(config.instructions_for(finding.path)),
+                confidence=finding.confidence,
+                like_finding_id=hold.like_finding_id if hold else None,
+                similarity=hold.similarity if hold else None,
             )
             session.add(fit_columns(row))
         session.commit()
@@ -378,6 +450,8 @@ def _finish(
         for failure in result.failed:  # the summary says it in plain words only
             log.warning("review %d: %s: %s", job.review_id, failure.path, failure.error)
         session.add(review)
+        if gate_severity(job.project) is not None:  # the status, after the commit: its own job, retried
+            stage(session, Job.GATE, review.project_id, review.mr_number)
         session.commit()
     metrics.REVIEW_SECONDS.observe(result.stats.wall_seconds)
     for finding in result.findings:
@@ -442,3 +516,50 @@ def _mark_addressed(session: Session, review: Review, full: Diff, changed_paths:
         if finding.anchor_text.strip() not in texts:
             assert finding.id is not None
             record_signal(session, finding.id, SignalKind.ADDRESSED, "", "", f"addressed:{finding.id}")
+
+
+def _from_row(row: Finding) -> ReviewFinding:
+    """A recorded finding, as the review that found it had it (less where its anchor was moved)."""
+    return ReviewFinding(
+        path=row.path,
+        line=row.line,
+        side=Side(row.side),
+        severity=Severity(row.severity),
+        title=row.title,
+        review=row.review,
+        explanation=row.explanation,
+        code=row.code,
+        fingerprint=row.fingerprint,
+        anchor_text=row.anchor_text,
+        confidence=row.confidence,
+    )
+
+
+def post_unsuppressed(review_id: int, engine: sa.Engine, forge_for: ForgeFactory) -> str:
+    """Post the review's findings that ``reviewbot feedback unsuppress`` set pending again, while the
+    merge request is open at the review's head (a comment's position is only valid there); what was
+    done, in words. Safe to repeat: a finding already on the forge (by fingerprint) is not posted again."""
+    with Session(engine, expire_on_commit=False) as session:
+        review = session.get(Review, review_id)
+        project = session.get(Project, review.project_id) if review else None
+        rows = session.exec(
+            select(Finding).where(Finding.review_id == review_id, Finding.status == FindingStatus.PENDING)
+        ).all()
+    if review is None or project is None or review.status != ReviewStatus.DONE or not rows:
+        return "nothing to post"
+    forge = forge_for(project)
+    mr = forge.merge_request(review.mr_number)
+    if mr.state != "open" or mr.head_sha != review.head_sha:
+        moved = f"the merge request is {mr.state} at {mr.head_sha[:12]}"
+        return f"not posted: {moved}, the review was of {review.head_sha[:12]}"
+    before = {
+        c.fingerprint: c for c in forge.bot_comments(mr.number) if c.kind == "finding" and c.fingerprint
+    }
+    limit = body_limit(project.forge)
+    fresh = [row for row in rows if row.fingerprint not in before]
+    comments = [_inline(_from_row(row), limit, row.model_version) for row in fresh]
+    new = forge.post_review(mr, parse_diff(forge.diff(mr)), comments) if comments else []
+    posted = {fp: (c.comment_id, c.thread_id) for fp, c in before.items()}
+    posted.update({p.fingerprint: (p.comment_id, p.thread_id) for p in new})
+    _mark_posted(engine, review_id, posted)
+    return f"posted {len(new)}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -41,6 +42,7 @@ SPLIT_OVERLAP = 2  # context lines repeated at the edges of the pieces of a spli
 MIN_CHUNK_TOKENS = 64  # however small the context, a chunk holds a few lines (a refusal splits it further)
 CALLS_PER_CHUNK = 3  # a find call, then about two to rate and explain what it found (a wave's size)
 NOT_IN_REVIEW_GLOBS = "not in the repository file's review globs"
+UNCHANGED = "unchanged since the last review"  # a re-review's skip reason: routine, not news
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class ReviewFinding:
     fingerprint: str
     anchor_text: str = ""  # the text of the line it is on ("" for a file-level finding)
     anchor_note: str | None = None  # why the model's anchor was moved, if it was
+    confidence: float | None = None  # the model's probability of its severity answer, when known
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,7 @@ class _Rated:
     note: str | None
     code: str
     severity: Severity
+    confidence: float | None
 
     @property
     def fingerprint(self) -> str:
@@ -401,6 +405,11 @@ class _Run:
     counts: Counter[str] = field(default_factory=Counter)  # the counters of ``ReviewStats``
 
     async def call(self, task: Task, answer_type: type[Any], template: str, **values: Any) -> Any:
+        return (await self.answer(task, answer_type, template, **values)).value
+
+    async def answer(
+        self, task: Task, answer_type: type[Any], template: str, *, logprobs: bool = False, **values: Any
+    ) -> Answer[Any]:
         self.budget.take()
         try:
             async with asyncio.timeout(self.budget.seconds_left()):
@@ -409,6 +418,7 @@ class _Run:
                     answer_type,
                     self.models[task],
                     max_tokens=MAX_ANSWER_TOKENS[task],
+                    logprobs=logprobs,
                 )
         except TimeoutError:  # the review's deadline, not the call's own timeout (an LLMError)
             raise self.budget.out_of_time() from None
@@ -416,7 +426,7 @@ class _Run:
             self.stages[task.value].add(exc)
             raise
         self.stages[task.value].add(answer)
-        return answer.value
+        return answer
 
     def guidance(self, path: str) -> str:
         return joined(self.instructions(path))
@@ -524,8 +534,10 @@ class _Run:
             self.counts["anchors_moved" if target else "file_level"] += 1
         code = snippet(chunk, target)
         try:
-            rated: RateAnswer = await self.call(
-                Task.SEVERITY, RateAnswer, "rate", code=code, review=issue.review
+            # The answer's probability is the finding's confidence: it ranks findings of one
+            # severity against the review's comment cap.
+            rated: Answer[RateAnswer] = await self.answer(
+                Task.SEVERITY, RateAnswer, "rate", logprobs=True, code=code, review=issue.review
             )
         except LLMError as exc:
             public = f"a finding was not rated: {plain_reason(exc)}"
@@ -534,11 +546,12 @@ class _Run:
         except LimitReached as exc:
             self.cut.append((path, f"a finding was not rated: {exc}"))
             return None
-        severity = Severity(rated.issue_type)
+        severity = Severity(rated.value.issue_type)
         if severity.rank < self.threshold.rank:
             self.counts["below_threshold"] += 1
             return None
-        return _Rated(chunk, issue, target, note, code, severity)
+        confidence = None if rated.logprob is None else round(math.exp(rated.logprob), 4)
+        return _Rated(chunk, issue, target, note, code, severity, confidence)
 
     async def explain(self, rated: _Rated) -> None:
         path, issue, target = rated.chunk.file.path, rated.issue, rated.target
@@ -568,6 +581,7 @@ class _Run:
                 fingerprint=rated.fingerprint,
                 anchor_text=target.text if target else "",
                 anchor_note=rated.note,
+                confidence=rated.confidence,
             )
         )
 

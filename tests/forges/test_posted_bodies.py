@@ -16,8 +16,10 @@ from bot.forges.github import GitHubForge
 from bot.forges.gitlab import GitLabForge
 from bot.models import ForgeKind, Severity, Side
 from bot.review.job import _inline
+from bot.review.noise import Dismissed, Suppressed
 from bot.review.pipeline import Failure, ReviewFinding, ReviewResult, ReviewStats
-from bot.review.render import summary_body
+from bot.review.render import Outcome, summary_body
+from bot.review.similarity import shape
 from bot.untrusted import BODY_LIMITS, body_limit
 from tests.support.fake_github import FakeGitHub, SeedFile
 from tests.support.fake_gitlab import FakeGitLab, change
@@ -33,7 +35,7 @@ OLD = "".join(f"line {n}\n" for n in range(1, 11))
 NEW = OLD.replace("line 5\n", "line five\n")
 CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)")
 LIVE = re.compile(r"[@#!~%$&](?=[\w\"'])|[a-z]+://|\bwww\.|\bgh-\d", re.IGNORECASE)
-OUR_HTML = ("<sub>", "</sub>")
+OUR_HTML = ("<sub>", "</sub>", "<details>", "</details>", "<summary>", "</summary>")
 
 
 def finding(path: str, line: int | None, fingerprint: str, review: str = HOSTILE) -> ReviewFinding:
@@ -46,7 +48,8 @@ def finding(path: str, line: int | None, fingerprint: str, review: str = HOSTILE
 def result() -> ReviewResult:
     stats = ReviewStats(
         files=1, chunks=1, changed_lines=2, changed_lines_reviewed=2, candidates=1, below_threshold=0,
-        anchors_moved=0, file_level=0, merged=0, findings=1, threshold="trivial", models={},
+        anchors_moved=0, file_level=0, merged=0, findings=1, threshold="trivial",
+        models={"severity": "x` @all [y](https://evil.example)"},
         stages={}, wall_seconds=0.1,
     )  # fmt: skip
     skipped = [(HOSTILE_PATH, HOSTILE), *((f"{i} {HOSTILE_PATH}", "ignored") for i in range(3000))]
@@ -132,8 +135,16 @@ def _kind(body: str) -> str | None:
 def _post_all(forge: GitLabForge | GitHubForge, mr: MergeRequest, kind: ForgeKind) -> None:
     diff = parse_diff(forge.diff(mr))
     limit = body_limit(kind)
-    forge.post_review(mr, diff, [_inline(f, limit) for f in findings()])
-    forge.upsert_summary(mr.number, summary_body(result(), mr, 4, 0, limit), None)
+    forge.post_review(mr, diff, [_inline(f, limit, "adapter-@all-#1") for f in findings()])
+    forge.upsert_summary(mr.number, summary_body(result(), mr, outcome(), limit, kind), None)
+
+
+def outcome() -> Outcome:
+    """A summary with every list: a suppressed finding (a hostile reviewer's name), one past the cap."""
+    like = Dismissed(1, 12, "all <b>", "dismissed", shape(HOSTILE_PATH, HOSTILE, HOSTILE, HOSTILE))
+    held = Suppressed(finding(HOSTILE_PATH, 5, "ab" * 8), like, 0.91)
+    return Outcome(posted=4, suppressed=[held], listed=[finding(HOSTILE_PATH, 6, "cd" * 8)], cap=10,
+                   gate=Severity.MAJOR, blocking=1)  # fmt: skip
 
 
 @pytest.fixture(params=["gitlab", "github"])

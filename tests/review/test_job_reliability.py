@@ -276,7 +276,7 @@ def test_a_summary_of_1500_vendored_files_fits_gitlab(gitlab: OnGitLab) -> None:
 
 def assert_collapsed(summary: str, limit: int) -> None:
     assert len(summary) <= limit
-    assert f"Not reviewed ({VENDORED:,}):" in summary
+    assert f"<details><summary>Not reviewed ({VENDORED:,})</summary>" in summary
     assert "more files" in summary
     assert "truncated" not in summary  # collapsed, not cut
     assert parse_marker(summary) == ("summary", None)

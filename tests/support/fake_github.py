@@ -22,7 +22,13 @@ and point the client's ``base_url`` at it. It enforces the rules the bot must re
   the content comes base64-encoded in lines (none past 1 MB, as on GitHub), a folder is a list, and
   anything else is 404;
 - labels on a pull request (``labels_of``): ``POST /repos/o/r/issues/N/labels`` adds to those there;
-- repository webhooks (``hooks``) are listed, created and edited by admins only (403 otherwise).
+- repository webhooks (``hooks``) are listed, created and edited by admins only (403 otherwise);
+- commit statuses (``statuses_of``): ``POST /repos/o/r/statuses/SHA`` on a commit the repository
+  knows (a pull request's head or base, now or before a push, a ``put_file`` commit, one added to
+  ``commits``; else 422 ``No commit found``), with GitHub's states (``failed`` is not one) and a
+  description of at most 140 characters (422 otherwise); GitHub keeps every status, repeats too;
+- web addresses (``html_url``) are served at the fake's own root, as GitHub Enterprise Server serves
+  its pages at its host's root.
 
 One rule of its own, stricter than GitHub: a review comment with the legacy ``position`` is refused.
 """
@@ -147,6 +153,8 @@ class FakeGitHub:
         self.resolved: set[int] = set()  # root review comment ids of resolved threads
         self.files: dict[tuple[str, str, str], bytes] = {}  # (repository, commit, path) -> content
         self.labels: dict[tuple[str, int], list[str]] = {}  # (repository, number) -> labels, in order
+        self.commits: set[tuple[str, str]] = set()  # (repository, sha) of every head and base seen
+        self.statuses: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (repository, sha) -> in order
         self.not_modified = 0  # conditional requests answered 304
         self._failures: list[Failure] = []
         self._writes: deque[float] = deque()
@@ -207,6 +215,7 @@ class FakeGitHub:
         **state: Any,
     ) -> PullRequest:
         pr = PullRequest(repo, number, title, author, head_sha, base_sha, **state)
+        self.commits |= {(repo, head_sha), (repo, base_sha)}
         for seed in files:
             entry, anchors = _file_entry(seed)
             pr.files.append(entry)
@@ -218,6 +227,7 @@ class FakeGitHub:
         """A push to the pull request: a new head (and files, when given); its ``updated_at`` moves."""
         pr = self.pulls[(repo, number)]
         pr.head_sha, pr.updated_at = head_sha, datetime.now(UTC)
+        self.commits.add((repo, head_sha))
         if files is not None:
             pr.files, pr.anchors = [], {}
             for seed in files:
@@ -255,6 +265,11 @@ class FakeGitHub:
 
     def labels_of(self, repo: str, number: int) -> list[str]:
         return list(self.labels.get((repo, number), []))
+
+    def statuses_of(self, repo: str, sha: str) -> list[dict[str, Any]]:
+        """Every status set on commit ``sha`` of ``repo``, oldest first: its ``state``, ``context``,
+        ``description`` and ``target_url`` as sent (absent ones None)."""
+        return [dict(status) for status in self.statuses.get((repo, sha), [])]
 
     def fail(
         self,
@@ -439,6 +454,7 @@ class FakeGitHub:
             return JSONResponse(
                 {"id": _user_id(repo), "name": name, "full_name": repo, "owner": _user_json(owner),
                  "private": self.repos.get(repo, False), "url": f"{_base(request)}/repos/{repo}",
+                 "html_url": f"{_base(request)}/{repo}",
                  "permissions": permissions}
             )  # fmt: skip
 
@@ -540,6 +556,27 @@ class FakeGitHub:
             held = self.labels.setdefault((repo, number), [])
             held += [n for n in dict.fromkeys(names) if n not in held]
             return JSONResponse([_label_json(repo, n, _base(request)) for n in held])
+
+        @app.post("/repos/{owner}/{name}/statuses/{sha}", status_code=201)
+        async def set_status(request: Request, owner: str, name: str, sha: str) -> Response:
+            repo = f"{owner}/{name}"
+            if self._role(repo, request.state.login) is None:
+                return _not_found()
+            if (repo, sha) not in self.commits and not any((r, c) == (repo, sha) for r, c, _ in self.files):
+                return _unprocessable(f"No commit found for SHA: {sha}")
+            sent = await request.json()
+            status = {key: sent.get(key) for key in ("state", "context", "description", "target_url")}
+            status["context"] = status["context"] or "default"
+            if status["state"] not in ("error", "failure", "pending", "success"):
+                return _unprocessable("state is not included in the list")
+            if len(status["description"] or "") > 140:
+                return _unprocessable("description is too long (maximum is 140 characters)")
+            self.statuses.setdefault((repo, sha), []).append(status)
+            return JSONResponse(
+                {"id": next(self._ids), "url": f"{_base(request)}/repos/{repo}/statuses/{sha}", **status,
+                 "creator": _user_json(request.state.login), "created_at": _STAMP, "updated_at": _STAMP},
+                status_code=201,
+            )  # fmt: skip
 
         @app.get("/repos/{owner}/{name}/contents/{path:path}")
         async def contents(request: Request, owner: str, name: str, path: str) -> Response:
@@ -825,6 +862,7 @@ def _pull_json(pr: PullRequest, base: str) -> dict[str, Any]:
     url = f"{base}/repos/{pr.repo}"
     return {
         "url": f"{url}/pulls/{pr.number}",
+        "html_url": f"{base}/{pr.repo}/pull/{pr.number}",
         "issue_url": f"{url}/issues/{pr.number}",
         "number": pr.number,
         "title": pr.title,
@@ -846,6 +884,7 @@ def _review_comment_json(c: ReviewComment, base: str) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": c.id,
         "url": f"{base}/repos/{c.repo}/pulls/comments/{c.id}",
+        "html_url": f"{base}/{c.repo}/pull/{c.pr}#discussion_r{c.id}",
         "pull_request_review_id": c.review_id,
         "path": c.path,
         "line": c.line,
@@ -867,7 +906,7 @@ def _issue_comment_json(c: IssueComment, base: str) -> dict[str, Any]:
     return {
         "id": c.id,
         "url": f"{base}/repos/{c.repo}/issues/comments/{c.id}",
-        "html_url": f"https://github.com/{c.repo}/pull/{c.pr}#issuecomment-{c.id}",
+        "html_url": f"{base}/{c.repo}/pull/{c.pr}#issuecomment-{c.id}",
         "body": c.body,
         "user": _user_json(c.user),
         "created_at": _STAMP,

@@ -17,6 +17,12 @@ It keeps GitLab's rules that the bot must get right:
   slashes included (an unencoded one is 404, as on GitLab), and a ``ref``.
 - Labels on a merge request (``labels_of``): ``PUT .../merge_requests/:iid`` with ``labels``,
   ``add_labels`` or ``remove_labels`` (comma-separated, as GitLab takes them).
+- Commit statuses (``statuses_of``): ``POST /projects/:id/statuses/:sha`` on a commit the project
+  knows (a merge request's version, a ``put_file`` commit, one added to ``commits``; else 404),
+  with one of GitLab's states (``error`` is not one: 400). Setting a status to the state its latest
+  one of that name already has is refused as GitLab refuses a repeated ``pending``: ``400 Cannot
+  transition status via :enqueue from :pending`` (stricter than GitLab, which starts a new status
+  for a repeated finished state).
 - Lists are paginated like GitLab's (``page``/``per_page``, ``X-Page``, ``X-Next-Page``, ``X-Total``,
   ``Link``), 20 per page unless asked, 100 at most.
 
@@ -39,6 +45,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 CAN_NOT_PLACE = {"message": {"line_code": ["can't be blank"]}}  # GitLab's answer to a bad position
+# A commit status's states, and the state machine's event that moves a status to each
+STATUS_EVENTS = {"pending": "enqueue", "running": "run", "success": "success", "failed": "drop",
+                 "canceled": "cancel", "skipped": "skip"}  # fmt: skip
 TIMESTAMP = "2024-05-01T12:00:00.000Z"
 
 
@@ -223,6 +232,7 @@ class Failure:
     status: int
     times: int
     headers: dict[str, str]
+    message: str | None = None  # GitLab's message; default "<status> scripted failure"
 
 
 class NotFound(Exception):
@@ -242,6 +252,8 @@ class FakeGitLab:
         self.requests: list[tuple[str, str]] = []  # (method, decoded path), every request
         self.failures: list[Failure] = []
         self.files: dict[tuple[str, str, str], bytes] = {}  # (project path, commit, file path) -> content
+        self.statuses: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (project path, sha) -> in order
+        self.commits: set[tuple[str, str]] = set()  # (project path, sha) of commits besides the MRs' own
         self._ids = itertools.count(1)
         self.app = self._build_app()
 
@@ -317,11 +329,24 @@ class FakeGitLab:
         """The labels on merge request ``iid``, in the order they were added."""
         return list(self._mr(project_path, iid).labels)
 
+    def statuses_of(self, project_path: str, sha: str) -> list[dict[str, Any]]:
+        """Every status set on commit ``sha`` of the project, oldest first: its ``state``, ``name``,
+        ``description`` and ``target_url`` as sent (absent ones None)."""
+        return [dict(status) for status in self.statuses.get((project_path, sha), [])]
+
     def fail(
-        self, method: str, path: str, status: int, *, times: int = 1, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        status: int,
+        *,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        message: str | None = None,
     ) -> None:
-        """The next ``times`` requests whose path matches ``path`` (a regex) answer ``status``."""
-        self.failures.append(Failure(method.upper(), path, status, times, headers or {}))
+        """The next ``times`` requests whose path matches ``path`` (a regex) answer ``status``, with
+        ``message`` as GitLab's."""
+        self.failures.append(Failure(method.upper(), path, status, times, headers or {}, message))
 
     def writes(self) -> list[tuple[str, str]]:
         return [(method, path) for method, path in self.requests if method != "GET"]
@@ -349,6 +374,12 @@ class FakeGitLab:
         if level < HOOK_LEVEL["project" if kind == "projects" else "group"]:
             raise Forbidden("403 Forbidden")
         return target
+
+    def _commit_known(self, project: Project, sha: str) -> bool:
+        versions = (v for mr in project.merge_requests.values() for v in mr.versions)
+        shas = {s for v in versions for s in (v.base_sha, v.start_sha, v.head_sha)}
+        files = {(path, commit) for path, commit, _ in self.files}
+        return sha in shas or (project.path, sha) in self.commits | files
 
     def _mr(self, ref: str, iid: int) -> MergeRequest:
         mr = self._project(ref).merge_requests.get(iid)
@@ -379,7 +410,7 @@ class FakeGitLab:
             for failure in self.failures:
                 if failure.times > 0 and failure.method == method and re.search(failure.path, path):
                     failure.times -= 1
-                    message = {"message": f"{failure.status} scripted failure"}
+                    message = {"message": failure.message or f"{failure.status} scripted failure"}
                     return JSONResponse(message, failure.status, headers=failure.headers)
             user = self.users.get(request.headers.get("PRIVATE-TOKEN", ""))
             if user is None:
@@ -529,6 +560,29 @@ class FakeGitLab:
             if content is None:
                 raise NotFound("404 File Not Found")
             return Response(content, media_type="text/plain; charset=utf-8")
+
+        @app.post("/api/v4/projects/{ref:path}/statuses/{commit}", status_code=201)
+        async def set_status(request: Request, ref: str, commit: str) -> Response:
+            project, params = self._project(ref), await _params(request)
+            if not self._commit_known(project, commit):
+                raise NotFound("404 Commit Not Found")
+            state, name = params.get("state"), str(params.get("name") or "default")
+            if state not in STATUS_EVENTS:
+                return JSONResponse({"error": "state does not have a valid value"}, 400)
+            held = [s for s in self.statuses.get((project.path, commit), []) if s["name"] == name]
+            if held and held[-1]["state"] == state:
+                message = f"Cannot transition status via :{STATUS_EVENTS[state]} from :{state}"
+                return JSONResponse({"message": message}, 400)
+            fields = {key: params.get(key) for key in ("description", "target_url")}
+            status = {"state": state, "name": name, **fields}
+            self.statuses.setdefault((project.path, commit), []).append(status)
+            user: User = request.state.user
+            return JSONResponse(
+                {"id": next(self._ids), "sha": commit, "ref": None, "status": state, "name": name,
+                 **fields, "created_at": TIMESTAMP, "allow_failure": False,
+                 "author": user.api(_base_url(request))},
+                201,
+            )  # fmt: skip
 
         @app.get(mrs + "/versions")
         async def versions(request: Request, ref: str, iid: int) -> Response:

@@ -106,6 +106,9 @@ class SourceKind(StrEnum):
     GITHUB_APP = "github_app"  # an App: the repositories it is installed on, added by installation events
 
 
+GATE_OFF = "off"  # ``Project.block_on`` without a merge gate
+
+
 class Source(SQLModel, table=True):
     """One webhook, one secret, many projects: a GitLab group or a GitHub App. Its projects point back
     at it (``Project.source_id``) and are added as the forge tells of them."""
@@ -185,7 +188,7 @@ class Project(SQLModel, table=True):
     )
     repo_config_checked_at: datetime | None = _when(default=None, description="when the file was last read")
     block_on: str = Field(
-        default="off", max_length=16, sa_column_kwargs={"server_default": "off"},
+        default=GATE_OFF, max_length=16, sa_column_kwargs={"server_default": GATE_OFF},
         description="least severity that fails the reviewbot commit status; off: no status",
     )  # fmt: skip
     max_comments: int = Field(

@@ -21,9 +21,9 @@ from bot.events import Role
 from bot.feedback.roles import min_role
 from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
 from bot.forges.base import WEBHOOK_EVENTS, Connection, ForgeError
-from bot.models import ForgeKind, Project, Review, Severity, Source, SourceKind
+from bot.models import GATE_OFF, ForgeKind, Project, Review, Severity, Source, SourceKind
 from bot.repo_config import RepoConfig
-from bot.review.gate import GATE_CHOICES, OFF
+from bot.review.gate import GATE_CHOICES
 from bot.secrets import new_secret, new_webhook_key
 from bot.untrusted import terminal
 
@@ -532,7 +532,7 @@ def set_project(
         state = "enabled" if row.enabled else "disabled"
         typer.echo(
             f"{row.forge} {row.path}: threshold {row.severity_threshold}, ignore {globs}, {state},"
-            f" labels by {_labellers(row)}, repository file {_repo_file(row)}, {_voice(row)}"
+            f" labels by {_labellers(row)}, {_voice(row)}, repository file {_repo_file(row)}"
         )
 
 
@@ -545,7 +545,7 @@ def _gate_setting(name: str) -> str:
 
 def _voice(project: Project) -> str:
     """What the project's merge requests get: the gate, the cap, the summary."""
-    gate = "no gate" if project.block_on == OFF else f"gate at {project.block_on}"
+    gate = "no gate" if project.block_on == GATE_OFF else f"gate at {project.block_on}"
     summary = "quiet summary" if project.quiet else "summary always"
     return f"{gate}, at most {project.max_comments} comments, {summary}"
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from bot.events import Signal, SignalKind
-from bot.models import Feedback, Finding, Review, utcnow
+from bot.models import GATE_OFF, Feedback, Finding, Project, Review, utcnow
 from bot.outbox import Job, stage
 
 _MARKUP = re.compile(r"[*_`]")  # emphasis and code marks: a quote may carry them or lose them
@@ -133,7 +133,8 @@ def stage_follow_ups(
     if changed and signal.is_command and finding.id is not None:
         stage(session, Job.ACKNOWLEDGE, finding.id, signal)
         review = session.get(Review, finding.review_id)
-        if review is not None:
+        project = session.get(Project, project_id)
+        if review is not None and project is not None and project.block_on != GATE_OFF:
             stage(session, Job.GATE, project_id, review.mr_number)
 
 

@@ -238,7 +238,7 @@ class Queue:
             if self._running.pop(review_id, None) is not None:
                 lease.release(self.engine, name, owner)
         if status == ReviewStatus.FAILED:
-            self._stage_gate(row.project_id, row.mr_number)
+            self._gate_failed(row.project_id, row.mr_number)
         if status in FINAL and ended is None:  # a repeated job, or one that gave up, counted already
             metrics.REVIEWS.labels(status).inc()
         return status
@@ -317,9 +317,12 @@ class Queue:
         self._schedule(review_id, delay)
         return "retrying"
 
-    def _stage_gate(self, project_id: int, mr_number: int) -> None:
-        """Queue the merge request's status update (a failed review says so on the gate)."""
+    def _gate_failed(self, project_id: int, mr_number: int) -> None:
+        """A failed review says so on its merge request's gate, when the project has one."""
         with Session(self.engine) as session:
+            project = session.get(Project, project_id)
+            if project is None or gate_severity(project) is None:
+                return
             stage(session, Job.GATE, project_id, mr_number)
             session.commit()
         self._flush_outbox()

@@ -20,17 +20,16 @@ from sqlmodel import Session, col, select
 from bot.feedback.labels import LabelState, label_state
 from bot.feedback.roles import may_label
 from bot.forges.base import MAX_STATUS_DESCRIPTION, CommitState, Forge, ForgeError
-from bot.models import Feedback, Finding, FindingStatus, Project, Review, ReviewStatus, Severity
+from bot.models import GATE_OFF, Feedback, Finding, FindingStatus, Project, Review, ReviewStatus, Severity
 
 log = logging.getLogger(__name__)
 
-OFF = "off"
-GATE_CHOICES = (OFF, *(s.value for s in Severity))
+GATE_CHOICES = (GATE_OFF, *(s.value for s in Severity))
 
 
 def gate_severity(project: Project) -> Severity | None:
     """The least severity that fails the status; None when the project has no gate."""
-    return None if project.block_on == OFF else Severity(project.block_on)
+    return None if project.block_on == GATE_OFF else Severity(project.block_on)
 
 
 @dataclass(frozen=True)

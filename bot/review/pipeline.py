@@ -163,7 +163,7 @@ class ReviewResult:
         return {s: sum(f.severity == s for f in self.findings) for s in Severity}
 
     def to_json(self) -> dict[str, Any]:
-        keys = ("path", "line", "side", "severity", "title", "review", "explanation")
+        keys = ("path", "line", "side", "severity", "confidence", "title", "review", "explanation")
         return {
             "findings": [{k: asdict(f)[k] for k in keys} for f in self.findings],
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],

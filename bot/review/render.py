@@ -58,7 +58,7 @@ def _summary(result: ReviewResult) -> str:
 
 BADGES = {Severity.CRITICAL: "🔴", Severity.MAJOR: "🟠", Severity.MINOR: "🟡", Severity.TRIVIAL: "⚪"}
 COLLAPSE_OVER = 5  # a list longer than this is folded in a <details> block
-TEACH = "Teach reviewbot: 👍 or 👎 this comment, or reply `/severity LEVEL [reason]` or `/dismiss [reason]`"
+COMMANDS = "reply `/severity LEVEL [reason]` or `/dismiss [reason]`"  # in code spans: never a quick action
 
 
 def badge(severity: Severity) -> str:
@@ -93,7 +93,10 @@ def comment_body(finding: ReviewFinding, limit: int, model: str) -> str:
         ]
     if finding.anchor_note:
         lines += ["", f"<sub>{untrusted.inline(finding.anchor_note)}</sub>"]
-    lines += ["", f"<sub>{TEACH} · model {untrusted.code(model)}</sub>"]
+    lines += [
+        "",
+        f"<sub>Teach reviewbot: 👍 or 👎 this comment, or {COMMANDS} · model {untrusted.code(model)}</sub>",
+    ]
     return untrusted.fit("\n".join(lines), finding_marker(finding.fingerprint), limit)
 
 
@@ -219,7 +222,7 @@ def summary_body(
         title = f"Suppressed, like findings reviewers dismissed ({len(entries):,})"
         lists.append((title, entries, "more", True))
     if result.skipped:
-        skipped = [f"{untrusted.code(path)} ({untrusted.inline(why)})" for path, why in result.skipped]
+        skipped = [f"{untrusted.code(path)}: {untrusted.inline(why)}" for path, why in result.skipped]
         lists.append((f"Not reviewed ({len(skipped):,})", skipped, "more files", False))
     if result.failed:
         failed = [f"{untrusted.code(f.path)}: {untrusted.inline(f.public)}" for f in result.failed]
@@ -228,7 +231,7 @@ def summary_body(
     footer = f"<sub>Models: {models or 'none'}"
     if outcome.console:
         footer += f" · [this review in the console]({outcome.console})"
-    footer += f" · {TEACH} on a finding.</sub>"
+    footer += f" · Teach reviewbot on a finding's comment: 👍 or 👎, or {COMMANDS}.</sub>"
     fixed = sum(len(line) + 2 for line in [*lines, footer]) + sum(len(t) + 60 for t, _, _, _ in lists)
     room = (limit - len(SUMMARY_MARKER) - 2 - fixed) // max(len(lists), 1)
     lines += [_block(title, _listed(entries, room, more), fold) for title, entries, more, fold in lists]

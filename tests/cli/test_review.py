@@ -81,7 +81,7 @@ def test_json_has_the_documented_shape(reviewed: dict[str, Any]) -> None:
     assert set(reviewed) == {"findings", "skipped", "failed", "stopped", "stats", "settings"}
     assert reviewed["settings"]["source"] is None  # the repository has no settings file
     assert reviewed["stopped"] is None or "limit" in reviewed["stopped"] or "deadline" in reviewed["stopped"]
-    keys = {"path", "line", "side", "severity", "title", "review", "explanation"}
+    keys = {"path", "line", "side", "severity", "confidence", "title", "review", "explanation"}
     for finding in reviewed["findings"]:
         assert set(finding) == keys
         assert finding["severity"] in {s.value for s in Severity}

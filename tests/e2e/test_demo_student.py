@@ -139,6 +139,7 @@ def test_review_command_on_a_local_repository(
         assert (finding["path"], finding["side"]) == ("db.py", "new")
         assert finding["line"] in (None, 1, 2)
         assert finding["severity"] in {"critical", "major", "minor", "trivial"}
+        assert 0 < finding["confidence"] <= 1  # vLLM's log-probabilities of the rating
         assert finding["explanation"]
     assert_answered_by_the_server(result, before, demo_server)
 

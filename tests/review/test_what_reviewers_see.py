@@ -17,8 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from bot.api import create_app
 from bot.events import SignalKind
 from bot.feedback.stats import acceptance
 from bot.feedback.suppression import suppressed_findings, unsuppress
@@ -151,6 +153,11 @@ def test_findings_that_fail_the_gate_are_posted_past_the_cap(site: Site) -> None
     assert titles == ["🔴 **critical** · Arbitrary code execution", "🔴 **critical** · SQL injection"]
 
 
+class NoDeliveries:  # the intake's queue: no webhook is sent here
+    def wake(self) -> None:
+        raise AssertionError("no delivery was sent")
+
+
 def test_a_dismissed_nit_stops_at_the_next_merge_request(site: Site) -> None:
     after = run_recurring_nit(site, 4, dismiss=True)
     assert after == [1, 1, 0, 1]  # the nit on the first only; the odd ones also have a real finding
@@ -166,6 +173,10 @@ def test_a_dismissed_nit_stops_at_the_next_merge_request(site: Site) -> None:
     rows = suppressed_findings(site.engine, site.path)
     assert [row["mr"] for row in rows] == [4, 3, 2]
     assert sum(row["suppressed"] for row in acceptance(site.engine, site.path)) == 3
+    with TestClient(create_app(site.engine, NoDeliveries(), site.settings(public_metrics=True))) as client:
+        exposed = client.get("/metrics").text
+    labels = f'model_version="scripted",project="{site.path}",severity="trivial"'
+    assert f"reviewbot_findings_suppressed{{{labels}}} 3.0" in exposed
 
     # An admin undoes one: it is posted (the merge request is still at that head), and the dismissed
     # nit no longer suppresses anything.

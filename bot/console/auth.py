@@ -52,7 +52,7 @@ class NotSignedIn(Exception):
 class Auth:
     """The console's sign-in, sessions, CSRF checks and sign-in rate limit."""
 
-    def __init__(self, settings: Settings, box: SecretBox, clock: object = time.time) -> None:
+    def __init__(self, settings: Settings, box: SecretBox) -> None:
         value = settings.admin_token.get_secret_value() if settings.admin_token else ""
         self._token = value.encode() if value else None  # an empty token would let an empty one in
         self._fernet = Fernet(box.session_key())

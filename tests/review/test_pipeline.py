@@ -115,7 +115,16 @@ def test_json_shape() -> None:
     result = ReviewResult([_finding("a.py", 3, Severity.MAJOR, "r")], [("x.lock", "ignored")], [], stats)
     data = result.to_json()
     assert set(data) == {"findings", "skipped", "failed", "stopped", "stats"}
-    assert set(data["findings"][0]) == {"path", "line", "side", "severity", "confidence", "title", "review", "explanation"}
+    assert set(data["findings"][0]) == {
+        "path",
+        "line",
+        "side",
+        "severity",
+        "confidence",
+        "title",
+        "review",
+        "explanation",
+    }
     assert data["skipped"] == [{"path": "x.lock", "reason": "ignored"}]
     assert data["stats"]["stages"]["severity"]["calls"] == 1
     assert data["stats"]["models"] == {"severity": "student"}

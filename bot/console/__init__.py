@@ -96,10 +96,13 @@ def mount_console(app: FastAPI, engine: sa.Engine, settings: Settings, box: Secr
     @app.post("/admin/login", include_in_schema=False)
     def login(request: Request, token: str = Form(""), next: str = Form("/admin/projects")) -> Response:
         client = request.client.host if request.client else "?"
+        again = f"/admin/login?next={quote(_local(next))}&error="
         if not auth.allow_attempt(client):
-            return console.back("/admin/login", error="too many sign-in attempts: wait a minute")
+            return RedirectResponse(
+                again + quote("too many sign-in attempts: wait a minute"), status_code=303
+            )
         if not auth.token_matches(token):
-            return console.back("/admin/login", error="wrong token")
+            return RedirectResponse(again + quote("wrong token"), status_code=303)
         cookie, _ = auth.new_session()
         response = RedirectResponse(_local(next), status_code=303)
         response.set_cookie(COOKIE, cookie, max_age=SESSION_TTL_S, httponly=True, samesite="strict",

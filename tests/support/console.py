@@ -47,7 +47,9 @@ class Admin:
 
     def form(self, path: str, data: dict[str, Any], **kwargs: Any) -> Any:
         """POST a console form, with the session's CSRF token; redirects are not followed."""
-        return self.client.post(path, data={"csrf_token": self.csrf, **data}, follow_redirects=False, **kwargs)
+        return self.client.post(
+            path, data={"csrf_token": self.csrf, **data}, follow_redirects=False, **kwargs
+        )
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         """An API call made with the session cookie (and its CSRF header, as the console's script sends)."""

@@ -45,8 +45,10 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Browser]:
+    """Chromium for one module's tests. Not longer: Playwright's sync API runs an event loop in the
+    tests' thread while it is started, and every later test that calls ``asyncio.run`` would fail."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=chromium)
         yield launched

@@ -236,6 +236,12 @@ class Review(SQLModel, table=True):
         default=None,
         description="its worker's lease, renewed by a heartbeat; past it, taken over",
     )
+    report: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False, server_default="{}"),
+        description="what it did, for the console: findings by severity, posted, suppressed, listed, "
+        "skipped and failed files (each list at most REPORT_LISTED)",
+    )
     summary_comment_id: str | None = Field(
         default=None,
         max_length=128,
@@ -399,6 +405,20 @@ class Outbox(SQLModel, table=True):
     args: list[Any] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _when(default_factory=utcnow)
     sent_at: datetime | None = _when(default=None, index=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    """A change an admin made (a setting, a promotion, a rollback, a rotated secret, a run started),
+    from the console, its API or the command line: who, what, before and after, when."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=256, description="who: 'admin token', 'cli:USER', …")
+    action: str = Field(max_length=64, index=True, description="project.update, model.promote, …")
+    target: str = Field(max_length=512, description="what it changed: 'project 3 (gitlab team/app)', …")
+    project_id: int | None = Field(default=None, foreign_key="project.id", index=True)
+    before: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    after: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _when(default_factory=utcnow, index=True)
 
 
 class Lease(SQLModel, table=True):

@@ -10,6 +10,7 @@ project a webhook key; until then a plain row never authenticates.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -48,6 +49,10 @@ class SecretBox:
     def queue_key(self) -> bytes:
         """The key queued jobs are signed with (``bot.queue.codec``)."""
         return hashlib.sha256(b"reviewbot queue\0" + self._key).digest()
+
+    def session_key(self) -> bytes:
+        """The Fernet key the console's session cookies are sealed with (``bot.console.auth``)."""
+        return base64.urlsafe_b64encode(hashlib.sha256(b"reviewbot console\0" + self._key).digest())
 
     def open(self, stored: str) -> str | None:
         """The plain secret; None when ``stored`` is not sealed with this key (or not sealed at all)."""

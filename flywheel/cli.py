@@ -3,7 +3,6 @@ versions. Registered with the CLI through the ``reviewbot.commands`` entry point
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime
 from enum import StrEnum
@@ -13,9 +12,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from bot.cli.common import Format, FormatOption, command_group, fail, open_engine
+from bot.cli.common import Format, FormatOption, cli_actor, command_group, fail, open_engine
 from bot.config import ConfigError
 from bot.llm import LLMError
 from bot.models import FlywheelRun, Task
@@ -123,11 +122,6 @@ def run(
     out.print(f"run {result.id} done: {result.outcome}", highlight=False)
 
 
-def _best(run: FlywheelRun) -> str:
-    scores = [r["heldout"] for r in run.rounds if r.get("round", 0) > 0]
-    return f"{max(scores):.3f}" if scores else ""
-
-
 @flywheel_app.command("status")
 def status(
     ctx: typer.Context,
@@ -135,17 +129,20 @@ def status(
     output: FormatOption = Format.TABLE,
 ) -> None:
     """The latest flywheel runs: state, rounds, held-out scores, what they changed."""
+    from flywheel.jobs import best_heldout, recent_runs
+
     _, engine = open_engine(ctx)
-    with Session(engine) as session:
-        runs = session.exec(select(FlywheelRun).order_by(col(FlywheelRun.id).desc()).limit(limit)).all()
+    runs = recent_runs(engine, limit)
     if output is Format.JSON:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
         return
     table = Table("run", "task", "status", "rounds", "before", "best", "started", "finished", "outcome")
     for r in runs:
         before = f"{r.rounds[0]['heldout']:.3f}" if r.rounds else ""
+        best = best_heldout(r)
         table.add_row(
-            str(r.id), r.task, r.status, str(max(len(r.rounds) - 1, 0)), before, _best(r),
+            str(r.id), r.task, r.status, str(max(len(r.rounds) - 1, 0)), before,
+            f"{best:.3f}" if best is not None else "",
             _when(r.started_at), _when(r.finished_at), r.outcome or r.error or "",
         )  # fmt: skip
     out.print(table)
@@ -158,11 +155,14 @@ def report(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--out", metavar="FILE.png", dir_okay=False, help="PNG to write (default: flywheel-run-RUN.png)."
+            "--out",
+            metavar="FILE.png",
+            dir_okay=False,
+            help="PNG (or FILE.svg) to write (default: flywheel-run-RUN.png).",
         ),
     ] = None,
 ) -> None:
-    """Plot a run's scores per round to a PNG and list its rounds."""
+    """Plot a run's scores per round to a PNG (or SVG) and list its rounds."""
     from flywheel.plot import plot_run
 
     _, engine = open_engine(ctx)
@@ -298,43 +298,42 @@ def promote(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The adapter version, e.g. severity-v7.")],
     force: Annotated[
-        bool, typer.Option(help="Skip the comparison with the model in use and the gate.")
+        bool, typer.Option(help="Skip the comparison with the model in use and the gate (needs --reason).")
     ] = False,
+    reason: Annotated[
+        str, typer.Option(metavar="TEXT", help="Why, kept in the audit log; required with --force.")
+    ] = "",
 ) -> None:
     """Make NAME the version reviews use, if the promotion gate passes.
 
     NAME and the model in use, both served by vLLM, answer the test items of the run that made NAME
     and the golden set; NAME must beat it beyond chance by REVIEWBOT_PROMOTION_MARGIN on at least
     REVIEWBOT_PROMOTION_MIN_ITEMS items, keep its critical and major recall, and not regress on the
-    golden set by more than the margin.
+    golden set by more than the margin. The promotion is written to the audit log.
     """
-    from flywheel import gate
     from flywheel.data import DataError
-    from flywheel.metrics import cost_matrix
-    from flywheel.registry import PromotionRefused, judge
-    from flywheel.registry import promote as promote_version
+    from flywheel.registry import (
+        ComparisonFailed,
+        PromotionRefused,
+        ReasonRequired,
+        UnknownVersion,
+        admin_promote,
+    )
 
     settings, engine = open_engine(ctx)
-    try:
-        costs = cost_matrix(settings.severity_costs)
-    except ValueError as exc:
-        fail(f"REVIEWBOT_SEVERITY_COSTS: {exc}")
     with Session(engine) as session:
         try:
-            verdict = (
-                None
-                if force
-                else asyncio.run(judge(settings, session, name, gate.Rule.from_settings(settings), costs))
-            )
-            version = promote_version(session, name, verdict, force=force)
-        except (LookupError, PromotionRefused, DataError) as exc:
+            done = admin_promote(settings, session, cli_actor(), name, force=force, reason=reason)
+        except ReasonRequired as exc:
+            fail(f"{exc} (--reason TEXT)")
+        except ConfigError as exc:
+            fail(str(exc))
+        except (UnknownVersion, PromotionRefused, DataError, ComparisonFailed) as exc:
             fail(str(exc), FAILED)
-        except LLMError as exc:
-            fail(
-                f"cannot compare {name} with the model in use: the models must be served by vLLM "
-                f"({exc}); --force skips the comparison",
-                FAILED,
-            )
+    version, verdict = done.version, done.verdict
+    if not done.changed:
+        out.print(f"{version.adapter_name} is already the {version.task} model", highlight=False)
+        return
     says = f"{version.adapter_name} is now the {version.task} model"
     out.print(says + (f": {verdict.reason}" if verdict else ""), highlight=False)
 
@@ -347,14 +346,16 @@ def rollback(
         typer.Argument(metavar="TASK", help="The task whose version to roll back: severity or explanation."),
     ],
 ) -> None:
-    """Take back the task's active version; the one before it (or the base model) returns."""
-    from flywheel.registry import rollback as rollback_task
+    """Take back the task's active version; the one before it (or the base model) returns.
+
+    The rollback is written to the audit log."""
+    from flywheel.registry import admin_rollback
 
     settings, engine = open_engine(ctx)
     with Session(engine) as session:
         try:
-            restored = rollback_task(session, Task(task))
+            done = admin_rollback(session, cli_actor(), Task(task))
         except LookupError as exc:
             fail(str(exc), FAILED)
-    now = restored.adapter_name if restored else f"the base model {settings.student_model}"
+        now = done.restored.adapter_name if done.restored else f"the base model {settings.student_model}"
     out.print(f"{task.value} rolled back: {now} is in use", highlight=False)

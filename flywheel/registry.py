@@ -6,10 +6,15 @@ Promotion follows the ``gate``'s verdict, made from both models' answers on the 
 test part at the end of the run, or, for ``models promote``, fresh answers through vLLM (``judge``)
 on that run's test items and the admin's golden set. Scores recorded on different sets are never
 compared.
+
+An admin's promotion or rollback (``models promote/rollback``, the console and its API all call
+``admin_promote`` and ``admin_rollback``) writes its audit entry in the change's own transaction; a
+forced promotion needs a reason, kept in that entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import Sequence
@@ -20,14 +25,15 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from bot.config import Settings
-from bot.llm import LLMClient
+from bot import audit
+from bot.config import ConfigError, Settings
+from bot.llm import LLMClient, LLMError
 from bot.models import ModelStatus, ModelVersion, Task, utcnow
 from flywheel import data, gate, golden
 from flywheel.data import Example
 from flywheel.evaluate import Score, score
 from flywheel.finetune import check_vllm_compatible
-from flywheel.metrics import Costs
+from flywheel.metrics import Costs, cost_matrix
 from flywheel.spec import TaskSpec, spec_for
 from flywheel.take import take_exam
 
@@ -36,6 +42,38 @@ TEST_FILE = "test.jsonl"  # a run's test items, in its folder
 
 class PromotionRefused(ValueError):
     """The candidate does not pass the gate; the message gives the figures and what to do."""
+
+
+class UnknownVersion(LookupError):
+    """No model version has that name."""
+
+
+class ReasonRequired(ValueError):
+    """A forced promotion without a reason: the audit log must say why the gate was skipped."""
+
+
+class ComparisonFailed(RuntimeError):
+    """The candidate and the model in use could not answer (the models are not served by vLLM)."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What an admin's promotion did: the version, the one in use before (None: the base model),
+    the gate's verdict (None when forced or already active), and whether anything changed."""
+
+    version: ModelVersion
+    previous: str | None
+    verdict: gate.Verdict | None
+    changed: bool
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What an admin's rollback did: the version taken back, and the one in use now (None: the base
+    model)."""
+
+    rolled_back: str
+    restored: ModelVersion | None
 
 
 @dataclass(frozen=True)
@@ -112,11 +150,17 @@ def golden_of(version: ModelVersion) -> GoldenScore | None:
 
 
 def promote(
-    session: Session, name: str, verdict: gate.Verdict | None = None, *, force: bool = False
+    session: Session,
+    name: str,
+    verdict: gate.Verdict | None = None,
+    *,
+    force: bool = False,
+    actor: str | None = None,
+    reason: str = "",
 ) -> ModelVersion:
     """Make ``name`` the version its task uses; the one active before is retired. ``verdict`` is the
     gate's, from both models scored on the same items (a run's test part, or ``judge``); ``force``
-    skips it."""
+    skips it. With ``actor`` (an admin's promotion) the audit entry is written in its transaction."""
     version = find(session, name)
     if version.status == ModelStatus.ACTIVE:
         return version
@@ -125,13 +169,54 @@ def promote(
             raise PromotionRefused(f"{name} was not compared with the model in use; use --force to skip")
         if not verdict.passed:
             raise PromotionRefused(verdict.reason)
-    return _activate(session, version, active_version(session, Task(version.task)))
+    current = active_version(session, Task(version.task))
+    if actor is not None:
+        after: dict[str, Any] = {"active": name, "forced": force}
+        after.update({"reason": reason} if reason else {})
+        after.update({"gate": verdict.reason} if verdict is not None else {})
+        previous = current.adapter_name if current else None
+        audit.record(session, actor, "model.promote", f"{version.task} model", {"active": previous}, after)
+    return _activate(session, version, current)
+
+
+def admin_promote(
+    settings: Settings, session: Session, actor: str, name: str, *, force: bool = False, reason: str = ""
+) -> Promotion:
+    """An admin's promotion of ``name``: unless forced, ``judge`` compares it with the model in use
+    now and the gate decides; a forced one needs a ``reason``. Raises ``ReasonRequired``,
+    ``UnknownVersion``, ``PromotionRefused``, ``ComparisonFailed``, ``ConfigError`` or ``DataError``,
+    with nothing changed."""
+    reason = reason.strip()
+    if force and not reason:
+        raise ReasonRequired("a forced promotion needs a reason: it skips the gate; the audit log keeps why")
+    version = find(session, name)
+    current = active_version(session, Task(version.task))
+    previous = current.adapter_name if current else None
+    if version.status == ModelStatus.ACTIVE:
+        return Promotion(version, previous, None, changed=False)
+    verdict = None if force else _judge_now(settings, session, name)
+    promoted = promote(session, name, verdict, force=force, actor=actor, reason=reason)
+    return Promotion(promoted, previous, verdict, changed=True)
+
+
+def _judge_now(settings: Settings, session: Session, name: str) -> gate.Verdict:
+    try:
+        costs = cost_matrix(settings.severity_costs)
+    except ValueError as exc:
+        raise ConfigError(f"REVIEWBOT_SEVERITY_COSTS: {exc}") from None
+    try:
+        return asyncio.run(judge(settings, session, name, gate.Rule.from_settings(settings), costs))
+    except LLMError as exc:
+        raise ComparisonFailed(
+            f"cannot compare {name} with the model in use: the models must be served by vLLM "
+            f"({exc}); forcing the promotion skips the comparison"
+        ) from exc
 
 
 def find(session: Session, name: str) -> ModelVersion:
     version = session.exec(select(ModelVersion).where(ModelVersion.adapter_name == name)).first()
     if version is None:
-        raise LookupError(f"no model version named {name!r}; see `reviewbot models list`")
+        raise UnknownVersion(f"no model version named {name!r}; see `reviewbot models list`")
     return version
 
 
@@ -196,9 +281,10 @@ def _activate(session: Session, version: ModelVersion, current: ModelVersion | N
     return version
 
 
-def rollback(session: Session, task: Task) -> ModelVersion | None:
+def rollback(session: Session, task: Task, *, actor: str | None = None) -> ModelVersion | None:
     """Mark the active version rolled back and bring back the one active before it (None: the base
-    model). A rolled-back version is never brought back by a later rollback."""
+    model). A rolled-back version is never brought back by a later rollback. With ``actor`` (an
+    admin's rollback: the CLI, the console) the audit entry is written in its transaction."""
     current = active_version(session, task)
     if current is None:
         raise LookupError(f"no active {task.value} version to roll back; the base model is in use")
@@ -217,5 +303,16 @@ def rollback(session: Session, task: Task) -> ModelVersion | None:
     if earlier is not None:
         earlier.status = ModelStatus.ACTIVE
         session.add(earlier)
+    if actor is not None:
+        after = {"active": earlier.adapter_name if earlier else None, "rolled_back": current.adapter_name}
+        audit.record(session, actor, "model.rollback", f"{task.value} model",
+                     {"active": current.adapter_name}, after)  # fmt: skip
     session.commit()
     return earlier
+
+
+def admin_rollback(session: Session, actor: str, task: Task) -> Rollback:
+    """An admin's rollback of ``task``, with its audit entry; ``LookupError`` when none is active."""
+    current = active_version(session, task)
+    rolled_back = current.adapter_name if current else ""
+    return Rollback(rolled_back, rollback(session, task, actor=actor))

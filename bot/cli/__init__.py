@@ -1,7 +1,7 @@
 """The ``reviewbot`` command line: the root app and its global options; one module per command group
-(``project``, ``feedback``, ``db``), ``review`` for a local git range, ``service`` for ``serve`` and
-``worker``. The trainer's groups (``flywheel``, ``models``) arrive through the ``reviewbot.commands``
-entry point, so ``bot`` never imports ``flywheel``."""
+(``project``, ``feedback``, ``db``, ``audit``), ``review`` for a local git range, ``service`` for
+``serve`` and ``worker``. The trainer's groups (``flywheel``, ``models``) arrive through the
+``reviewbot.commands`` entry point, so ``bot`` never imports ``flywheel``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import typer
 from bot import __version__
 from bot.cli import help as help_style
 from bot.cli.app import app_app
+from bot.cli.audit import audit_app
 from bot.cli.common import err
 from bot.cli.config import config_app
 from bot.cli.db import db_app
@@ -39,6 +40,7 @@ app.add_typer(app_app)
 app.add_typer(feedback_app)
 app.add_typer(db_app)
 app.add_typer(config_app)
+app.add_typer(audit_app)
 app.command("review")(review_command)
 app.command("serve")(serve)
 app.command("worker")(worker)

@@ -3,6 +3,7 @@ user's back), one way to fail, the output formats, and help that reads like a to
 
 from __future__ import annotations
 
+import getpass
 from enum import StrEnum
 from typing import Annotated, NoReturn
 
@@ -75,3 +76,11 @@ def command_group(name: str, help_text: str, example: str) -> typer.Typer:
         rich_markup_mode="rich",
         pretty_exceptions_show_locals=False,  # locals may hold tokens and secrets
     )
+
+
+def cli_actor() -> str:
+    """Who the audit log names for a change made on the command line: ``cli:`` and the local user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        return "cli"

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, fail, open_engine
 from bot.feedback.labels import HARD_LABEL_KINDS, LabelledFinding, labelled_findings, severity_examples
-from bot.feedback.stats import RATES, acceptance
+from bot.feedback.stats import RATES, VERDICTS, acceptance, severity_confusion
 from bot.feedback.suppression import suppressed_findings, unsuppress
 from bot.models import Feedback
 from bot.untrusted import terminal
@@ -141,6 +141,28 @@ def stats(
         counts = (str(row["findings"]), *rates, str(row["suppressed"]))
         table.add_row(row["project"], row["model_version"], row["severity"], *counts)
     Console().print(table)
+
+
+@feedback_app.command("confusion")
+def confusion(ctx: typer.Context, project: ProjectFilter = None, output: FormatOption = Format.TABLE) -> None:
+    """Per model version, its severities (rows) against the reviewers' verdicts (columns): the
+    severity a /severity command confirmed or corrected, or /dismiss; then how often it over- and
+    under-rated."""
+    _, engine = open_engine(ctx)
+    matrices = severity_confusion(engine, project)
+    if output is Format.JSON:
+        typer.echo(json.dumps([m.as_dict() for m in matrices], indent=2))
+        return
+    if not matrices:
+        typer.echo("no finding has a reviewer's /severity or /dismiss yet")
+        return
+    for matrix in matrices:
+        columns = (f"→ {verdict}" for verdict in VERDICTS)
+        table = Table("model said", *columns, title=escape(matrix.model_version))
+        for said, row in matrix.counts.items():
+            table.add_row(said, *(str(row[verdict]) for verdict in VERDICTS))
+        Console().print(table)
+        Console().print(escape(matrix.words()))
 
 
 @feedback_app.command("suppressed")

@@ -10,20 +10,22 @@ from typing import Annotated
 
 import sqlalchemy as sa
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from sqlmodel import Session, select
 
-from bot.cli.common import command_group, err, fail, open_engine, open_secret_box
+from bot import project_settings
+from bot.cli.common import cli_actor, command_group, err, fail, open_engine, open_secret_box
 from bot.config import Settings
-from bot.events import Role
+from bot.console.reviews import recent_reviews
 from bot.feedback.roles import min_role
 from bot.forges import DEFAULT_TOKEN_ENV, forge_for, token_env_refusal
 from bot.forges.base import WEBHOOK_EVENTS, Connection, ForgeError
-from bot.models import GATE_OFF, ForgeKind, Project, Review, Severity, Source, SourceKind
-from bot.repo_config import RepoConfig
-from bot.review.gate import GATE_CHOICES
+from bot.models import GATE_OFF, ForgeKind, Project, Severity, Source, SourceKind
+from bot.project_settings import ProjectChange
 from bot.secrets import new_secret, new_webhook_key
 from bot.untrusted import terminal
 
@@ -380,12 +382,10 @@ def rotate_secret(ctx: typer.Context, path: RegisteredProject, forge: ForgeChoic
     Deliveries signed with the old secret are refused from then on (within a minute by a running
     `reviewbot serve`)."""
     settings, engine = open_engine(ctx)
-    secret = new_secret()
+    box = open_secret_box(settings)
     with Session(engine, expire_on_commit=False) as session:
         row = find_project(session, path, forge)
-        row.webhook_secret = open_secret_box(settings).seal(secret)
-        row.webhook_key = row.webhook_key or new_webhook_key()
-        session.add(row)
+        secret = project_settings.rotate_secret(session, row, box, cli_actor())
         session.commit()
     typer.echo(f"new webhook secret of {row.forge} project {row.path} (shown once; set it on the forge):")
     typer.echo(f"webhook URL:    {_hook_url(settings, row)}")
@@ -500,33 +500,17 @@ def set_project(
 ) -> None:
     """Change a project's settings."""
     _, engine = open_engine(ctx)
+    given = {
+        "severity_threshold": threshold, "ignore_globs": ignore, "enabled": enabled,
+        "bot_username": bot_username, "feedback_min_role": feedback_min_role, "author_labels": author_labels,
+        "repo_config": None if repo_config is None else repo_config is Switch.ON,
+        "threshold_floor": threshold_floor, "repo_config_keys": repo_config_keys, "block_on": block_on,
+        "max_comments": max_comments, "quiet": quiet,
+    }  # fmt: skip
+    change = _change({name: value for name, value in given.items() if value is not None})
     with Session(engine, expire_on_commit=False) as session:
         row = find_project(session, path, forge)
-        if threshold is not None:
-            row.severity_threshold = threshold
-        if ignore is not None:
-            row.ignore_globs = list(ignore)
-        if enabled is not None:
-            row.enabled = enabled
-        if bot_username is not None:
-            row.bot_username = bot_username
-        if feedback_min_role is not None:
-            row.feedback_min_role = _role_setting(feedback_min_role)
-        if author_labels is not None:
-            row.author_labels = author_labels
-        if repo_config is not None:
-            row.repo_config = repo_config is Switch.ON
-        if threshold_floor is not None:
-            row.threshold_floor = _floor_setting(threshold_floor)
-        if repo_config_keys is not None:
-            row.repo_config_keys = _keys_setting(repo_config_keys)
-        if block_on is not None:
-            row.block_on = _gate_setting(block_on)
-        if max_comments is not None:
-            row.max_comments = max_comments
-        if quiet is not None:
-            row.quiet = quiet
-        session.add(row)
+        project_settings.update_project(session, row, change, cli_actor())
         session.commit()
         globs = ", ".join(row.ignore_globs) or "(defaults)"
         state = "enabled" if row.enabled else "disabled"
@@ -536,11 +520,21 @@ def set_project(
         )
 
 
-def _gate_setting(name: str) -> str:
-    value = name.strip().lower()
-    if value not in GATE_CHOICES:
-        fail(f"--block-on: no severity {terminal(name)!r}; one of {', '.join(GATE_CHOICES)}")
-    return value
+# The option of `project set` that gives each setting, for its error messages.
+OPTIONS = {"severity_threshold": "--threshold", "ignore_globs": "--ignore", "enabled": "--enabled",
+           "bot_username": "--bot-username", "feedback_min_role": "--feedback-min-role",
+           "author_labels": "--author-labels", "repo_config": "--repo-config",
+           "threshold_floor": "--threshold-floor", "repo_config_keys": "--repo-config-keys",
+           "block_on": "--block-on", "max_comments": "--max-comments", "quiet": "--quiet"}  # fmt: skip
+
+
+def _change(given: dict[str, object]) -> ProjectChange:
+    """The options as a change (the checks every way of changing a project shares), or fails."""
+    try:
+        return ProjectChange.model_validate(given)
+    except ValidationError as exc:
+        field, message = project_settings.problems(exc)[0]
+        fail(f"{OPTIONS.get(field, field)}: {terminal(message)}")
 
 
 def _voice(project: Project) -> str:
@@ -548,28 +542,6 @@ def _voice(project: Project) -> str:
     gate = "no gate" if project.block_on == GATE_OFF else f"gate at {project.block_on}"
     summary = "quiet summary" if project.quiet else "summary always"
     return f"{gate}, at most {project.max_comments} comments, {summary}"
-
-
-def _floor_setting(name: str) -> str | None:
-    if name.strip().lower() == "none":
-        return None
-    try:
-        return Severity(name.strip().lower()).value
-    except ValueError:
-        fail(f"--threshold-floor: no severity {name!r}; one of {', '.join(Severity)}, or none")
-
-
-def _keys_setting(value: str) -> list[str] | None:
-    if value.strip().lower() == "all":
-        return None
-    keys = [key.strip() for key in value.split(",") if key.strip()]
-    unknown = [key for key in keys if key not in RepoConfig.model_fields]
-    if unknown or not keys:
-        fail(
-            f"--repo-config-keys: no key {terminal(', '.join(unknown))!r}; keys are "
-            f"{', '.join(RepoConfig.model_fields)}, or all"
-        )
-    return sorted(set(keys))
 
 
 def _last_read(project: Project) -> str:
@@ -589,15 +561,6 @@ def _repo_file(project: Project) -> str:
     return f"on{floor}{keys}"
 
 
-def _role_setting(name: str) -> str | None:
-    if name.strip().lower() == "default":
-        return None
-    try:
-        return Role.of(name).value
-    except ValueError:
-        fail(f"--feedback-min-role: no role {name!r}; one of {', '.join(Role)}, or GitHub's names for them")
-
-
 def _labellers(project: Project) -> str:
     """Whose feedback labels the project's findings, in a few words."""
     return f"{min_role(project)} and above" + (", the author too" if project.author_labels else "")
@@ -610,22 +573,18 @@ def reviews(
     forge: ForgeChoice = None,
     limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 30,
 ) -> None:
-    """The project's recent reviews: status, timings, and the error of failed ones."""
+    """The project's recent reviews: status, timings, findings, and the error of failed ones (the
+    console's Reviews page shows the same rows)."""
     _, engine = open_engine(ctx)
-    table = Table("id", "MR", "head", "status", "queued", "took", "error")
+    table = Table("id", "MR", "head", "status", "queued", "took", "findings", "error")
     with Session(engine, expire_on_commit=False) as session:
         row = find_project(session, path, forge)
-        query = (
-            select(Review).where(Review.project_id == row.id).order_by(sa.desc(sa.column("id"))).limit(limit)
-        )
-        for r in session.exec(query).all():
-            took = (
-                f"{(r.finished_at - r.started_at).total_seconds():.1f} s"
-                if r.finished_at and r.started_at
-                else ""
-            )
-            style = {"failed": "red", "done": "green"}.get(r.status, "default")
-            status = f"[{style}]{r.status}[/]"
-            queued = r.created_at.strftime("%Y-%m-%d %H:%M")
-            table.add_row(str(r.id), f"!{r.mr_number}", r.head_sha[:12], status, queued, took, r.error or "")
+    for r in recent_reviews(engine, row.id, limit=limit).reviews:
+        took = f"{r.duration_s:.1f} s" if r.duration_s is not None else ""
+        style = {"failed": "red", "done": "green"}.get(r.status, "default")
+        found = ", ".join(f"{n} {severity}" for severity, n in r.findings.items() if n)
+        error = escape(terminal(r.error or ""))  # a forge's or a model server's words: not markup
+        queued = r.queued_at.strftime("%Y-%m-%d %H:%M")
+        table.add_row(str(r.id), f"!{r.mr_number}", r.head_sha[:12], f"[{style}]{r.status}[/]", queued, took,
+                      found, error)  # fmt: skip
     Console().print(table)

@@ -54,6 +54,8 @@ def serve(
     import uvicorn
 
     from bot.api import create_app
+    from bot.console import mount_console
+    from bot.secrets import secret_box
 
     settings, engine = open_engine(ctx)
     warn_missing_tokens(engine)
@@ -70,9 +72,11 @@ def serve(
         where = redact_url(settings.queue_url)
         err.print(f"queue at {where}: run `reviewbot worker` to process jobs", highlight=False, markup=False)
     queue.wake()  # what an earlier run left in the outbox goes now
+    app = create_app(engine, queue, settings)
+    mount_console(app, engine, settings, secret_box(settings))
     try:
         uvicorn.run(
-            create_app(engine, queue, settings),
+            app,
             host=host,
             port=port,
             log_level=settings.log_level.lower(),

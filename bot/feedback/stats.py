@@ -1,5 +1,6 @@
 """Acceptance figures: per project, model version and severity, how reviewers received the findings;
-for ``reviewbot feedback stats`` and, cached, for ``/metrics``."""
+for ``reviewbot feedback stats``, the console and, cached, ``/metrics``. And the severity confusion
+matrix (``reviewbot feedback confusion``): what each model version said against what reviewers said."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +18,7 @@ from sqlmodel import col
 
 from bot.events import UP, SignalKind
 from bot.feedback.labels import LabelledFinding, LabelState, labelled_findings, posted
-from bot.models import Feedback, Finding, FindingStatus, Project, Review
+from bot.models import Feedback, Finding, FindingStatus, Project, Review, Severity
 
 RATES = ("with_feedback", "thumbs_up", "corrected", "dismissed", "addressed")
 MAX_AGE_S = 60.0  # /metrics' figures are at most this old; Prometheus scrapes every 15-60 s
@@ -117,6 +119,90 @@ def acceptance(engine: sa.Engine, project_path: str | None = None) -> list[dict[
         }
         for (project, model, severity), row in sorted(counts.items())
     ]
+
+
+DISMISSED = "dismissed"
+VERDICTS = (*(s.value for s in Severity), DISMISSED)  # the confusion matrix's columns
+
+
+@dataclass
+class Confusion:
+    """One model version's severities against the reviewers' verdicts on them: a ``/severity`` that
+    confirmed or corrected it, or ``/dismiss``. Findings whose trusted reviewers disagree (disputed)
+    are counted apart: they have no verdict."""
+
+    model_version: str
+    counts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {s.value: dict.fromkeys(VERDICTS, 0) for s in Severity}
+    )  # the model's severity -> the verdict (a severity, or "dismissed") -> findings
+    disputed: int = 0
+
+    def _sum(self, keep: Callable[[Severity, Severity], bool]) -> int:
+        return sum(
+            n
+            for said, row in self.counts.items()
+            for given, n in row.items()
+            if given != DISMISSED and keep(Severity(said), Severity(given))
+        )
+
+    @property
+    def judged(self) -> int:
+        return sum(sum(row.values()) for row in self.counts.values())
+
+    @property
+    def agreed(self) -> int:
+        return self._sum(lambda said, given: said == given)
+
+    @property
+    def over_rated(self) -> int:
+        """The model said more severe than the reviewers."""
+        return self._sum(lambda said, given: said.rank > given.rank)
+
+    @property
+    def under_rated(self) -> int:
+        return self._sum(lambda said, given: said.rank < given.rank)
+
+    @property
+    def dismissed(self) -> int:
+        return sum(row[DISMISSED] for row in self.counts.values())
+
+    def words(self) -> str:
+        """The matrix in a sentence: what an admin wants to know first."""
+        if not self.judged:
+            return f"{self.model_version}: no finding has a reviewer's verdict yet."
+        disputed = f"; {self.disputed} disputed (reviewers disagree)" if self.disputed else ""
+        return (
+            f"{self.model_version}: of {self.judged} findings with a verdict, {self.agreed} rated right, "
+            f"{self.over_rated} over-rated (the model said more severe than the reviewers), "
+            f"{self.under_rated} under-rated (less severe), {self.dismissed} dismissed{disputed}."
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version, "counts": self.counts, "judged": self.judged,
+            "agreed": self.agreed, "over_rated": self.over_rated, "under_rated": self.under_rated,
+            "dismissed": self.dismissed, "disputed": self.disputed, "words": self.words(),
+        }  # fmt: skip
+
+
+def severity_confusion(engine: sa.Engine, project_path: str | None = None) -> list[Confusion]:
+    """Per model version (in the order of their first findings), the confusion matrix of the posted
+    findings a reviewer judged with a command: only those can be confirmed, corrected or dismissed."""
+    matrices: dict[str, Confusion] = {}
+    judged = (SignalKind.SEVERITY, SignalKind.DISMISS)
+    for item in labelled_findings(engine, project_path, with_signal_of=judged):
+        version = item.finding.model_version
+        matrix = matrices.setdefault(version, Confusion(version))
+        said, label = item.finding.severity, item.label
+        if said not in matrix.counts:
+            continue  # not a severity this bot knows: nothing to compare
+        if label.state == LabelState.DISMISSED:
+            matrix.counts[said][DISMISSED] += 1
+        elif label.severity is not None:  # confirmed or corrected
+            matrix.counts[said][label.severity.value] += 1
+        elif label.state == LabelState.DISPUTED and any(s.kind in judged for s in item.trusted):
+            matrix.disputed += 1  # trusted commands that disagree
+    return list(matrices.values())
 
 
 class FeedbackCollector(Collector):

@@ -8,6 +8,7 @@ python-gitlab and PyGithub (imported only when an adapter is made); ``gitlab_eve
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,28 @@ def github_api_url(forge_url: str) -> str:
     ``https://HOST/api/v3``, a test server) is the API URL itself."""
     stripped = forge_url.rstrip("/")
     return "https://api.github.com" if stripped in ("https://github.com", "http://github.com") else stripped
+
+
+def github_web_root(api_url: str) -> str:
+    """GitHub's web address for its API's: ``https://api.github.com`` -> ``https://github.com``,
+    ``https://HOST/api/v3`` (Enterprise Server) -> ``https://HOST``, ``https://api.X.ghe.com`` ->
+    ``https://X.ghe.com``; anything else (a proxy, a test server) serves both at the same root."""
+    parts = urllib.parse.urlsplit(api_url.rstrip("/"))
+    path, host = parts.path, parts.netloc
+    if path.endswith("/api/v3"):
+        path = path.removesuffix("/api/v3")
+    elif host.startswith("api."):
+        host = host.removeprefix("api.")
+    return urllib.parse.urlunsplit((parts.scheme, host, path, "", ""))
+
+
+def merge_request_url(forge: str, forge_url: str, path: str, number: int) -> str:
+    """The web page of merge (pull) request ``number`` of project ``path``, made without a request
+    (the console lists many): a GitHub project's ``forge_url`` is github.com or its API's address."""
+    where = urllib.parse.quote(path, safe="/")
+    if forge == ForgeKind.GITHUB:
+        return f"{github_web_root(github_api_url(forge_url))}/{where}/pull/{number}"
+    return f"{forge_url.rstrip('/')}/{where}/-/merge_requests/{number}"
 
 
 def forge_for(

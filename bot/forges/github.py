@@ -55,6 +55,7 @@ from urllib3.response import BaseHTTPResponse
 from bot import untrusted
 from bot.diff import Diff, omission_note, quote_path
 from bot.events import DOWN, GITHUB_PERMISSIONS, UP, Role
+from bot.forges import github_web_root
 from bot.forges.base import (
     CREATED,
     MAX_FILE_BYTES,
@@ -345,7 +346,7 @@ class GitHubForge:
         """Built from the API's address, without a request: GitHub's web pages are at github.com for
         api.github.com, at ``https://HOST`` for GitHub Enterprise Server's ``https://HOST/api/v3``."""
         anchor = comment_id if comment_id.startswith(_ISSUE_PREFIX) else f"discussion_r{comment_id}"
-        where = f"{_web_root(self.api_url)}/{self.repo_name}/pull/{number}"
+        where = f"{github_web_root(self.api_url)}/{self.repo_name}/pull/{number}"
         return f"{where}#{urllib.parse.quote(anchor, safe='-_')}"
 
     def upsert_summary(self, number: int, body: str, existing: BotComment | None) -> str:
@@ -652,19 +653,6 @@ def _is_web_address(url: str) -> bool:
     except ValueError:  # a malformed host ("http://[x")
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _web_root(api_url: str) -> str:
-    """GitHub's web address for its API's: ``https://api.github.com`` -> ``https://github.com``,
-    ``https://HOST/api/v3`` (Enterprise Server) -> ``https://HOST``, ``https://api.X.ghe.com`` ->
-    ``https://X.ghe.com``; anything else (a proxy, a test server) serves both at the same root."""
-    parts = urllib.parse.urlsplit(api_url.rstrip("/"))
-    path, host = parts.path, parts.netloc
-    if path.endswith("/api/v3"):
-        path = path.removesuffix("/api/v3")
-    elif host.startswith("api."):
-        host = host.removeprefix("api.")
-    return urllib.parse.urlunsplit((parts.scheme, host, path, "", ""))
 
 
 def _github_message(exc: GithubException) -> str:

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, select
@@ -44,7 +45,7 @@ from bot.models import Finding, FindingStatus, Project, Review, ReviewStatus, Se
 from bot.outbox import Job, stage
 from bot.repo_config import MAX_ERROR_CHARS, Effective, effective, find_config
 from bot.review.gate import Verdict, blocking, gate_severity, set_status
-from bot.review.noise import cap, dismissed_findings, suppress
+from bot.review.noise import Suppressed, cap, dismissed_findings, suppress
 from bot.review.pipeline import (
     UNCHANGED,
     Limits,
@@ -312,6 +313,7 @@ def _post(
     resolved = _resolve_outdated(engine, forge, mr, existing, result, reviewed)
     if suppressed:
         metrics.SUPPRESSED.inc(len(suppressed))
+    _set(engine, job.review_id, report=_report(result, len(new), suppressed, listed))
     if not config.summary:
         return
     unposted = {s.finding.fingerprint for s in suppressed}
@@ -333,6 +335,29 @@ def _post(
         return
     body = summary_body(standing, mr, outcome, limit, project.forge)
     _set(engine, job.review_id, summary_comment_id=forge.upsert_summary(mr.number, body, summary))
+
+
+REPORT_LISTED = 200  # skipped or failed files a review's report names at most
+
+
+def _report(
+    result: ReviewResult, posted: int, suppressed: list[Suppressed], listed: list[ReviewFinding]
+) -> dict[str, Any]:
+    """What the review did, for the console (the summary comment says the same on the forge)."""
+    unposted = {s.finding.fingerprint for s in suppressed}
+    standing = [f for f in result.findings if f.fingerprint not in unposted]
+    return {
+        "findings": {s.value: sum(f.severity == s for f in standing) for s in Severity},
+        "posted": posted,
+        "suppressed": len(suppressed),
+        "listed": len(listed),
+        "skipped": [[path, why] for path, why in result.skipped[:REPORT_LISTED]],
+        "skipped_total": len(result.skipped),
+        "failed": [[f.path, f.public] for f in result.failed[:REPORT_LISTED]],
+        "failed_total": len(result.failed),
+        "stopped": result.stopped,
+        "models": result.stats.models,
+    }
 
 
 def _blocking(engine: sa.Engine, project: Project, review_id: int, gate: Severity | None) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from bot import __version__
 
-GROUPS = ["db", "project", "app", "feedback", "config", "flywheel", "models", "doctor"]
+GROUPS = ["db", "project", "app", "feedback", "config", "flywheel", "models", "doctor", "audit"]
 
 
 def reviewbot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -33,6 +33,7 @@ COMMANDS = [
     ["flywheel", "golden", "add"], ["flywheel", "golden", "list"], ["project", "rotate-secret"],
     ["models", "list"], ["models", "promote"], ["models", "rollback"], ["project", "hook"],
     ["app", "add"], ["app", "list"], ["app", "sync"], ["doctor"], ["config", "check"],
+    ["feedback", "suppressed"], ["feedback", "unsuppress"], ["feedback", "confusion"], ["audit", "list"],
 ]  # fmt: skip
 
 
@@ -45,7 +46,9 @@ def test_help_reads_like_a_tools(command: list[str], tmp_path: Path) -> None:
         assert leak not in result.stdout, f"{' '.join(command)} --help shows {leak!r}:\n{result.stdout}"
 
 
-@pytest.mark.parametrize("group", ["project", "app", "feedback", "db", "config", "flywheel", "models"])
+@pytest.mark.parametrize(
+    "group", ["project", "app", "feedback", "db", "config", "flywheel", "models", "audit"]
+)
 def test_every_group_shows_an_example(group: str, tmp_path: Path) -> None:
     result = reviewbot(group, "--help", cwd=tmp_path)
     assert f"Example: reviewbot {group}" in " ".join(result.stdout.split())

@@ -153,7 +153,7 @@ def test_the_call_limit_lists_what_is_left_and_the_next_push_reviews_it(gitlab: 
     summary = summary_of(gitlab.bot_notes(mr))
     assert "The review stopped early: review call limit reached (3 calls)" in summary
     for path in ("m4.py", "m5.py", "m6.py"):
-        assert f"`{path}` (lines" in summary
+        assert f"`{path}`: lines" in summary
 
     # The next push (same files) reviews the three it did not reach, and only them.
     gitlab.fake.push(mr, SIX_FILES)
@@ -181,7 +181,7 @@ def test_the_deadline_stops_a_slow_review(gitlab: OnGitLab) -> None:
     summary = summary_of(gitlab.bot_notes(mr))
     assert "The review stopped early: review deadline reached (1.5 s)" in summary
     for n in range(1, 7):
-        assert (f"m{n}.py" in reviewed) != (f"`m{n}.py` (lines" in summary)
+        assert (f"m{n}.py" in reviewed) != (f"`m{n}.py`: lines" in summary)
 
 
 @pytest.mark.parametrize("moved", ["pushed", "closed"])

@@ -204,7 +204,7 @@ def test_the_file_at_the_base_is_used_and_the_head_copy_is_not(world: World) -> 
     summary = world.summary_text()
     assert "at or above major" in summary
     assert "Settings: `.reviewbot.toml` at the target branch." in summary
-    assert "`api/routes.py` (not in the repository file's review globs)" in summary
+    assert "`api/routes.py`: not in the repository file's review globs" in summary
     project = world.project_row()
     assert project.repo_config_status == "ok: .reviewbot.toml"
     assert project.repo_config_checked_at is not None

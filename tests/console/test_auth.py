@@ -146,11 +146,11 @@ def test_a_bearer_token_reaches_every_api_route(client: TestClient) -> None:
 def test_sign_in_refuses_a_wrong_token_and_accepts_the_right_one(client: TestClient) -> None:
     refused = client.post("/admin/login", data={"token": "guess"}, follow_redirects=False)
     assert refused.status_code == 303
-    assert refused.headers["location"] == "/admin/login?error=wrong%20token"
+    assert refused.headers["location"] == "/admin/login?next=/admin/projects&error=wrong%20token"
     assert "set-cookie" not in refused.headers
     assert client.get("/admin/projects", follow_redirects=False).status_code == 303
     assert client.post("/admin/login", data={"token": ""}, follow_redirects=False).headers["location"] == (
-        "/admin/login?error=wrong%20token"
+        "/admin/login?next=/admin/projects&error=wrong%20token"
     )
     admin = sign_in(client)
     page = client.get("/admin/projects")

@@ -60,6 +60,10 @@ def serve(
     settings, engine = open_engine(ctx)
     warn_missing_tokens(engine)
     queue = _queue(settings, engine)
+    # The app first (the console's pages take a moment to load): a SIGTERM between the consumer's
+    # start, whose handler only flags it, and uvicorn's own handlers would be lost.
+    app = create_app(engine, queue, settings)
+    mount_console(app, engine, settings, secret_box(settings))
     consumer, scheduler = None, None
     if settings.queue_url.startswith("sqlite"):
         consumer = queue.huey.create_consumer(
@@ -72,8 +76,6 @@ def serve(
         where = redact_url(settings.queue_url)
         err.print(f"queue at {where}: run `reviewbot worker` to process jobs", highlight=False, markup=False)
     queue.wake()  # what an earlier run left in the outbox goes now
-    app = create_app(engine, queue, settings)
-    mount_console(app, engine, settings, secret_box(settings))
     try:
         uvicorn.run(
             app,

@@ -62,7 +62,7 @@ def test_two_workers_run_each_periodic_job_once_per_period(engine: sa.Engine, tm
         gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
         assert all(gap >= periods[job] - 1e-6 for gap in gaps), (job, gaps)  # never twice in one period
     assert len(starts["prune"]) == 1  # daily: once, though both workers started
-    assert 6 <= len(starts["requeue_stale"]) <= 13  # ~15 s / 1.2 s, by either worker: not twice that
+    assert 6 <= len(starts["requeue_stale"]) <= 19  # ~15 s / 1.2 s = 12.5, late on a busy machine; twice: 25
     assert len(starts["poll_feedback"]) in (2, 3)
     assert {index for runs in starts.values() for _, index in runs} == {0, 1}  # both took their turns
 

@@ -72,6 +72,7 @@ MAX_STATUS_DESCRIPTION = 140  # GitHub's limit; descriptions are cut to it (with
 MAX_FILE_BYTES = 64 * 1024  # the most of a repository file the bot reads (its settings file)
 MAX_LABEL_CHARS = 50  # GitHub's limit on a label's name (GitLab's is longer)
 _COMMIT = re.compile(r"[0-9a-f]{7,64}")
+_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # blanks and control characters
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -117,6 +118,35 @@ def checked_labels(labels: Iterable[str]) -> list[str]:
                 retryable=False,
             )
     return unique
+
+
+def status_fields(sha: str, description: str, target_url: str | None) -> dict[str, str]:
+    """A status's description (one line, cut to ``MAX_STATUS_DESCRIPTION``) and link; ForgeError (not
+    retryable) for a ``sha`` that is not a commit id or a link that is not an http(s) address."""
+    if not _COMMIT.fullmatch(sha):
+        shown = untrusted.terminal(untrusted.truncate(sha, 80)[0])
+        raise ForgeError(f"commit {shown!r}: not a commit id (7 to 64 lowercase hex digits)", retryable=False)
+    line = untrusted.terminal(description)
+    if len(line) > MAX_STATUS_DESCRIPTION:
+        line = line[: MAX_STATUS_DESCRIPTION - 1] + "…"
+    if target_url is None:
+        return {"description": line}
+    if not _is_web_address(target_url):
+        shown = untrusted.terminal(untrusted.truncate(target_url, 80)[0])
+        raise ForgeError(f"status link {shown!r}: not an http(s) address", retryable=False)
+    return {"description": line, "target_url": target_url}
+
+
+def _is_web_address(url: str) -> bool:
+    """An http(s) URL with a host, and nothing a forge or a browser would read differently (blanks,
+    control characters)."""
+    if _UNSAFE_URL.search(url):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # a malformed host ("http://[x")
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def decode_text(data: bytes) -> str | None:

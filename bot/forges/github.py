@@ -31,7 +31,6 @@ import email.utils
 import json
 import logging
 import math
-import re
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -59,7 +58,6 @@ from bot.forges import github_web_root
 from bot.forges.base import (
     CREATED,
     MAX_FILE_BYTES,
-    MAX_STATUS_DESCRIPTION,
     STATUS_NAME,
     UPDATED,
     BotComment,
@@ -75,6 +73,7 @@ from bot.forges.base import (
     decode_text,
     own_marker,
     parse_marker,
+    status_fields,
     too_large,
 )
 from bot.forges.base import WEBHOOK_EVENTS as _EVENTS
@@ -103,8 +102,6 @@ _COMMIT_STATES = {
     CommitState.FAILED: "failure",
     CommitState.ERROR: "error",
 }
-_COMMIT = re.compile(r"[0-9a-f]{7,64}")  # what ``check_file_request`` takes for a commit id
-_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 _THREADS_QUERY = """
 query($owner: String!, $name: String!, $number: Int!, $cursor: String) {
@@ -328,7 +325,7 @@ class GitHubForge:
         self, sha: str, state: CommitState, description: str, target_url: str | None
     ) -> None:
         payload = {"state": _COMMIT_STATES[state], "context": STATUS_NAME}
-        payload |= _status_fields(sha, description, target_url)
+        payload |= status_fields(sha, description, target_url)
         operation = f"set the {STATUS_NAME} status of commit {sha[:12]}"
         # GitHub keeps every status it is sent and shows the latest: a repeat is no error
         with self._calling(operation):
@@ -624,35 +621,6 @@ def _retry_after(headers: dict[str, str]) -> float | None:
     if lowered.get("x-ratelimit-remaining") == "0" and reset is not None and reset.isdigit():
         return max(0.0, int(reset) - time.time())
     return None
-
-
-def _status_fields(sha: str, description: str, target_url: str | None) -> dict[str, str]:
-    """A status's description (one line, cut to ``MAX_STATUS_DESCRIPTION``) and link; ForgeError (not
-    retryable) for a ``sha`` that is not a commit id or a link that is not an http(s) address."""
-    if not _COMMIT.fullmatch(sha):
-        shown = untrusted.terminal(untrusted.truncate(sha, 80)[0])
-        raise ForgeError(f"commit {shown!r}: not a commit id (7 to 64 lowercase hex digits)", retryable=False)
-    line = untrusted.terminal(description)
-    if len(line) > MAX_STATUS_DESCRIPTION:
-        line = line[: MAX_STATUS_DESCRIPTION - 1] + "…"
-    if target_url is None:
-        return {"description": line}
-    if not _is_web_address(target_url):
-        shown = untrusted.terminal(untrusted.truncate(target_url, 80)[0])
-        raise ForgeError(f"status link {shown!r}: not an http(s) address", retryable=False)
-    return {"description": line, "target_url": target_url}
-
-
-def _is_web_address(url: str) -> bool:
-    """An http(s) URL with a host, and nothing a forge or a browser would read differently (blanks,
-    control characters)."""
-    if _UNSAFE_URL.search(url):
-        return False
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # a malformed host ("http://[x")
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _github_message(exc: GithubException) -> str:

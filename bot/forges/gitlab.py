@@ -27,7 +27,6 @@ from bot.events import Role
 from bot.forges.base import (
     CREATED,
     MAX_FILE_BYTES,
-    MAX_STATUS_DESCRIPTION,
     STATUS_NAME,
     UPDATED,
     BotComment,
@@ -42,6 +41,7 @@ from bot.forges.base import (
     checked_labels,
     decode_text,
     own_marker,
+    status_fields,
     too_large,
 )
 from bot.forges.base import WEBHOOK_EVENTS as _EVENTS
@@ -64,8 +64,6 @@ _COMMIT_STATES = {
 }
 # GitLab's 400 for a status already in the state asked for ("... via :enqueue from :pending")
 _NO_TRANSITION = re.compile(r"Cannot transition status via :\w+ from :(\w+)")
-_COMMIT = re.compile(r"[0-9a-f]{7,64}")  # what ``check_file_request`` takes for a commit id
-_UNSAFE_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 WEBHOOK_EVENTS = _EVENTS[ForgeKind.GITLAB]  # the hook flags the bot needs
 REVIEWER = Role.DEVELOPER  # the least role the bot's user needs on a project to review it
 _HINTS = {
@@ -442,7 +440,7 @@ class GitLabForge(_GitLabAccount):
         self, sha: str, state: CommitState, description: str, target_url: str | None
     ) -> None:
         wanted = _COMMIT_STATES[state]
-        data = {"state": wanted, "name": STATUS_NAME, **_status_fields(sha, description, target_url)}
+        data = {"state": wanted, "name": STATUS_NAME, **status_fields(sha, description, target_url)}
         with self._call(f"set the {STATUS_NAME} status of commit {sha[:12]}"):
             try:  # a repeat does no harm, so python-gitlab may retry it
                 self._project.commits.get(sha, lazy=True).statuses.create(data)
@@ -584,35 +582,6 @@ def _on_line(comment: InlineComment) -> str:
     if comment.line is None:
         return ""
     return f"Line {comment.line}{' (removed)' if comment.side == Side.OLD else ''}:\n\n"
-
-
-def _status_fields(sha: str, description: str, target_url: str | None) -> dict[str, str]:
-    """A status's description (one line, cut to ``MAX_STATUS_DESCRIPTION``) and link; ForgeError (not
-    retryable) for a ``sha`` that is not a commit id or a link that is not an http(s) address."""
-    if not _COMMIT.fullmatch(sha):
-        shown = untrusted.terminal(untrusted.truncate(sha, 80)[0])
-        raise ForgeError(f"commit {shown!r}: not a commit id (7 to 64 lowercase hex digits)", retryable=False)
-    line = untrusted.terminal(description)
-    if len(line) > MAX_STATUS_DESCRIPTION:
-        line = line[: MAX_STATUS_DESCRIPTION - 1] + "…"
-    if target_url is None:
-        return {"description": line}
-    if not _is_web_address(target_url):
-        shown = untrusted.terminal(untrusted.truncate(target_url, 80)[0])
-        raise ForgeError(f"status link {shown!r}: not an http(s) address", retryable=False)
-    return {"description": line, "target_url": target_url}
-
-
-def _is_web_address(url: str) -> bool:
-    """An http(s) URL with a host, and nothing a forge or a browser would read differently (blanks,
-    control characters)."""
-    if _UNSAFE_URL.search(url):
-        return False
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # a malformed host ("http://[x")
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _already_in(exc: GitlabError, state: str) -> bool:

@@ -21,6 +21,7 @@ typed and called on its own; the periodic jobs run once per period across all wo
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -30,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import Task as HueyTask
+from huey.exceptions import CancelExecution
 from huey.signals import SIGNAL_ERROR, SIGNAL_INTERRUPTED
 from huey.storage import RedisPriorityQueue, RedisStorage, SqliteStorage
 from sqlmodel import Session, col, select
@@ -153,6 +155,7 @@ class Queue:
         self.etags: ETags = {}  # this process's conditional polls
         self.roles = RoleCache()  # reviewers' roles, read from the forges a few minutes ago at most
         self._running: dict[int, tuple[str, str]] = {}  # review id -> (lease, owner), runs in this process
+        self._stopping = threading.Event()  # set once this consumer hands its jobs back
         # Forge calls: retried with backoff; the task sees its retries left (``task``). A review
         # counts its own attempts (``Review.attempts``) and reschedules itself.
         with_retries: dict[str, Any] = {
@@ -170,6 +173,7 @@ class Queue:
         self._post = huey.task(name="post", **with_retries)(self.post)
         huey.signal(SIGNAL_ERROR)(self.on_error)
         huey.signal(SIGNAL_INTERRUPTED)(self.on_interrupted)
+        huey.pre_execute(name="hand back when stopping")(self.refuse_when_stopping)
 
     # --- the relay's side
 
@@ -432,6 +436,7 @@ class Queue:
         shutdown timeout. Its job goes back to the outbox; a review also gives its lease back, is
         queued again and gets back the attempt (stopping a worker is not the review's fault)."""
         del signal_name
+        self._stopping.set()
         held = self._running.pop(task.args[0], None) if task.name == Job.REVIEW else None
         try:
             with Session(self.engine) as session:
@@ -450,6 +455,19 @@ class Queue:
                 lease.release(self.engine, *held)
         log.warning("stopping: %s %s handed back to the queue", task.name, task.args)
         self._flush_outbox()
+
+    def refuse_when_stopping(self, task: HueyTask) -> None:
+        """Huey's pre-execute hook. A worker thread of a stopping consumer can still take a job (Huey
+        checks its stop flag between reads, and a blocking read may outlast the shutdown timeout) —
+        even the one just handed back, whose lease it would take and keep as the process exits. Such
+        a job goes back to the outbox, for a live worker's relay, and is not run here."""
+        if not self._stopping.is_set():
+            return
+        with Session(self.engine) as session:
+            stage(session, Job(task.name), *task.args)
+            session.commit()
+        log.warning("stopping: %s %s left in the outbox for another worker", task.name, task.args)
+        raise CancelExecution
 
     # --- the periodic jobs
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot.config import load_settings
 from bot.forges.base import Forge, ForgeError
@@ -234,6 +234,15 @@ def test_a_stopping_worker_hands_its_review_back(engine: sa.Engine, tmp_path: Pa
     assert queue.huey.pending_count() == 1  # queued again, through the outbox
     with Session(engine) as session:
         assert session.exec(select(Outbox)).one().sent_at is not None
+
+    # A thread of the stopping worker takes the job it just handed back: it neither runs it nor
+    # takes the lease, and leaves the job in the outbox for a live worker.
+    queue.huey.execute(queue.huey.dequeue())
+    assert review_row(engine, review_id).status == ReviewStatus.QUEUED
+    assert lease.acquire(engine, name, "the next worker", 60)  # still free (ours, from above)
+    with Session(engine) as session:
+        unsent = session.exec(select(Outbox).where(col(Outbox.sent_at).is_(None))).all()
+    assert [(row.task, row.args) for row in unsent] == [("review", [review_id])]
 
 
 def test_redis_backed_queue(engine: sa.Engine) -> None:

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         "meta-llama/Meta-Llama-3-8B-Instruct", min_length=1, description="served name of the base model"
     )
     student_api_key: SecretStr = Field(SecretStr("EMPTY"), description="API key of the vLLM server")
+    eval_base_url: HttpUrl | None = Field(
+        None,
+        description="URL of a second vLLM serving the same base model, where the flywheel loads and "
+        "evaluates candidates while the student's keeps serving reviews (default: the student's)",
+    )
+    eval_api_key: SecretStr | None = Field(None, description="API key of that vLLM (default: the student's)")
     teacher_base_url: HttpUrl | None = Field(
         None, description="OpenAI-compatible URL of the teacher (needed by the flywheel)"
     )
@@ -70,8 +76,17 @@ class Settings(BaseSettings):
     )
     reference_model: str | None = Field(
         None,
-        description="model on the teacher's server that the student's explanations are judged against "
-        "(default: the examples' own answers)",
+        description="model on the teacher's server whose explanations the student's exam answers are "
+        "judged against (default: the teacher's own exam answers)",
+    )
+    judge_base_url: HttpUrl | None = Field(
+        None,
+        description="OpenAI-compatible URL of the judge of explanations, ideally another model family "
+        "than the student's and the teacher's (default: the teacher's server)",
+    )
+    judge_model: str | None = Field(None, description="judge model name (default: the teacher model)")
+    judge_api_key: SecretStr | None = Field(
+        None, description="judge API key (default: the teacher's, when the judge is on the teacher's server)"
     )
     public_url: HttpUrl = Field(
         HttpUrl("http://127.0.0.1:8080"), description="where forges reach this service (webhook URLs)"
@@ -168,11 +183,24 @@ class Settings(BaseSettings):
     flywheel_min_new_feedback: int = Field(
         50, ge=1, description="new labelled examples from reviewers that start a run (trainer queue)"
     )
+    audit_per_week: int = Field(
+        20, ge=0, description="findings of each ISO week drawn into the blind audit set (0: none)"
+    )
+    flywheel_max_synthetic_share: float = Field(
+        0.5, gt=0, le=1, description="most of the curriculum the teacher's examples may be (1: no cap)"
+    )
+    flywheel_synthetic_runs: int = Field(
+        3, ge=1, description="the teacher's examples of the latest runs that wrote some; older ones retire"
+    )
+    flywheel_correction_weight: int = Field(
+        2, ge=1, description="copies of each reviewer's /severity correction in the curriculum"
+    )
     promotion_margin: float = Field(
         0.02,
         ge=0,
         description="gain over the model in use a candidate needs, as a lower confidence bound on the test "
-        "items: mean cost per item for severity (1 = one one-step under-rating), win rate otherwise; "
+        "items: mean cost per item for severity (1 = one one-step under-rating); for explanations, the "
+        "share of decided pairs won must pass 0.5 + it; "
         "also the golden-set regression allowed",
     )
     promotion_alpha: float = Field(
@@ -186,6 +214,23 @@ class Settings(BaseSettings):
         description="cost of rating gold severity G as P, JSON cells over the default matrix, e.g. "
         '{"critical": {"trivial": 20}} (flywheel.metrics.DEFAULT_COSTS)',
     )
+
+    # The canary of a promoted adapter (bot.feedback.canary).
+    canary_share: float = Field(
+        0.2, ge=0, lt=1, description="share of merge requests a newly promoted adapter serves first; 0: none"
+    )
+    canary_min_findings: int = Field(
+        30, ge=5, description="findings with reviewers' feedback each side needs before a canary is judged"
+    )
+    canary_days: float = Field(7.0, gt=0, description="a canary not rolled back by then takes all traffic")
+    canary_alpha: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="chance, over all its looks, that a canary no worse than the model in use is rolled back",
+    )  # fmt: skip
+    canary_margin: float = Field(
+        0.05, gt=0, lt=1,
+        description="a canary takes all traffic early once no rate can be worse than this (upper bound)",
+    )  # fmt: skip
 
     def webhook_url(self, forge: str, key: str | None) -> str:
         """The webhook URL of a project or source: where its forge delivers, under the public URL."""

@@ -25,12 +25,12 @@ from bot.forges import DEFAULT_TOKEN_ENV, forge_for, github_api_url
 from bot.forges.base import Connection, ForgeError
 from bot.forges.github_app import app_slug
 from bot.llm import LLMClient, LLMError
-from bot.models import ForgeKind, ModelStatus, ModelVersion, Project, Review, Source, SourceKind
+from bot.models import ForgeKind, ModelVersion, Project, Review, Source, SourceKind
 from bot.queue.schedule import alive_consumers
 from bot.queue.tasks import make_huey
 from bot.review.pipeline import context_needed
 from bot.secrets import secret_box
-from bot.serving import served_models
+from bot.serving import SERVED, load_missing_adapters, served_models
 from bot.sources import AppKeys
 
 TIMEOUT_S = 5.0  # each network check: a doctor that hangs on one dead host helps nobody
@@ -139,14 +139,24 @@ async def _student(settings: Settings, engine: sa.Engine | None) -> Check:
                 "student model", State.FAIL, str(exc),
                 "start it (`bash deploy/run.sh` starts the demo student) or set REVIEWBOT_STUDENT_BASE_URL",
             )  # fmt: skip
-    if settings.student_model not in served:
-        return Check(
-            "student model", State.FAIL,
-            f"{where} serves {sorted(served)}, not {settings.student_model!r}",
-            "set REVIEWBOT_STUDENT_MODEL to the served name (vLLM's --served-model-name)",
-        )  # fmt: skip
+        if settings.student_model not in served:
+            return Check(
+                "student model", State.FAIL,
+                f"{where} serves {sorted(served)}, not {settings.student_model!r}",
+                "set REVIEWBOT_STUDENT_MODEL to the served name (vLLM's --served-model-name)",
+            )  # fmt: skip
+        if engine is not None:
+            # As a review does: a restarted server, or a replica whose filesystem resolver has not
+            # been asked for them yet, lists the adapters in use only once they are loaded.
+            try:
+                served |= set(await load_missing_adapters(engine, client))
+            except LLMError as exc:
+                return Check(
+                    "student model", State.FAIL, f"{where} cannot load the adapters in use: {exc}",
+                    "serve the base weights they were trained on, or `reviewbot models rollback`",
+                )  # fmt: skip
     wanted = set(served_models(settings, engine).values()) if engine is not None else set()
-    adapters = _active_adapters(engine) if engine is not None else set()
+    adapters = _served_adapters(engine) if engine is not None else set()
     missing = sorted((wanted | adapters) - served)
     if missing:
         return Check(
@@ -166,9 +176,10 @@ async def _student(settings: Settings, engine: sa.Engine | None) -> Check:
     )
 
 
-def _active_adapters(engine: sa.Engine) -> set[str]:
+def _served_adapters(engine: sa.Engine) -> set[str]:
+    """The adapters reviews use: the active versions and running canaries."""
     with Session(engine) as session:
-        rows = session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.ACTIVE)).all()
+        rows = session.exec(select(ModelVersion).where(col(ModelVersion.status).in_(SERVED))).all()
     return {row.adapter_name for row in rows}
 
 

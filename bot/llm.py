@@ -107,11 +107,19 @@ def validation_problems(exc: ValidationError) -> str:
 
 
 def check_teacher(settings: Settings) -> None:
-    """Raise ``ConfigError`` unless a teacher is configured (the flywheel needs one)."""
+    """Raise ``ConfigError`` unless a teacher is configured (the flywheel needs one), and a judge
+    on a server of its own names its model."""
     if settings.teacher_base_url is None or not settings.teacher_model:
         raise ConfigError(
             "the teacher is not configured: set REVIEWBOT_TEACHER_BASE_URL and REVIEWBOT_TEACHER_MODEL"
         )
+    if settings.judge_base_url is not None and not settings.judge_model:
+        raise ConfigError("REVIEWBOT_JUDGE_BASE_URL is set: set REVIEWBOT_JUDGE_MODEL, the model it serves")
+
+
+def judge_model(settings: Settings) -> str:
+    """The model that judges explanations: ``REVIEWBOT_JUDGE_MODEL``, else the teacher."""
+    return settings.judge_model or settings.teacher_model or ""
 
 
 class LLMClient:
@@ -153,6 +161,21 @@ class LLMClient:
         )
 
     @classmethod
+    def evaluation(cls, settings: Settings) -> LLMClient:
+        """The vLLM the flywheel evaluates candidates on: REVIEWBOT_EVAL_BASE_URL's, else the student's."""
+        if settings.eval_base_url is None:
+            return cls.student(settings)
+        key = settings.eval_api_key or settings.student_api_key
+        return cls(
+            str(settings.eval_base_url),
+            key.get_secret_value(),
+            role="evaluation",
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+        )
+
+    @classmethod
     def teacher(cls, settings: Settings) -> LLMClient:
         check_teacher(settings)
         key = settings.teacher_api_key.get_secret_value() if settings.teacher_api_key else "EMPTY"
@@ -160,6 +183,24 @@ class LLMClient:
             str(settings.teacher_base_url),
             key,
             role="teacher",
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            concurrency=settings.llm_concurrency,
+        )
+
+    @classmethod
+    def judge(cls, settings: Settings) -> LLMClient:
+        """The judge of explanations (``REVIEWBOT_JUDGE_*``), the teacher's server unless set; the
+        teacher's key goes only to the teacher's own server."""
+        check_teacher(settings)
+        if settings.judge_base_url is None:
+            url, key = settings.teacher_base_url, settings.judge_api_key or settings.teacher_api_key
+        else:
+            url, key = settings.judge_base_url, settings.judge_api_key
+        return cls(
+            str(url),
+            key.get_secret_value() if key else "EMPTY",
+            role="judge",
             timeout_s=settings.llm_timeout_s,
             max_retries=settings.llm_max_retries,
             concurrency=settings.llm_concurrency,
@@ -340,11 +381,34 @@ class LLMClient:
         response = await self._post(
             f"{self.base_url}/load_lora_adapter", {"lora_name": name, "lora_path": path}
         )
+        if response.status_code == 400 and "has already been loaded" in response.text:
+            # Adapter names are never reused, so this is that adapter: a concurrent load, or another
+            # replica behind the balancer (its filesystem resolver), got there first.
+            return
         if response.status_code >= 400:
             raise LLMRejected(
                 f"{self._where()} refused adapter {name!r} from {path}: "
                 f"HTTP {response.status_code} {response.text[:500]}"
             )
+
+    async def unload_lora_adapter(self, name: str) -> None:
+        """Make vLLM stop serving the adapter ``name`` (frees its slot); one it does not serve is
+        not an error. Behind a balancer this reaches one replica; the others evict it when full."""
+        response = await self._post(f"{self.base_url}/unload_lora_adapter", {"lora_name": name})
+        if response.status_code >= 400 and response.status_code != 404:
+            raise LLMRejected(
+                f"{self._where()} refused to unload adapter {name!r}: "
+                f"HTTP {response.status_code} {response.text[:500]}"
+            )
+
+    async def base_model_root(self) -> str | None:
+        """Where the server loaded its base model from: the ``root`` of vLLM's card without a
+        ``parent`` (adapters have one), i.e. its ``--model`` path or hub id, which its LoRA resolver
+        compares adapters' ``base_model_name_or_path`` with; None when the server does not say."""
+        page = await self._with_retries(lambda: self._client.models.list())
+        roots = {getattr(c, "root", None) for c in page.data if not getattr(c, "parent", None)}
+        root = roots.pop() if len(roots) == 1 else None  # vLLM serves one base model
+        return root if isinstance(root, str) and root else None
 
     async def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         """One POST to a vLLM endpoint the OpenAI SDK does not know (no retries: callers decide)."""

@@ -70,6 +70,7 @@ class FindingStatus(StrEnum):
     POSTED = "posted"  # on the forge, with its comment id
     SUPPRESSED = "suppressed"  # like one trusted reviewers dismissed (``like_finding_id``): not posted
     LISTED = "listed"  # past the review's comment cap: named in the summary, not posted inline
+    BELOW = "below"  # rated below the threshold: never posted, kept for the blind audit set
 
 
 class Side(StrEnum):
@@ -79,9 +80,10 @@ class Side(StrEnum):
 
 class ModelStatus(StrEnum):
     CANDIDATE = "candidate"
+    CANARY = "canary"  # promoted: serves a share of merge requests beside the active one (feedback.canary)
     ACTIVE = "active"
     RETIRED = "retired"  # was active, replaced by a newer promotion
-    ROLLED_BACK = "rolled_back"  # was active, taken back by an admin; a rollback never restores it
+    ROLLED_BACK = "rolled_back"  # taken back by an admin or its canary; a rollback never restores it
 
 
 class RunStatus(StrEnum):
@@ -99,6 +101,7 @@ class ExampleSource(StrEnum):
     FEEDBACK = "feedback"  # reviewers' confirmations and corrections
     SEED = "seed"  # a data file given by the admin
     TEACHER = "teacher"  # written by the teacher in a flywheel round
+    ANALYZER = "analyzer"  # a static analyzer's finding, labelled by a table (`flywheel bootstrap`)
 
 
 class SourceKind(StrEnum):
@@ -333,6 +336,24 @@ class ModelVersion(SQLModel, table=True):
     status: str = Field(default=ModelStatus.CANDIDATE, max_length=16)
     created_at: datetime = _when(default_factory=utcnow)
     promoted_at: datetime | None = _when(default=None)
+    canary_share: float | None = Field(
+        default=None, description="share of merge requests it served as a canary; None: never a canary"
+    )
+    canary_started_at: datetime | None = _when(default=None, description="when its canary began")
+    canary_ended_at: datetime | None = _when(default=None, description="promoted fully or rolled back")
+    canary_reason: str | None = Field(
+        default=None, sa_type=sa.Text, description="why its canary ended, with the live figures"
+    )
+    canary_figures: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True),
+        description="its canary's last check: both sides' live rates, the looks taken (bot.feedback.canary)",
+    )  # fmt: skip
+    training: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False, server_default="{}"),
+        description="what it was trained with: settings as applied, torch/transformers/peft/trl versions, "
+        "a hash of the chats, examples left out as too long (flywheel.finetune.training_record)",
+    )
 
 
 class FlywheelRun(SQLModel, table=True):
@@ -383,6 +404,10 @@ class GoldenSet(SQLModel, table=True):
     source: str = Field(max_length=1024, description="the file it was read from")
     digest: str = Field(max_length=64, description="of its examples; the same file twice is one version")
     size: int
+    audit_labels: int = Field(
+        default=0, sa_column_kwargs={"server_default": "0"},
+        description="audit labels added to the admin's newest file (bot.feedback.audit_set); 0: a file alone",
+    )  # fmt: skip
     created_at: datetime = _when(default_factory=utcnow)
 
 
@@ -394,6 +419,26 @@ class GoldenExample(SQLModel, table=True):
     key: str = Field(max_length=64, description="digest of the question, as for training examples")
     question: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     answer: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class AuditItem(SQLModel, table=True):
+    """A finding drawn into the blind audit set (``bot.feedback.audit_set``), and its label once a trusted
+    auditor gave it without seeing the model's severity. Held apart from ``feedback``: no reviewer's
+    signal reads or changes it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    finding_id: int = Field(foreign_key="finding.id", unique=True)
+    fingerprint: str = Field(
+        max_length=64, index=True, description="the finding's: its copies on later pushes are not trained on"
+    )
+    week: str = Field(max_length=8, index=True, description="ISO week of the findings it was drawn from")
+    stratum: str = Field(max_length=32, description="the model's severity, and whether it was posted")
+    label: str | None = Field(
+        default=None, max_length=16, description="a severity, not_an_issue or skip; None: not labelled yet"
+    )
+    auditor: str | None = Field(default=None, max_length=256, description="who labelled it: 'cli:USER', …")
+    sampled_at: datetime = _when(default_factory=utcnow)
+    labelled_at: datetime | None = _when(default=None)
 
 
 class Outbox(SQLModel, table=True):

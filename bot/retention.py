@@ -10,6 +10,8 @@ Removed, when older than the retention:
   fingerprint (and the same comment, when the older one had one), so signals, ``/resolve`` and the
   addressed check still find the comment's newest row. A finding with feedback is never removed:
   feedback is the training data, and its labels and acceptance figures are read from it;
+- **findings rated below the threshold** (never posted, kept for the blind audit set), once older
+  than the retention; one drawn into the audit set is never removed, whatever its status;
 - **failed and superseded reviews without findings**, unless a review is the newest of its merge
   request (the reconciliation poll would queue its head again) or an unsent job names it.
 
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from bot.models import Delivery, Feedback, Finding, FindingStatus, Outbox, Review, ReviewStatus
+from bot.models import AuditItem, Delivery, Feedback, Finding, FindingStatus, Outbox, Review, ReviewStatus
 from bot.outbox import Job, job_of
 
 KINDS = ("deliveries", "outbox", "findings", "reviews")
@@ -70,7 +72,11 @@ def _superseded_findings(cutoff: datetime) -> sa.Delete:
         same_comment,
     )
     has_feedback = sa.exists().where(col(Feedback.finding_id) == col(Finding.id))
-    return sa.delete(Finding).where(col(Finding.created_at) < cutoff, replaced, ~has_feedback)
+    audited = sa.exists().where(col(AuditItem.finding_id) == col(Finding.id))
+    below = col(Finding.status) == FindingStatus.BELOW
+    return sa.delete(Finding).where(
+        col(Finding.created_at) < cutoff, sa.or_(replaced, below), ~has_feedback, ~audited
+    )
 
 
 def _empty_reviews(session: Session, cutoff: datetime) -> sa.Delete:

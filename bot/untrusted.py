@@ -51,6 +51,12 @@ def terminal(value: str) -> str:
     return " ".join(_DROPPED.sub("", value).split())
 
 
+def terminal_lines(value: str) -> str:
+    """Several lines of untrusted text (code) made safe for a terminal: each line's control characters
+    dropped, its indentation kept."""
+    return "\n".join(_DROPPED.sub("", line.replace("\t", "    ")) for line in value.splitlines())
+
+
 def truncate(value: str, limit: int) -> tuple[str, bool]:
     """``value`` cut to ``limit`` characters, and whether it was cut."""
     return (value, False) if len(value) <= limit else (value[:limit], True)

@@ -13,6 +13,9 @@
 #                      makes the severity, explanation and candidate adapters evict each other)
 #   MAX_MODEL_LEN      context length                             (default: 8192)
 #   LORA_MODULES       space-separated NAME=PATH adapters to load at start
+#   LORA_RESOLVER_DIR  the shared adapters folder (REVIEWBOT_FLYWHEEL_DIR/adapters, at the same path
+#                      as the trainer's): a request naming an adapter this server lacks loads
+#                      FOLDER/NAME (vLLM's filesystem resolver), so every replica serves every adapter
 #   VLLM_API_KEY       require this bearer token from clients
 # On a machine without an NVIDIA GPU the CPU settings below apply (small KV cache, CPU-safe memory use).
 set -euo pipefail
@@ -36,8 +39,16 @@ if [ -n "${LORA_MODULES:-}" ]; then
 fi
 if [ -n "${VLLM_API_KEY:-}" ]; then args+=(--api-key "$VLLM_API_KEY"); fi
 
-# Lets the registry add adapters to the running server (POST /v1/load_lora_adapter).
+# Lets the registry add adapters to the running server (POST /v1/load_lora_adapter), and the resolver
+# load one on a request that names it.
 export VLLM_ALLOW_RUNTIME_LORA_UPDATING=True
+if [ -n "${LORA_RESOLVER_DIR:-}" ]; then
+  # Behind a load balancer the registry's POST reaches one replica; the resolver lets any replica,
+  # new or restarted, load the adapter from the shared folder the first time a request names it.
+  mkdir -p "$LORA_RESOLVER_DIR"  # vLLM refuses to start when the folder does not exist
+  export VLLM_PLUGINS=${VLLM_PLUGINS:+$VLLM_PLUGINS,}lora_filesystem_resolver
+  export VLLM_LORA_RESOLVER_CACHE_DIR=$LORA_RESOLVER_DIR
+fi
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}  # GiB of KV cache
   args+=(--gpu-memory-utilization 0.3)

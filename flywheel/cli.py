@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
-from bot.cli.common import Format, FormatOption, cli_actor, command_group, fail, open_engine
+from bot.cli.common import Format, FormatOption, cli_actor, command_group, fail, open_engine, settings_from
 from bot.config import ConfigError
+from bot.feedback import canary
 from bot.llm import LLMError
-from bot.models import FlywheelRun, Task
+from bot.models import FlywheelRun, ModelStatus, Task
 
 flywheel_app = command_group(
     "flywheel",
@@ -189,6 +190,64 @@ def report(
     out.print(f"plot written to {path}", highlight=False)
 
 
+class BootstrapTask(StrEnum):
+    SEVERITY = Task.SEVERITY.value
+    EXPLANATION = Task.EXPLANATION.value
+    FIND = Task.FIND.value
+
+
+@flywheel_app.command("bootstrap")
+def bootstrap(
+    ctx: typer.Context,
+    repo: Annotated[
+        Path,
+        typer.Option(metavar="PATH", exists=True, file_okay=False, help="The repository to learn from."),
+    ] = Path(),
+    task: Annotated[
+        BootstrapTask, typer.Option(metavar="TASK", help="severity, explanation or find (find: --out only).")
+    ] = BootstrapTask.SEVERITY,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE.jsonl", dir_okay=False, help="Also write the examples as JSONL."),
+    ] = None,
+    store: Annotated[bool, typer.Option(help="Store them in the database for the next run.")] = True,
+    limit: Annotated[int | None, typer.Option(metavar="N", min=1, help="Examples at most.")] = None,
+    balance: Annotated[
+        float,
+        typer.Option(metavar="FACTOR", min=0, help="A level keeps at most FACTOR x the rarest's; 0: all."),
+    ] = 2.0,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(metavar="GLOB", help="Files to leave out, e.g. 'tests/**'. Repeatable."),
+    ] = None,
+) -> None:
+    """Seed the flywheel from your own code: ruff's and bandit's findings as labelled examples.
+
+    Each finding becomes a question as a review asks it (the lines around it, the rule's message),
+    labelled by the versioned severity table; whole files go to one side (train or held out), each
+    question once, the levels balanced. Stored as analyzer-labelled: a reviewer's label of the same
+    question replaces it.
+    """
+    from flywheel.bootstrap.analyzers import AnalyzerError
+    from flywheel.bootstrap.mapping import MappingError
+    from flywheel.bootstrap.seed import seed, summary
+
+    if task is BootstrapTask.FIND and out_file is None:
+        fail("the flywheel does not train the find task yet: write its examples to a file with --out")
+    keep = store and task is not BootstrapTask.FIND
+    if not keep and out_file is None:
+        fail("--no-store without --out would keep nothing")
+    settings, engine = open_engine(ctx) if keep else (settings_from(ctx), None)
+    try:
+        seeded = seed(
+            settings, engine, repo, Task(task), out_file=out_file, limit=limit, balance=balance,
+            exclude=exclude or (), console=out,
+        )  # fmt: skip
+    except (AnalyzerError, MappingError, OSError) as exc:
+        fail(f"bootstrap failed: {exc}")
+    summary(out, Task(task), seeded, out_file)
+
+
 @flywheel_app.command("worker")
 def worker(ctx: typer.Context) -> None:
     """Run the trainer queue: one flywheel run at a time, started when enough feedback arrived.
@@ -272,7 +331,7 @@ def list_models(
         return
     table = Table(
         "name", "task", "status", "dev", *SEVERITY_COLUMNS, "baseline", "golden", "test gain (bound)",
-        "created", "promoted",
+        "trained on", "created", "promoted",
     )  # fmt: skip
     for v in rows:
         score, baseline, gold = heldout_of(v), v.metrics.get("baseline"), golden_of(v)
@@ -281,9 +340,25 @@ def list_models(
             *_severity_cells(v.metrics.get("heldout_metrics")),
             f"{baseline:.3f}" if isinstance(baseline, float | int) else "",
             f"{gold.value:.3f} (v{gold.version})" if gold else "", _test_cell(v.metrics.get("test")),
-            _when(v.created_at), _when(v.promoted_at),
+            _training_cell(v.training), _when(v.created_at), _when(v.promoted_at),
         )  # fmt: skip
     out.print(table)
+    for v in rows:  # running, or why it ended: a sentence each, too long for a column
+        if said := canary.describe(v):
+            out.print(f"{v.adapter_name}: {said}", highlight=False)
+
+
+def _training_cell(training: dict[str, Any]) -> str:
+    """The training record in brief (``--format json`` has it whole): the chats, those left out as
+    too long, the data hash's start, the trainer's versions and the sequence length."""
+    if not training:
+        return ""
+    versions, config = training["libraries"], training["config"]
+    return (
+        f"{training['examples']} chats ({training['too_long']} too long), "
+        f"data {training['data_sha256'][:8]}, trl {versions['trl']}, peft {versions['peft']}, "
+        f"{config['max_seq_length']} tokens"
+    )
 
 
 def _test_cell(test: Any) -> str:
@@ -303,13 +378,22 @@ def promote(
     reason: Annotated[
         str, typer.Option(metavar="TEXT", help="Why, kept in the audit log; required with --force.")
     ] = "",
+    with_canary: Annotated[
+        bool,
+        typer.Option(
+            "--canary/--no-canary",
+            help="Serve REVIEWBOT_CANARY_SHARE of merge requests first; rolled back if reviewers react worse",
+        ),
+    ] = True,
 ) -> None:
     """Make NAME the version reviews use, if the promotion gate passes.
 
     NAME and the model in use, both served by vLLM, answer the test items of the run that made NAME
     and the golden set; NAME must beat it beyond chance by REVIEWBOT_PROMOTION_MARGIN on at least
     REVIEWBOT_PROMOTION_MIN_ITEMS items, keep its critical and major recall, and not regress on the
-    golden set by more than the margin. The promotion is written to the audit log.
+    golden set by more than the margin. Forced or not, it is first a canary on REVIEWBOT_CANARY_SHARE
+    of merge requests unless --no-canary; promoting a running canary gives it all traffic at once.
+    The promotion is written to the audit log.
     """
     from flywheel.data import DataError
     from flywheel.registry import (
@@ -323,7 +407,9 @@ def promote(
     settings, engine = open_engine(ctx)
     with Session(engine) as session:
         try:
-            done = admin_promote(settings, session, cli_actor(), name, force=force, reason=reason)
+            done = admin_promote(
+                settings, session, cli_actor(), name, force=force, reason=reason, with_canary=with_canary
+            )
         except ReasonRequired as exc:
             fail(f"{exc} (--reason TEXT)")
         except ConfigError as exc:
@@ -335,6 +421,12 @@ def promote(
         out.print(f"{version.adapter_name} is already the {version.task} model", highlight=False)
         return
     says = f"{version.adapter_name} is now the {version.task} model"
+    if version.status == ModelStatus.CANARY:
+        rest = done.previous or f"the base model {settings.student_model}"
+        says = (
+            f"{version.adapter_name} is a canary on {version.canary_share:.0%} of merge requests, {rest} "
+            "serves the rest until reviewers' reactions decide (`reviewbot models list`)"
+        )
     out.print(says + (f": {verdict.reason}" if verdict else ""), highlight=False)
 
 

@@ -26,6 +26,7 @@ from sqlmodel import Session
 from bot.config import ConfigError
 from bot.console import Console
 from bot.console.auth import Actor
+from bot.feedback import canary
 from bot.llm import check_teacher
 from bot.models import FlywheelRun, ModelStatus, ModelVersion, RunStatus, Task
 from flywheel import registry
@@ -98,6 +99,10 @@ class ModelOut(BaseModel):
     golden: float | None = Field(description="score on the golden set, version golden_version")
     golden_version: int | None
     metrics: dict[str, Any]
+    canary_share: float | None = Field(description="share of merge requests it served as a canary")
+    canary_started_at: datetime | None
+    canary_ended_at: datetime | None = Field(description="taken to all traffic, or rolled back")
+    canary: str = Field(description="its canary in words: running (with the last check), or why it ended")
 
     @classmethod
     def of(cls, version: ModelVersion) -> ModelOut:
@@ -107,6 +112,8 @@ class ModelOut(BaseModel):
             base_model=version.base_model, created_at=version.created_at, promoted_at=version.promoted_at,
             heldout=registry.heldout_of(version), golden=gold.value if gold else None,
             golden_version=gold.version if gold else None, metrics=version.metrics,
+            canary_share=version.canary_share, canary_started_at=version.canary_started_at,
+            canary_ended_at=version.canary_ended_at, canary=canary.describe(version),
         )  # fmt: skip
 
 
@@ -115,6 +122,7 @@ class PromoteIn(BaseModel):
 
     force: bool = Field(False, description="skip the comparison with the model in use and the gate")
     reason: str = Field("", max_length=2000, description="why; required with force, kept in the audit log")
+    canary: bool = Field(True, description="first serve REVIEWBOT_CANARY_SHARE of merge requests (a canary)")
 
 
 class PromoteOut(BaseModel):
@@ -170,12 +178,13 @@ def _start(trainer: Callable[[], TrainerQueue], actor: Actor, task: str, rounds:
                         detail=f"a {queued.task} run is queued ({said}); {WORKER_NOTE}")  # fmt: skip
 
 
-def _promote(console: Console, actor: Actor, name: str, force: bool, reason: str) -> PromoteOut:
+def _promote(
+    console: Console, actor: Actor, name: str, force: bool, reason: str, with_canary: bool = True
+) -> PromoteOut:
     with Session(console.engine) as session:
         try:
-            done = registry.admin_promote(
-                console.settings, session, actor.name, name, force=force, reason=reason
-            )
+            done = registry.admin_promote(console.settings, session, actor.name, name, force=force,
+                                          reason=reason, with_canary=with_canary)  # fmt: skip
         except registry.ReasonRequired as exc:
             raise Refused(422, str(exc)) from None
         except registry.UnknownVersion:
@@ -188,6 +197,12 @@ def _promote(console: Console, actor: Actor, name: str, force: bool, reason: str
     gate = done.verdict.reason if done.verdict else None
     if not done.changed:
         detail = f"{name} is already the {version.task} model"
+    elif version.status == ModelStatus.CANARY:
+        rest = done.previous or f"the base model {console.settings.student_model}"
+        detail = (
+            f"{name} is a canary on {version.canary_share or 0:.0%} of merge requests, {rest} serves the "
+            "rest until reviewers' reactions decide: " + (gate or f"forced ({reason.strip()})")
+        )
     else:
         detail = f"{name} is now the {version.task} model: " + (gate or f"forced ({reason.strip()})")
     return PromoteOut(version=version, previous=done.previous, changed=done.changed, gate=gate, detail=detail)
@@ -244,6 +259,7 @@ class InUse:
 
     task: str
     active: ModelVersion | None
+    canary: ModelVersion | None  # promoted, serving a share of merge requests
 
 
 def _part(entry: dict[str, Any], key: str) -> dict[str, Any]:
@@ -253,7 +269,8 @@ def _part(entry: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _in_use(versions: list[ModelVersion]) -> list[InUse]:
     active = {v.task: v for v in versions if v.status == ModelStatus.ACTIVE}
-    return [InUse(task.value, active.get(task.value)) for task in TASKS]
+    trial = {v.task: v for v in versions if v.status == ModelStatus.CANARY}
+    return [InUse(task.value, active.get(task.value), trial.get(task.value)) for task in TASKS]
 
 
 def _round_cells(entry: dict[str, Any]) -> dict[str, str]:
@@ -286,6 +303,7 @@ def _model_cells(version: ModelVersion) -> dict[str, str]:
         "heldout": _num(score), "cost": _num(metrics.get("cost")) if isinstance(metrics, dict) else "",
         "golden": f"{gold.value:.3f} (v{gold.version})" if gold else "", "gain": gain,
         "created": _when(version.created_at), "promoted": _when(version.promoted_at),
+        "canary": canary.describe(version),
     }  # fmt: skip
 
 
@@ -388,12 +406,13 @@ def router(console: Console) -> APIRouter:
         name: Annotated[str, Form()] = "",
         force: Annotated[bool, Form()] = False,
         reason: Annotated[str, Form()] = "",
+        no_canary: Annotated[bool, Form()] = False,
         csrf_token: Annotated[str, Form()] = "",
     ) -> Response:
         actor = auth.page_actor(request)
         auth.check_csrf(actor, csrf_token)
         try:
-            done = _promote(console, actor, name, force, reason)
+            done = _promote(console, actor, name, force, reason, not no_canary)
         except Refused as exc:
             return console.back("/admin/models", error=exc.message)
         return console.back("/admin/models", done=done.detail)
@@ -424,7 +443,7 @@ def router(console: Console) -> APIRouter:
         "A forced promotion needs a reason (422 without), kept in the audit log.",
     )  # fmt: skip
     def promote(name: str, body: PromoteIn, actor: Actor = api_actor) -> PromoteOut:
-        return _api(lambda: _promote(console, actor, name, body.force, body.reason))
+        return _api(lambda: _promote(console, actor, name, body.force, body.reason, body.canary))
 
     @routes.post(
         "/api/v1/models/{task}/rollback", tags=["models"],

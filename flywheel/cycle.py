@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlmodel import Session
 
 from bot.config import ConfigError, Settings
-from bot.llm import LLMClient, check_teacher
-from bot.models import ExampleSource, ExampleSplit, FlywheelRun, RunStatus, Task
-from bot.serving import load_missing_adapters, served_models
+from bot.llm import LLMClient, LLMError, check_teacher, judge_model
+from bot.models import ExampleSource, ExampleSplit, FlywheelRun, ModelStatus, RunStatus, Task
+from bot.serving import SERVED, load_adapters, load_missing_adapters, served_models
 from flywheel import data, gate, golden, registry
-from flywheel.curriculum import build_curriculum
+from flywheel.anchor import keep_anchor, read_anchor
+from flywheel.budget import BudgetedTeacher, BudgetSpent
+from flywheel.curriculum import Curriculum, Mix, build_curriculum
 from flywheel.data import Example
-from flywheel.evaluate import Grade, Score, grade_exam, score
+from flywheel.evaluate import Grade, Judge, Score, accuracy, against_model, grade_exam, score_exam
 from flywheel.exam import Exam, write_exam
 from flywheel.finetune import Chat, FinetuneConfig, FinetuneResult, finetune, read_result, write_job
 from flywheel.metrics import Costs, cost_matrix
 from flywheel.spec import TaskSpec, spec_for
 from flywheel.take import Attempt, take_exam
+from flywheel.vet import Vetted, vet
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ class Plan:
     finetune: FinetuneConfig
     seed_files: tuple[Path, ...] = ()
     heldout_files: tuple[Path, ...] = ()
+    max_synthetic_share: float = 1.0  # of the curriculum, for the teacher's examples
+    synthetic_runs: int = 3  # the latest runs whose teacher examples are trained on
+    correction_weight: int = 1  # rows per reviewer's correction
 
     @classmethod
     def from_settings(
@@ -112,6 +118,9 @@ class Plan:
             finetune=tuning,
             seed_files=tuple(seed_files),
             heldout_files=tuple(heldout_files),
+            max_synthetic_share=settings.flywheel_max_synthetic_share,
+            synthetic_runs=settings.flywheel_synthetic_runs,
+            correction_weight=settings.flywheel_correction_weight,
         )
 
 
@@ -182,11 +191,12 @@ class TrainStats:
     tokens_per_s: float
     peak_memory_mb: float
     loss: float | None  # the last one logged
+    too_long: int = 0  # examples left out for being longer than the sequence length
 
     @classmethod
     def of(cls, result: FinetuneResult) -> TrainStats:
         loss = result.losses[-1][1] if result.losses else None
-        return cls(result.train_tokens, result.tokens_per_s, result.peak_memory_mb, loss)
+        return cls(result.train_tokens, result.tokens_per_s, result.peak_memory_mb, loss, result.too_long)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +204,7 @@ class TrainStats:
             "tokens_per_s": round(self.tokens_per_s, 1),
             "peak_memory_mb": round(self.peak_memory_mb, 1),
             "loss": self.loss,
+            "too_long": self.too_long,
         }
 
 
@@ -221,6 +232,10 @@ class RoundRecord:
     golden: float | None = None  # the adapter's score on the golden set, when the run has one
     golden_version: int | None = None  # that golden set's version
     figures: dict[str, Any] = field(default_factory=dict)  # severity_figures() of the round's scores
+    vetted_dropped: int = 0  # new examples the teacher answered differently when asked again
+    vetting_failed: int = 0  # new examples dropped because that second answer failed
+    mix: dict[str, int] = field(default_factory=dict)  # Curriculum.to_json(): the teacher's share
+    anchor: float | None = None  # the adapter's score on the anchor exam: comparable across rounds and runs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -245,6 +260,10 @@ class RoundRecord:
             "golden": self.golden,
             "golden_version": self.golden_version,
             **self.figures,
+            "vetted_dropped": self.vetted_dropped,
+            "vetting_failed": self.vetting_failed,
+            "curriculum_mix": self.mix,
+            "anchor": self.anchor,
         }
 
 
@@ -258,11 +277,15 @@ class Flywheel:
         self.spec: TaskSpec = spec_for(plan.task)
         self.report = Reporter(console)
         self.teacher_tokens = 0
+        self.tuning = plan.finetune  # with the served sequence length once the run knows it
         self.baseline_model = ""  # the model in use when the run began: set by round 0
         self.golden: golden.Golden | None = None  # the newest golden set when the run began
+        self.anchor: list[Example] = []  # the task's anchor exam: set when the run begins
         self.golden_baseline: Score | None = None  # the model in use on it: set by round 0
         self.judges: list[Example] = []  # dev, test and golden items: their near-copies are never trained on
         self.teacher_model = settings.teacher_model or ""
+        self.judge: Judge | None = None  # of explanations: set when the run opens its clients
+        self.in_use_answers: dict[tuple[str, ...], list[Attempt]] = {}  # the model in use's, per item set
         self.base_weights = settings.student_weights or settings.student_model
         self.adapters_dir = settings.flywheel_dir / "adapters"
         with Session(engine) as session:
@@ -280,7 +303,7 @@ class Flywheel:
     def run(self) -> FlywheelRun:
         """Run to the end; a failure marks the run failed with its reason (and promotes nothing)."""
         try:
-            teacher = LLMClient.teacher(self.settings)
+            teacher = BudgetedTeacher.for_run(self.settings, self.plan.max_teacher_tokens)
             outcome = asyncio.run(self._run(teacher))
         except BaseException as exc:  # an interrupt too: a run must not stay "running" forever
             reason = str(exc) or type(exc).__name__
@@ -290,27 +313,45 @@ class Flywheel:
 
     async def _run(self, teacher: LLMClient) -> str:
         started = time.monotonic()
-        async with teacher, LLMClient.student(self.settings) as student:
+        # ``student`` evaluates (REVIEWBOT_EVAL_BASE_URL's vLLM when set); ``production`` serves reviews.
+        async with (
+            teacher,
+            LLMClient.evaluation(self.settings) as student,
+            LLMClient.student(self.settings) as production,
+            LLMClient.judge(self.settings) as judge,
+        ):
+            self.judge = Judge(judge, judge_model(self.settings))
             heldout, test = self._prepare_data()
             self.golden = self._golden_set()
+            self.anchor = read_anchor(self.settings.flywheel_dir, self.spec)
             self.judges = [*heldout, *test, *(self.golden.examples if self.golden else [])]
             await load_missing_adapters(self.engine, student)
             self.baseline_model = served_models(self.settings, self.engine)[self.plan.task]
-            baseline = await self._heldout_score(student, teacher, self.baseline_model, heldout)
-            self.golden_baseline = await self._golden_score(student, teacher, self.baseline_model)
+            # Trained at the length it is served at: the context vLLM says it serves the model with.
+            self.tuning = self.plan.finetune.for_serving(await production.max_model_len(self.baseline_model))
+            baseline = await self._heldout_score(student, self.baseline_model, heldout)
+            self.golden_baseline = await self._golden_score(student, self.baseline_model)
             version = self.golden.version if self.golden else None
-            self._record(round_zero(self.baseline_model, baseline, self.golden_baseline, version, len(test)))
+            zero = round_zero(self.baseline_model, baseline, self.golden_baseline, version, len(test))
+            anchor = await self._anchor_score(student, self.baseline_model) if self.anchor else None
+            self._record({**zero, "anchor": anchor})
             self.report.say(
                 f"round 0: {self.baseline_model} scores {baseline.value:.3f} "
                 f"on {len(heldout)} dev examples{self._on_golden(self.golden_baseline)}"
             )
             scores, last, best = [baseline.value], None, None
+            stopped = ""  # why the rounds ended early, when the teacher budget ended them
             for number in range(1, self.plan.max_rounds + 1):
                 stop = self._budget_spent(started, number)
                 if stop:
                     self.report.say(f"stopping before round {number}: {stop}")
                     break
-                last = await self._round(number, student, teacher, last, baseline, heldout)
+                try:
+                    last = await self._round(number, student, teacher, last, baseline, heldout)
+                except BudgetSpent as exc:
+                    stopped = f"stopped in round {number}: {exc}"
+                    self.report.say(stopped)
+                    break
                 if best is None or last.heldout > best.heldout:
                     best = last
                 scores.append(last.heldout)
@@ -320,7 +361,13 @@ class Flywheel:
                         f"in {self.plan.patience} rounds"
                     )
                     break
-            return await self._promote_best(student, teacher, best, test)
+            try:
+                outcome = await self._promote_best(student, best, test, production)
+            except BudgetSpent as exc:  # the test part could not be scored: nothing is promoted
+                outcome = f"{self.baseline_model} stays: {exc}"
+                self.report.say(outcome)
+            await self._unload_rejected(student)
+            return f"{outcome} ({stopped})" if stopped else outcome
 
     async def _round(
         self,
@@ -337,28 +384,39 @@ class Flywheel:
         round_dir = self.run_dir / f"round-{number}"
         with Session(self.engine) as session:
             known = data.task_data(session, self.spec)
+        # A golden item (the admin's, or an audited finding labelled by reviewers before it was drawn)
+        # is never shown to the teacher nor trained on.
+        known = replace(known, train=[e for e in known.train if e.key not in self._golden_keys])
+        shown = known.reviewers  # the teacher sees reviewers' data only, never its own earlier examples
         with timed(timings, "exam"):
-            exam = await self._write_exam(number, teacher, known, last, baseline, round_dir)
+            exam = await self._write_exam(number, teacher, known, shown, last, baseline, round_dir)
+        if not self.anchor:  # the task's first exam: the anchor of its trend from now on
+            self.anchor = keep_anchor(self.settings.flywheel_dir, self.spec, exam.items.examples)
         with timed(timings, "take"):
             model = last.model if last else self.baseline_model
             attempts, exam_score = await self._take(number, student, teacher, model, exam)
         with timed(timings, "evaluate"):
-            grade = await self._grade(number, teacher, known, attempts, exam_score)
-        curriculum = self._curriculum(number, known, grade, heldout, round_dir)
+            grade = await self._grade(number, teacher, known, shown, attempts, exam_score)
+        with timed(timings, "vet"):
+            vetted = await self._vet(number, teacher, grade)
+        curriculum = self._curriculum(number, known, vetted, heldout, round_dir)
         with timed(timings, "finetune"):
-            name, trained = await self._train(number, curriculum, round_dir)
+            name, trained = await self._train(number, curriculum.examples, round_dir)
         with timed(timings, "heldout"):
-            held, gold = await self._register(number, student, teacher, trained, heldout, baseline)
+            held, gold = await self._register(number, student, trained, heldout, baseline)
+        with timed(timings, "anchor"):
+            anchor = await self._anchor_score(student, name)
         record = RoundRecord(
             number=number, model=name,
             exam_size=len(exam.items.examples), exam_malformed=exam.items.malformed,
             exam_duplicates=exam.items.duplicates, exam_score=exam_score.value,
             teacher_score=grade.proficiency, feedback=grade.feedback,
             new_examples=len(grade.new.examples), new_dropped=grade.new.malformed + grade.new.duplicates,
-            curriculum=len(curriculum), heldout=held.value, detail=held.summary(),
+            curriculum=len(curriculum.examples), heldout=held.value, detail=held.summary(),
             train=TrainStats.of(trained), teacher_tokens=self.teacher_tokens, timings=timings,
             golden=gold.value if gold else None, golden_version=self.golden.version if self.golden else None,
-            figures=severity_figures(held, gold),
+            figures=severity_figures(held, gold), vetted_dropped=len(vetted.disagreed),
+            vetting_failed=vetted.failed, mix=curriculum.to_json(), anchor=anchor,
         )  # fmt: skip
         self._record(record.to_json())
         return record
@@ -370,6 +428,7 @@ class Flywheel:
         number: int,
         teacher: LLMClient,
         known: data.TaskData,
+        shown: list[Example],
         last: RoundRecord | None,
         baseline: Score,
         round_dir: Path,
@@ -382,7 +441,7 @@ class Flywheel:
                 f"{last.teacher_score}/10 by your last grade, {last.exam_score:.0%} on its last exam"
             )
         exam = await write_exam(
-            teacher, self.teacher_model, self.spec, count=self.plan.exam_size, data=known.train,
+            teacher, self.teacher_model, self.spec, count=self.plan.exam_size, data=shown,
             complaints=data.complaints(self.engine), proficiency=proficiency,
             feedback=last.feedback if last else None, known=known.keys | self._golden_keys, rng=self.rng,
             max_tokens=self.settings.teacher_max_tokens,
@@ -398,27 +457,30 @@ class Flywheel:
     async def _take(
         self, number: int, student: LLMClient, teacher: LLMClient, model: str, exam: Exam
     ) -> tuple[list[Attempt], Score]:
-        """Step 2: ``model`` answers the exam, and its answers are scored."""
+        """Step 2: ``model`` answers the exam, and its answers are scored (explanations: against
+        the exam's answers, or those of the reference model on the teacher's server)."""
         attempts = await self._answer(
             student, model, exam.items.examples, f"round {number}: {model} takes the exam"
         )
-        exam_score = await score(
-            self.spec, attempts, teacher, self.teacher_model, self.rng, self.settings.reference_model
+        reference = self.settings.reference_model
+        result = await score_exam(
+            self.spec, attempts, self.judge, Judge(teacher, reference) if reference else None
         )
-        self.teacher_tokens += exam_score.teacher_tokens
-        return attempts, exam_score
+        self.teacher_tokens += result.teacher_tokens
+        return attempts, result
 
     async def _grade(
         self,
         number: int,
         teacher: LLMClient,
         known: data.TaskData,
+        shown: list[Example],
         attempts: list[Attempt],
         exam_score: Score,
     ) -> Grade:
         """Step 3: the teacher's grade, feedback and new examples."""
         grade = await grade_exam(
-            teacher, self.teacher_model, self.spec, attempts, exam_score, data=known.train,
+            teacher, self.teacher_model, self.spec, attempts, exam_score, data=shown,
             count=self.plan.new_examples, known=known.keys | self._golden_keys, rng=self.rng,
             max_tokens=self.settings.teacher_max_tokens,
         )  # fmt: skip
@@ -430,18 +492,39 @@ class Flywheel:
         )
         return grade
 
+    async def _vet(self, number: int, teacher: LLMClient, grade: Grade) -> Vetted:
+        """Step 3b: the teacher's new examples it answers again the same way (``flywheel.vet``)."""
+        vetted = await vet(teacher, self.teacher_model, self.spec, grade.new.examples)
+        self.teacher_tokens += vetted.teacher_tokens
+        if self.spec.classification:
+            self.report.say(
+                f"round {number}: {len(vetted.kept)} of {len(grade.new.examples)} new examples kept; the "
+                f"teacher answered {len(vetted.disagreed)} differently when asked again"
+                + (f", and {vetted.failed} not at all" if vetted.failed else "")
+            )
+        return vetted
+
     def _curriculum(
-        self, number: int, known: data.TaskData, grade: Grade, heldout: list[Example], round_dir: Path
-    ) -> list[Example]:
-        """Step 4: store the teacher's new examples; the training set grown by them, easy to hard."""
+        self, number: int, known: data.TaskData, vetted: Vetted, heldout: list[Example], round_dir: Path
+    ) -> Curriculum:
+        """Step 4: store the teacher's vetted new examples; the curriculum of reviewers' examples
+        and the teacher's (``flywheel.curriculum``)."""
         with Session(self.engine) as session:
             data.store(
-                session, self.spec, grade.new.examples, ExampleSource.TEACHER,
+                session, self.spec, vetted.kept, ExampleSource.TEACHER,
                 run_id=self.run_id, round_number=number,
             )  # fmt: skip
+            live = data.synthetic_runs(session, self.spec, self.plan.synthetic_runs)
+        mix = Mix(self.plan.max_synthetic_share, self.plan.correction_weight, live)
         excluded = {e.key for e in heldout} | self._golden_keys  # never trained on what judges it
-        curriculum = build_curriculum(known.train, grade.new.examples, excluded, judges=self.judges)
-        data.write_jsonl(round_dir / "curriculum.jsonl", curriculum)
+        curriculum = build_curriculum(known.train, vetted.kept, excluded, self.judges, mix)
+        data.write_jsonl(round_dir / "curriculum.jsonl", curriculum.examples)
+        self.report.say(
+            f"round {number}: curriculum of {len(curriculum.examples)} examples, {curriculum.synthetic} "
+            f"the teacher's ({curriculum.retired} of older runs retired, {curriculum.capped} beyond the "
+            f"{self.plan.max_synthetic_share:.0%} share left out), {curriculum.upsampled} extra copies "
+            "of reviewers' corrections"
+        )
         return curriculum
 
     async def _train(
@@ -452,13 +535,17 @@ class Flywheel:
             name = registry.next_adapter_name(session, self.plan.task, self.adapters_dir)
         self.report.say(f"round {number}: fine-tuning {name} on {len(curriculum)} examples")
         trained = await asyncio.to_thread(self._finetune, curriculum, self.adapters_dir / name, round_dir)
+        if trained.too_long:
+            self.report.say(
+                f"round {number}: {trained.too_long} of {len(curriculum)} examples left out of {name}: "
+                f"longer than {trained.training['config']['max_seq_length']} tokens, the sequence length"
+            )
         return name, trained
 
     async def _register(
         self,
         number: int,
         student: LLMClient,
-        teacher: LLMClient,
         trained: FinetuneResult,
         heldout: list[Example],
         baseline: Score,
@@ -471,8 +558,8 @@ class Flywheel:
                 self.settings.max_lora_rank,
             )  # fmt: skip
         name = version.adapter_name
-        held = await self._heldout_score(student, teacher, name, heldout)
-        gold = await self._golden_score(student, teacher, name)
+        held = await self._heldout_score(student, name, heldout)
+        gold = await self._golden_score(student, name)
         metrics = {
             "heldout": held.value, "heldout_size": len(heldout),
             "baseline": baseline.value, "baseline_model": self.baseline_model,
@@ -481,7 +568,8 @@ class Flywheel:
         }  # fmt: skip
         with Session(self.engine) as session:
             row = session.merge(version)
-            row.metrics = metrics
+            row.metrics = {**row.metrics, **metrics}  # beside what registration recorded
+            row.training = trained.training
             session.add(row)
             session.commit()
         self.report.say(
@@ -518,6 +606,13 @@ class Flywheel:
                 f"no held-out {self.spec.task} examples to judge a new adapter by: collect reviewers' "
                 "feedback, or give a file with --heldout (or --seed, of which a share is held out)"
             )
+        if not known.reviewers and self.plan.max_synthetic_share < 1:
+            raise data.DataError(
+                f"no {self.spec.task} training examples from reviewers or seed files, and the teacher's may "
+                f"be at most {self.plan.max_synthetic_share:.0%} of the curriculum "
+                "(REVIEWBOT_FLYWHEEL_MAX_SYNTHETIC_SHARE): collect feedback or give --seed, "
+                "or set the share to 1 to train on the teacher's examples alone"
+            )
         dev, test = gate.split_heldout(known.heldout)
         if not dev or not test:
             raise data.DataError(
@@ -550,12 +645,16 @@ class Flywheel:
 
     @property
     def _golden_keys(self) -> set[str]:
-        return self.golden.keys if self.golden else set()
+        """The golden set's and the anchor exam's questions: never shown, asked nor trained on."""
+        return (self.golden.keys if self.golden else set()) | {e.key for e in self.anchor}
 
-    async def _golden_score(self, student: LLMClient, teacher: LLMClient, model: str) -> Score | None:
+    async def _anchor_score(self, student: LLMClient, model: str) -> float:
+        return (await self._heldout_score(student, model, self.anchor, "anchor exam")).value
+
+    async def _golden_score(self, student: LLMClient, model: str) -> Score | None:
         if self.golden is None:
             return None
-        return await self._heldout_score(student, teacher, model, self.golden.examples, "golden set")
+        return await self._heldout_score(student, model, self.golden.examples, "golden set")
 
     def _golden_metrics(self, gold: Score | None) -> dict[str, Any]:
         """A candidate's golden score, for `models promote` to compare: with the set's version and
@@ -585,16 +684,24 @@ class Flywheel:
     async def _heldout_score(
         self,
         student: LLMClient,
-        teacher: LLMClient,
         model: str,
         heldout: list[Example],
         label: str = "held-out examples",
     ) -> Score:
+        """``model``'s score on the items: severity by the code; an explanation against the model in
+        use's answer to the same item, judged pairwise (the model in use itself ties every pair)."""
         attempts = await self._answer(student, model, heldout, f"{label}: {model}")
-        result = await score(
-            self.spec, attempts, teacher, self.teacher_model, random.Random(1), self.settings.reference_model,
-            self.plan.costs,
-        )  # fmt: skip
+        if self.spec.classification:
+            return accuracy(attempts, self.plan.costs)
+        keys = tuple(e.key for e in heldout)
+        if model == self.baseline_model:
+            self.in_use_answers[keys] = attempts
+        elif keys not in self.in_use_answers:  # answered once per item set: at temperature 0, alike
+            self.in_use_answers[keys] = await self._answer(
+                student, self.baseline_model, heldout, f"{label}: {self.baseline_model}"
+            )
+        assert self.judge is not None  # set by _run
+        result = await against_model(self.judge, attempts, self.in_use_answers[keys])
         self.teacher_tokens += result.teacher_tokens
         return result
 
@@ -608,13 +715,11 @@ class Flywheel:
                 self.base_weights,
                 chats,
                 out_dir,
-                self.plan.finetune,
+                self.tuning,
                 show_progress=self.report.console is not None,
             )
         # Another process (e.g. `accelerate launch` on several GPUs) runs the same code on a job file.
-        job = write_job(
-            round_dir / "finetune-job.json", self.base_weights, chats, out_dir, self.plan.finetune
-        )
+        job = write_job(round_dir / "finetune-job.json", self.base_weights, chats, out_dir, self.tuning)
         command = [*shlex.split(launcher), "-m", "flywheel.finetune", str(job)]
         if shlex.split(launcher)[0] == "python":
             command[0] = sys.executable
@@ -662,7 +767,11 @@ class Flywheel:
             return run
 
     async def _promote_best(
-        self, student: LLMClient, teacher: LLMClient, best: RoundRecord | None, test: list[Example]
+        self,
+        student: LLMClient,
+        best: RoundRecord | None,
+        test: list[Example],
+        production: LLMClient,
     ) -> str:
         if best is None:
             outcome = f"no round ran; {self.baseline_model} stays"
@@ -672,15 +781,38 @@ class Flywheel:
                 f"{golden.missing_message(self.plan.task)}"
             )
         else:
-            scores = [await self._heldout_score(student, teacher, m, test, "test examples")
+            scores = [await self._heldout_score(student, m, test, "test examples")
                       for m in (best.model, self.baseline_model)]  # fmt: skip
             gold = gate.GoldenScores(self.golden.version, best.golden, self.golden_baseline.value)
             verdict = gate.judge(
                 (best.model, scores[0]), (self.baseline_model, scores[1]), self.plan.rule, gold
             )
+            if verdict.passed and self.settings.eval_base_url is not None:
+                await self._load_into_production(production, best.model)
             outcome = self._promote(best.model, verdict)
         self.report.say(outcome)
         return outcome
+
+    async def _load_into_production(self, production: LLMClient, name: str) -> None:
+        """Load the winner, evaluated on the separate vLLM, into the one reviews use, checking that
+        it serves the same base weights; a failure fails the run, with nothing promoted."""
+        with Session(self.engine) as session:
+            version = registry.find(session, name)
+        await load_adapters(production, [version])
+
+    async def _unload_rejected(self, student: LLMClient) -> None:
+        """Unload the run's adapters that reviews do not use: each held one of vLLM's ``--max-loras``
+        slots and its memory. A failure is logged, not fatal: the run's outcome stands."""
+        with Session(self.engine) as session:
+            rejected = [
+                v.adapter_name for v in registry.versions(session, self.plan.task)
+                if v.metrics.get("run_id") == self.run_id and v.status not in SERVED
+            ]  # fmt: skip
+        for name in rejected:
+            try:
+                await student.unload_lora_adapter(name)
+            except LLMError as exc:
+                log.warning("could not unload %s, a candidate not promoted: %s", name, exc)
 
     def _promote(self, name: str, verdict: gate.Verdict) -> str:
         """Record the test verdict on the candidate, and promote it if the verdict passed."""
@@ -690,10 +822,13 @@ class Flywheel:
             session.add(version)
             session.commit()
             try:
-                registry.promote(session, name, verdict)
+                promoted = registry.promote(session, name, verdict, canary_share=self.settings.canary_share)
             except registry.PromotionRefused as exc:
                 return f"{self.baseline_model} stays: {exc}"
-        return f"promoted {name}: {verdict.reason}"
+        said = f"promoted {name}: {verdict.reason}"
+        if promoted.status == ModelStatus.CANARY:  # the live check decides the rest (bot.feedback.canary)
+            return f"{said}; first a canary on {promoted.canary_share:.0%} of merge requests"
+        return said
 
 
 def run_flywheel(

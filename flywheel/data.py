@@ -48,9 +48,15 @@ def question_key(question: Mapping[str, Any]) -> str:
 
 def group_key(question: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     """What decides an example's split: a reviewer's finding's fingerprint (its path, anchored code
-    and review: stable when a push shifts lines), else its question read blind to line numbers."""
-    fingerprint = meta.get("fingerprint")
-    identity = f"finding {fingerprint}" if fingerprint else f"question {line_blind_text(question)}"
+    and review: stable when a push shifts lines), an analyzer's example's source file (a whole file
+    on one side), else its question read blind to line numbers."""
+    fingerprint, source_file = meta.get("fingerprint"), meta.get("source_file")
+    if fingerprint:
+        identity = f"finding {fingerprint}"
+    elif source_file:
+        identity = f"file {source_file}"
+    else:
+        identity = f"question {line_blind_text(question)}"
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
@@ -131,7 +137,7 @@ def write_jsonl(path: Path, examples: Iterable[Example]) -> int:
 def feedback_examples(engine: sa.Engine, spec: TaskSpec) -> list[Example]:
     """Labelled examples from reviewers' feedback: findings whose severity a ``/severity`` command
     confirmed or corrected (a 👍 or an addressing push judges no severity, nor endorses an explanation)."""
-    findings = list(labelled_findings(engine, with_signal_of=HARD_LABEL_KINDS))
+    findings = list(labelled_findings(engine, with_signal_of=HARD_LABEL_KINDS, include_audited=False))
     if spec.task == Task.SEVERITY:
         return [
             parse_example(spec, value, f"finding {value['meta']['finding_id']}")
@@ -182,7 +188,9 @@ def complaints(engine: sa.Engine, limit: int = 20) -> list[dict[str, Any]]:
     rejected = [
         i
         for i in labelled_findings(
-            engine, with_signal_of={SignalKind.DISMISS, SignalKind.SEVERITY, SignalKind.REACTION}
+            engine,
+            with_signal_of={SignalKind.DISMISS, SignalKind.SEVERITY, SignalKind.REACTION},
+            include_audited=False,  # the blind audit set's findings never reach the teacher
         )
         if i.label.state in (LabelState.DISMISSED, LabelState.DISPUTED)
     ]
@@ -229,8 +237,10 @@ def store(
     for example in examples:
         row = existing.get(example.key)
         if row is not None:
-            if source == ExampleSource.FEEDBACK and row.answer != example.answer:
-                row.answer, row.meta = example.answer, example.meta
+            # A reviewer's label replaces any other source's (an analyzer's, a seed file's), and
+            # the row becomes the reviewer's; its split stays.
+            if source == ExampleSource.FEEDBACK and (row.answer != example.answer or row.source != source):
+                row.answer, row.meta, row.source = example.answer, example.meta, source
                 session.add(row)
             continue
         chosen: str
@@ -280,6 +290,31 @@ class TaskData:
     def keys(self) -> set[str]:
         return {e.key for e in self.train} | {e.key for e in self.heldout}
 
+    @property
+    def reviewers(self) -> list[Example]:
+        """The training examples not written by the teacher: reviewers' labels and seed files, the
+        only ones shown to the teacher as real data."""
+        return [e for e in self.train if not is_synthetic(e)]
+
+
+def is_synthetic(example: Example) -> bool:
+    """Written by the teacher (``meta.source``, as ``task_data`` reads it)."""
+    return example.meta.get("source") == ExampleSource.TEACHER
+
+
+def synthetic_runs(session: Session, spec: TaskSpec, count: int) -> set[int]:
+    """The ids of the latest ``count`` runs that stored teacher examples of the task: theirs are
+    trained on, older runs' retire (they stay in the table)."""
+    runs = session.exec(
+        select(TrainingExample.run_id)
+        .where(TrainingExample.task == spec.task.value, TrainingExample.source == ExampleSource.TEACHER)
+        .where(col(TrainingExample.run_id).is_not(None))
+        .distinct()
+        .order_by(col(TrainingExample.run_id).desc())
+        .limit(count)
+    ).all()
+    return {run for run in runs if run is not None}
+
 
 def task_data(session: Session, spec: TaskSpec) -> TaskData:
     rows = session.exec(
@@ -289,7 +324,7 @@ def task_data(session: Session, spec: TaskSpec) -> TaskData:
     ).all()
     examples = {
         split: [
-            Example(r.question, r.answer, r.difficulty, {**r.meta, "source": r.source})
+            Example(r.question, r.answer, r.difficulty, {**r.meta, "source": r.source, "run_id": r.run_id})
             for r in rows
             if r.split == split
         ]

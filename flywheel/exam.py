@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,50 @@ def sample(examples: Sequence[Example], count: int, rng: random.Random) -> list[
     return [clipped({"question": e.question, "answer": e.answer}) for e in chosen]
 
 
+def label_mix(spec: TaskSpec, examples: Sequence[Example]) -> str:
+    """The share of each label in ``examples`` (reviewers' data), most frequent first, e.g.
+    "minor 50%, major 30%, …" ("" without data): the mix the teacher's questions should follow,
+    rather than one of each label, which production does not see. A classification's label is its
+    answer; an explanation's, the severity it explains."""
+    counts = label_counts(spec, examples)
+    total = sum(counts.values())
+    return ", ".join(f"{label} {count / total:.0%}" for label, count in counts.most_common())
+
+
+def label_counts(spec: TaskSpec, examples: Sequence[Example]) -> Counter[str]:
+    return Counter(label for e in examples if (label := _label(spec, e)) is not None)
+
+
+def part_targets(shares: Counter[str], counts: Sequence[int]) -> list[str]:
+    """Each part's own labels, e.g. "3 minor, 1 major": the exam's questions split over the labels
+    in proportion to ``shares`` (largest remainder), then dealt out evenly over the parts, so the
+    parts together follow the mix and no two parts are the same ask ("" for all without shares)."""
+    total, known = sum(counts), sum(shares.values())
+    if not known:
+        return ["" for _ in counts]
+    ranked = [label for label, _ in shares.most_common()]
+    quota = {label: total * shares[label] // known for label in ranked}
+    by_remainder = sorted(ranked, key=lambda label: -(total * shares[label] % known))
+    for label in by_remainder[: total - sum(quota.values())]:
+        quota[label] += 1
+    # The k-th of a label's q questions sits at (k + 0.5) / q of the exam: each label spread evenly.
+    dealt = sorted(
+        ((k + 0.5) / q, ranked.index(label), label) for label, q in quota.items() for k in range(q)
+    )
+    labels = [label for *_, label in dealt]
+    targets, start = [], 0
+    for count in counts:
+        part = Counter(labels[start : start + count])
+        targets.append(", ".join(f"{n} {label}" for label, n in part.most_common()))
+        start += count
+    return targets
+
+
+def _label(spec: TaskSpec, example: Example) -> str | None:
+    value = next(iter(example.answer.values())) if spec.classification else example.question.get("issue_type")
+    return None if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class Exam:
     items: Items
@@ -116,11 +161,14 @@ async def write_exam(
     rng: random.Random,
     max_tokens: int = 8192,
 ) -> Exam:
-    """Ask the teacher for ``count`` questions (in parts that fit ``max_tokens``); ``known`` holds
-    the keys of the training and held-out examples, which an exam must not repeat."""
+    """Ask the teacher for ``count`` questions (in parts that fit ``max_tokens``, all at once, each
+    part with its own labels: ``part_targets``), with labels in the mix of ``data`` (reviewers'
+    examples); ``known`` holds the keys of the training and held-out
+    examples, which an exam must not repeat."""
     shown = sample(data, DATA_SAMPLE, rng)
+    mix = label_mix(spec, data)
 
-    def prompt_for(part: int) -> str:
+    def prompt_for(part: int, target: str) -> str:
         return render(
             "exam",
             task_prompt=spec.task_prompt(),
@@ -130,11 +178,22 @@ async def write_exam(
             complaints=complaints,
             proficiency=proficiency,
             feedback=feedback,
+            label_mix=mix,
+            target=target,
             count=part,
         )
 
-    answers = await ask_in_parts(
-        teacher, model, prompt_for, spec.exam_type, parts(count, max_tokens, EXAM_OVERHEAD), EXAM_OVERHEAD
+    counts = parts(count, max_tokens, EXAM_OVERHEAD)
+    targets = part_targets(label_counts(spec, data), counts)
+    answers = list(
+        await asyncio.gather(
+            *(
+                ask_teacher(
+                    teacher, model, prompt_for(n, target), spec.exam_type, n * TOKENS_PER_ITEM + EXAM_OVERHEAD
+                )
+                for n, target in zip(counts, targets, strict=True)
+            )
+        )
     )
     written = [item for answer in answers for item in items_of(answer.value.get("items"))]
     items = parse_items(spec, written, known, f"exam from {model}")

@@ -1,10 +1,13 @@
 """LoRA fine-tuning of the student on chat examples (flywheel step 5), with peft and trl's SFTTrainer.
 
 Each example is a prompt (system + user messages) and the answer text. The trainer gets them as a
-conversational prompt-completion dataset, so the tokenizer's own chat template renders them and the
-loss covers the answer and its end-of-turn token only. The saved adapter holds the LoRA matrices only,
-as vLLM loads them at run time; ``check_vllm_compatible`` states vLLM's rules, and the registry
-applies it before loading an adapter into the server.
+dataset of token ids and loss masks (``tokenize_chats``): the tokenizer's own chat template renders
+them as vLLM renders a prompt, and the loss covers the answer and its end-of-turn token only.
+Training sees what serving sees: one sequence length, the served context by default; an example longer
+than it is left out and counted, never cut. The saved adapter holds the LoRA matrices only, as vLLM
+loads them at run time; ``check_vllm_compatible`` states vLLM's rules, and the registry applies it
+before loading an adapter into the server. ``FinetuneResult.training`` is the record kept with the
+model version: the settings as applied, the library versions and a hash of the chats trained on.
 
 One process or many: ``accelerate launch -m flywheel.finetune JOB.json`` runs the same code on
 several GPUs (see ``write_job`` and ``read_result``). The ML stack is imported lazily, so importing
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import resource
 import sys
@@ -23,7 +28,7 @@ import types
 import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +49,11 @@ __all__ = [
     "chat_dataset",
     "check_vllm_compatible",
     "finetune",
+    "fitting",
     "read_result",
     "save_adapter",
+    "tokenize_chats",
+    "training_record",
     "write_job",
 ]
 
@@ -54,6 +62,10 @@ Chat = tuple[list[ChatCompletionMessageParam], str]
 
 RESULT_FILE = "result.json"
 LOSS_PLOT = "loss.png"
+TRAINING_FILE = "training.json"  # the training record, beside the adapter it describes
+
+SERVED_CONTEXT = 8192  # deploy/vllm-serve.sh's MAX_MODEL_LEN: the length when no server says its own
+LIBRARIES = ("torch", "transformers", "peft", "trl")  # their versions go in the training record
 
 
 class AdapterIncompatible(ValueError):
@@ -77,16 +89,26 @@ class FinetuneConfig(BaseModel):
     epochs: float = 2.0
     batch_size: int = 8  # per device
     gradient_accumulation: int = 1
-    max_seq_length: int = 2048
+    # None: the context the student is served with (the flywheel reads it from vLLM's /v1/models;
+    # SERVED_CONTEXT elsewhere). Longer examples are left out and counted, never cut.
+    max_seq_length: int | None = None
     packing: bool = False
     bf16: bool | None = None  # None: bf16 when a CUDA GPU supports it, else fp32
     seed: int = 0
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.05  # of all optimizer steps: LoRA's fresh matrices meet the full rate gently
     lr_scheduler: str = "linear"  # a transformers SchedulerType: linear, cosine, constant, ...
     weight_decay: float = 0.0
-    gradient_checkpointing: bool = False  # trades compute for memory on long sequences or big batches
+    # Trades compute for memory on long sequences or big batches. None: on with a CUDA GPU, where
+    # memory is what runs out; off on a CPU, where it only costs time.
+    gradient_checkpointing: bool | None = None
     logging_steps: int = 1  # how often a loss is recorded for FinetuneResult.losses and the plot
-    in_order: bool = False  # train in the curriculum's order (easy to hard) instead of shuffled
+
+    def for_serving(self, context: int | None) -> FinetuneConfig:
+        """These settings with the sequence length resolved: the one given, else the served
+        ``context``, else ``SERVED_CONTEXT``."""
+        if self.max_seq_length is not None:
+            return self
+        return self.model_copy(update={"max_seq_length": context or SERVED_CONTEXT})
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any]) -> FinetuneConfig:
@@ -126,6 +148,12 @@ class FinetuneResult:
     tokens_per_s: float  # train_tokens over the training loop's own time
     peak_memory_mb: float  # CUDA max allocated on a GPU; else the process's peak RSS
     loss_plot: Path | None  # loss curve PNG in adapter_dir
+    training: dict[str, Any] = field(default_factory=dict)  # training_record(): kept with the version
+
+    @property
+    def too_long(self) -> int:
+        """Examples left out for being longer than the sequence length."""
+        return int(self.training.get("too_long", 0))
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -143,6 +171,7 @@ class FinetuneResult:
             tokens_per_s=float(data["tokens_per_s"]),
             peak_memory_mb=float(data["peak_memory_mb"]),
             loss_plot=Path(data["loss_plot"]) if data["loss_plot"] else None,
+            training=dict(data["training"]),
         )
 
 
@@ -189,9 +218,10 @@ def finetune(
     show_progress: bool = True,
 ) -> FinetuneResult:
     """LoRA on ``base_model`` with the chat examples, loss on the answer tokens only; saves the adapter
-    (adapter_config.json + adapter_model.safetensors, vLLM-loadable) in ``out_dir``; the registry checks
-    it against the server before loading. Under ``accelerate launch`` every process calls it; the main
-    one saves."""
+    (adapter_config.json + adapter_model.safetensors, vLLM-loadable) and its training record in
+    ``out_dir``; the registry checks it against the server before loading. Examples longer than the
+    sequence length are left out and counted in the record. Under ``accelerate launch`` every process
+    calls it; the main one saves."""
     import torch
     from accelerate import PartialState  # type: ignore[import-untyped]
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -199,11 +229,16 @@ def finetune(
     started = time.perf_counter()
     if not examples:
         raise ValueError("no training examples: the curriculum is empty")
+    config = config.for_serving(None)
     # First, so that under `accelerate launch` this process is bound to its own GPU before anything
     # touches CUDA (a query on the default device would put a context on GPU 0 from every process).
     process = PartialState()
     bf16 = _use_bf16(config)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
+    chats = chat_dataset(examples)
+    with _no_library_progress_bars():
+        tokens = tokenize_chats(chats, tokenizer)
+    keep = fitting(tokens, _max_length(config))
     with _no_library_progress_bars():
         # The base weights are frozen: bf16 when training in bf16 (half the memory), else fp32. The
         # LoRA matrices are fp32 either way (peft's autocast_adapter_dtype). On a GPU each process
@@ -214,12 +249,50 @@ def finetune(
             device_map={"": process.device} if process.device.type == "cuda" else None,
         )
     trainer = build_trainer(
-        model, tokenizer, chat_dataset(examples), Path(out_dir), config, show_progress=show_progress
+        model, tokenizer, tokens.select(keep), Path(out_dir), config, show_progress=show_progress
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     output = trainer.train()
-    return save_adapter(trainer, Path(out_dir), started, float(output.metrics["train_runtime"]))
+    record = training_record(config, chats.select(keep), too_long=len(chats) - len(keep))
+    return save_adapter(trainer, Path(out_dir), started, float(output.metrics["train_runtime"]), record)
+
+
+def _max_length(config: FinetuneConfig) -> int:
+    return config.max_seq_length or SERVED_CONTEXT
+
+
+def fitting(tokens: Dataset, max_length: int) -> list[int]:
+    """The rows of ``tokenize_chats`` that fit ``max_length`` tokens whole, so that the trainer never
+    cuts one: a cut answer would teach the student to stop mid-sentence, and a conversation over the
+    served context is one vLLM refuses anyway. The caller counts the others."""
+    keep = [index for index, ids in enumerate(tokens["input_ids"]) if len(ids) <= max_length]
+    if not keep:
+        raise ValueError(
+            f"all {len(tokens)} training examples are longer than {max_length} tokens, the sequence "
+            "length (the served context unless max_seq_length says otherwise)"
+        )
+    return keep
+
+
+def training_record(config: FinetuneConfig, dataset: Dataset, too_long: int) -> dict[str, Any]:
+    """What a model version was trained with, to compare versions and reproduce one: the settings as
+    applied (automatic ones resolved), the ML libraries' versions, and a hash of the chats trained on
+    (order-independent: the trainer shuffles them anyway)."""
+    applied = config.model_copy(
+        update={"bf16": _use_bf16(config), "gradient_checkpointing": _use_checkpointing(config)}
+    )
+    digests = sorted(
+        hashlib.sha256(json.dumps(row, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        for row in dataset
+    )
+    return {
+        "config": applied.model_dump(),
+        "libraries": {name: importlib.metadata.version(name) for name in LIBRARIES},
+        "data_sha256": hashlib.sha256("\n".join(digests).encode()).hexdigest(),
+        "examples": len(dataset),
+        "too_long": too_long,
+    }
 
 
 def _use_bf16(config: FinetuneConfig) -> bool:
@@ -228,6 +301,14 @@ def _use_bf16(config: FinetuneConfig) -> bool:
     if config.bf16 is not None:
         return config.bf16
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _use_checkpointing(config: FinetuneConfig) -> bool:
+    import torch
+
+    if config.gradient_checkpointing is not None:
+        return config.gradient_checkpointing
+    return torch.cuda.is_available()
 
 
 def chat_dataset(examples: Sequence[Chat]) -> Dataset:
@@ -239,6 +320,39 @@ def chat_dataset(examples: Sequence[Chat]) -> Dataset:
         prompt = [{"role": str(m["role"]), "content": _text(m.get("content"))} for m in messages]
         rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]})
     return Dataset.from_list(rows)
+
+
+def tokenize_chats(dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """``chat_dataset``'s rows as token ids and a loss mask (trl turns it into labels), rendered by
+    the tokenizer's chat template as vLLM renders the prompt. The loss covers the answer and the
+    end-of-turn token after it (the tokenizer's eos, where vLLM stops); not the prompt, not the
+    assistant header (the generation prompt), not what a template writes after the end of turn
+    (ChatML's newline after ``<|im_end|>``), which the student never generates. trl's own
+    prompt-completion masking trains on that newline (and before 0.24 on the header too), and only
+    warns where the prompt is not a prefix of prompt and answer: this refuses it."""
+
+    def ids(messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+        encoded: Any = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+        )
+        return list(encoded["input_ids"])
+
+    def tokenize(row: dict[str, Any]) -> dict[str, list[int]]:
+        prompt = ids(row["prompt"], generation_prompt=True)
+        whole = ids([*row["prompt"], *row["completion"]], generation_prompt=False)
+        if whole[: len(prompt)] != prompt:
+            ending, instead = prompt[-3:], whole[len(prompt) - 3 : len(prompt)]
+            raise ValueError(
+                "the chat template renders the prompt differently once an answer follows "
+                f"({tokenizer.decode(ending)!r} becomes {tokenizer.decode(instead)!r}): "
+                "the student would be trained on a context vLLM never shows it"
+            )
+        ends = [i for i in range(len(prompt), len(whole)) if whole[i] == tokenizer.eos_token_id]
+        stop = ends[-1] + 1 if ends else len(whole)  # the last: an answer may quote the token
+        mask = [0] * len(prompt) + [1] * (stop - len(prompt)) + [0] * (len(whole) - stop)
+        return {"input_ids": whole, "completion_mask": mask}
+
+    return dataset.map(tokenize, remove_columns=dataset.column_names)
 
 
 def _text(content: object) -> str:
@@ -256,8 +370,9 @@ def build_trainer(
     *,
     show_progress: bool = False,
 ) -> SFTTrainer:
-    """The SFTTrainer that finetune() runs, with the LoRA adapter attached and the dataset tokenized.
-    Separate so that tests can inspect its batches and the GPU benchmark can pass a model built in place."""
+    """The SFTTrainer that finetune() runs, with the LoRA adapter attached and the dataset tokenized
+    (``tokenize_chats``, unless it is already). Separate so that tests can inspect its batches and the
+    GPU benchmark can pass a model built in place."""
     import torch
     from peft import LoraConfig
     from transformers import PrinterCallback
@@ -285,7 +400,7 @@ def build_trainer(
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio of all steps
         weight_decay=config.weight_decay,
-        max_length=config.max_seq_length,
+        max_length=_max_length(config),  # fitting() has left out longer rows: nothing is cut
         packing=config.packing,
         completion_only_loss=True,  # explicit: the loss must never cover the prompt
         bf16=_use_bf16(config),
@@ -301,11 +416,12 @@ def build_trainer(
         log_level="error",
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
-        train_sampling_strategy="sequential" if config.in_order else "random",
         dataloader_pin_memory=torch.cuda.is_available(),
-        **_checkpointing(SFTConfig, config.gradient_checkpointing),
+        **_checkpointing(SFTConfig, _use_checkpointing(config)),
     )
     with _no_library_progress_bars(), warnings.catch_warnings():
+        if "input_ids" not in dataset.column_names:
+            dataset = tokenize_chats(dataset, tokenizer)
         # peft reads an attribute transformers 5 renamed, on every model it wraps: nothing to act on
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
         trainer = SFTTrainer(
@@ -339,8 +455,8 @@ def _no_library_progress_bars() -> Iterator[None]:
 
 
 def _checkpointing(config_class: type, enabled: bool) -> dict[str, Any]:
-    """Activation (gradient) checkpointing, off unless asked for: SFTConfig turns it on by default, and
-    transformers 5 renamed the setting (the old name still works, with a warning on every run)."""
+    """Activation (gradient) checkpointing as ``_use_checkpointing`` decided, never SFTConfig's own
+    default; transformers 5 renamed the setting (the old name still works, with a warning every run)."""
     names = {field.name for field in dataclasses.fields(config_class)}
     return {
         "activation_checkpointing"
@@ -349,8 +465,15 @@ def _checkpointing(config_class: type, enabled: bool) -> dict[str, Any]:
     }
 
 
-def save_adapter(trainer: SFTTrainer, out_dir: Path, started: float, train_seconds: float) -> FinetuneResult:
-    """Save the trained adapter (main process only), plot the losses, and sum up the run."""
+def save_adapter(
+    trainer: SFTTrainer,
+    out_dir: Path,
+    started: float,
+    train_seconds: float,
+    training: Mapping[str, Any] | None = None,
+) -> FinetuneResult:
+    """Save the trained adapter and its training record (main process only), plot the losses, and
+    sum up the run."""
     import torch
 
     state = trainer.state
@@ -367,6 +490,7 @@ def save_adapter(trainer: SFTTrainer, out_dir: Path, started: float, train_secon
         out_dir.mkdir(parents=True, exist_ok=True)
         # save_embedding_layers=False: vLLM loads LoRA matrices only, never full embeddings
         accelerator.unwrap_model(trainer.model).save_pretrained(out_dir, save_embedding_layers=False)
+        (out_dir / TRAINING_FILE).write_text(json.dumps(training or {}, indent=2))
         if plot:
             _plot_losses(losses, plot)
     accelerator.wait_for_everyone()
@@ -378,6 +502,7 @@ def save_adapter(trainer: SFTTrainer, out_dir: Path, started: float, train_secon
         tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
         peak_memory_mb=peak_mb,
         loss_plot=plot,
+        training=dict(training or {}),
     )
 
 

@@ -9,6 +9,11 @@ tell a 2-point gain from noise), no recall drop on critical or major beyond ``RE
 and no regression beyond the margin on the admin's golden set. The exact McNemar p-value (right vs
 wrong, on the items where exactly one model is right) is reported beside it, for an accuracy view.
 
+Explanations have no right answer: the judge compares the candidate's with the model in use's on
+each item, in both orders (``evaluate.against_model``). There the bound is replaced by a one-sided
+sign test on the decided pairs (p below alpha), a win rate of those above 0.5 + margin, and at
+least ``MIN_DECIDED`` decided pairs; the item minimum and the golden check stay.
+
 A run's held-out set is split here too, by example key: the dev part scores every round (choosing
 the best one and stopping early); the test part is used once, at the end, by this gate.
 """
@@ -19,16 +24,18 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from math import comb
 from typing import Any
 
 from bot.config import Settings
 from flywheel.data import Example
-from flywheel.evaluate import Score
+from flywheel.evaluate import Duel, Score, sign_test_p
 
 RECALL_TOLERANCE = 0.05  # the recall on critical or major a candidate may lose: one miss in 20
 GUARDED = ("critical", "major")  # the classes whose misses are not posted as what they are
 RESAMPLES = 2000
+# Explanations: the decided pairs (won or lost in both orders) a promotion needs. Below 20 the win
+# rate's 95% interval is wider than ±0.2, too coarse to read a margin from, however small p is.
+MIN_DECIDED = 20
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,8 @@ def split_heldout(examples: Sequence[Example]) -> tuple[list[Example], list[Exam
 
 def mcnemar_p(candidate_only: int, current_only: int) -> float:
     """One-sided exact McNemar: the chance of at least ``candidate_only`` wins of the discordant
-    items if either model were as likely to be the right one."""
-    n = candidate_only + current_only
-    return sum(comb(n, k) for k in range(candidate_only, n + 1)) / 2**n if n else 1.0
+    items if either model were as likely to be the right one (a sign test on those items)."""
+    return sign_test_p(candidate_only, current_only)
 
 
 def lower_bound(gains: Sequence[float], alpha: float, seed: int = 0) -> float:
@@ -100,6 +106,12 @@ def judge(
         f"(lower {1 - rule.alpha:.0%} bound {bound:.3f}, margin {rule.margin:g}; "
         f"McNemar p={figures['mcnemar_p']:.3f})"
     )
+    if mine.duel is not None:  # explanations: judged pairwise against the model in use
+        figures["duel"] = mine.duel.to_json()
+        said += (
+            f"; pairs won {mine.duel.wins}, lost {mine.duel.losses}, tied {mine.duel.ties} "
+            f"(win rate {mine.duel.win_rate:.3f} of the decided, sign test p={mine.duel.p_value:.3f})"
+        )
     if n < rule.min_items:
         return Verdict(
             False,
@@ -107,7 +119,11 @@ def judge(
             f"(REVIEWBOT_PROMOTION_MIN_ITEMS): nothing is promoted automatically; {said}",
             figures,
         )
-    if bound <= rule.margin:
+    if mine.duel is not None:
+        refused = _pairwise_refusal(mine.duel, rule)
+        if refused:
+            return Verdict(False, f"{refused}: {said}", figures)
+    elif bound <= rule.margin:
         return Verdict(False, f"not better beyond chance: {said}", figures)
     dropped = _recall_drops(mine, theirs)
     if dropped:
@@ -151,6 +167,17 @@ def _figures(mine: Score, theirs: Score, alpha: float) -> dict[str, Any]:
             **({"severity": theirs.severity.to_json()} if theirs.severity else {}),
         },
     }
+
+
+def _pairwise_refusal(duel: Duel, rule: Rule) -> str:
+    """Why a candidate's pairwise comparison with the model in use does not promote it, or ""."""
+    if duel.decided < MIN_DECIDED:
+        return f"only {duel.decided} pairs decided (in both orders alike), and promotion needs {MIN_DECIDED}"
+    if duel.p_value >= rule.alpha:
+        return f"not better beyond chance (sign test p={duel.p_value:.3f}, alpha {rule.alpha:g})"
+    if duel.win_rate <= 0.5 + rule.margin:
+        return f"a win rate of {duel.win_rate:.3f} is not above 0.5 + margin {rule.margin:g}"
+    return ""
 
 
 def _recall_drops(mine: Score, theirs: Score) -> str:

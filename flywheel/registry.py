@@ -15,7 +15,7 @@ forced promotion needs a reason, kept in that entry.
 from __future__ import annotations
 
 import asyncio
-import random
+import json
 import re
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -27,17 +27,20 @@ from sqlmodel import Session, col, select
 
 from bot import audit
 from bot.config import ConfigError, Settings
-from bot.llm import LLMClient, LLMError
+from bot.feedback import canary
+from bot.llm import LLMClient, LLMError, judge_model
 from bot.models import ModelStatus, ModelVersion, Task, utcnow
+from bot.serving import BASE_FINGERPRINT, ServedBase, check_base, load_adapters, served_base
+from bot.weights import fingerprint_of
 from flywheel import data, gate, golden
-from flywheel.data import Example
-from flywheel.evaluate import Score, score
+from flywheel.evaluate import Judge, compare
 from flywheel.finetune import check_vllm_compatible
 from flywheel.metrics import Costs, cost_matrix
-from flywheel.spec import TaskSpec, spec_for
+from flywheel.spec import spec_for
 from flywheel.take import take_exam
 
 TEST_FILE = "test.jsonl"  # a run's test items, in its folder
+ADAPTER_META = "reviewbot.json"  # in an adapter's folder: the base weights it was trained on
 
 
 class PromotionRefused(ValueError):
@@ -118,22 +121,52 @@ async def register(
     max_rank: int,
     metrics: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """Check that vLLM can load the adapter, load it under its folder's name, and record it as a
-    candidate. Raises ``AdapterIncompatible`` or ``LLMRejected`` (nothing recorded) when it cannot."""
+    """Check that vLLM can load the adapter (and that it serves the base weights ``base_model``
+    the adapter was trained on), load it under its folder's name, and record it as a candidate.
+    Raises ``AdapterIncompatible``, ``AdapterMismatch`` or ``LLMRejected`` (nothing recorded) when it
+    cannot."""
     check_vllm_compatible(adapter_dir, max_rank)
     name = adapter_dir.name
+    trained_on = prepare_for_resolver(adapter_dir, base_model, await served_base(student), student.base_url)
     await student.load_lora_adapter(name, str(adapter_dir.resolve()))
     version = ModelVersion(
         task=task.value,
         adapter_name=name,
         path=str(adapter_dir.resolve()),
         base_model=base_model,
-        metrics=metrics or {},
+        metrics={**(metrics or {}), **({BASE_FINGERPRINT: trained_on} if trained_on else {})},
     )
     session.add(version)
     session.commit()
     session.refresh(version)
     return version
+
+
+def prepare_for_resolver(adapter_dir: Path, base_model: str, served: ServedBase, where: str) -> str | None:
+    """Check the adapter's base weights against the served ones and make every vLLM replica able to
+    load it by name; returns the fingerprint of the weights it was trained on (None: not readable).
+
+    Replicas behind a balancer each load an adapter the first time a request names it, through
+    vLLM's filesystem resolver over the shared adapters folder: a POST of ``load_lora_adapter``
+    reaches one replica only, and a list of replicas to load on each would go stale as replicas
+    scale and restart. The resolver loads ``FOLDER/NAME`` only when its ``adapter_config.json`` names
+    the server's own ``--model`` as ``base_model_name_or_path``, so that field is set to it here;
+    where training read the weights from, and their fingerprint, stay in ``reviewbot.json``."""
+    meta_path, config_path = adapter_dir / ADAPTER_META, adapter_dir / "adapter_config.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    config = json.loads(config_path.read_text())
+    trained_on = meta.get(BASE_FINGERPRINT) or fingerprint_of(base_model)
+    check_base(adapter_dir.name, trained_on, served, where)
+    meta = {
+        "base_model_name_or_path": meta.get("base_model_name_or_path", config.get("base_model_name_or_path")),
+        "base_weights": meta.get("base_weights", base_model),
+        BASE_FINGERPRINT: trained_on,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if served.root and config.get("base_model_name_or_path") != served.root:
+        config["base_model_name_or_path"] = served.root
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return str(trained_on) if trained_on else None
 
 
 def heldout_of(version: ModelVersion) -> float | None:
@@ -157,13 +190,21 @@ def promote(
     force: bool = False,
     actor: str | None = None,
     reason: str = "",
+    canary_share: float = 0.0,
 ) -> ModelVersion:
     """Make ``name`` the version its task uses; the one active before is retired. ``verdict`` is the
     gate's, from both models scored on the same items (a run's test part, or ``judge``); ``force``
-    skips it. With ``actor`` (an admin's promotion) the audit entry is written in its transaction."""
+    skips it. With ``actor`` (an admin's promotion) the audit entry is written in its transaction.
+    With a ``canary_share`` it is first a canary on that share of merge requests, the version in use
+    serving the rest (``bot.feedback.canary`` decides); promoting a running canary ends it early:
+    it takes all traffic (it passed the gate when its canary began)."""
     version = find(session, name)
     if version.status == ModelStatus.ACTIVE:
         return version
+    if version.status == ModelStatus.CANARY:
+        said = f"took all traffic early: promoted by {actor or 'the flywheel'}"
+        return canary.take_all_traffic(session, version, f"{said} ({reason})" if reason else said, actor)
+    _refuse_rolled_back_canary(version, force)
     if not force:
         if verdict is None:
             raise PromotionRefused(f"{name} was not compared with the model in use; use --force to skip")
@@ -175,17 +216,41 @@ def promote(
         after.update({"reason": reason} if reason else {})
         after.update({"gate": verdict.reason} if verdict is not None else {})
         previous = current.adapter_name if current else None
+        if canary_share > 0:  # the version in use stays, for the rest of the merge requests
+            after.update({"active": previous, "canary": name, "canary_share": canary_share})
         audit.record(session, actor, "model.promote", f"{version.task} model", {"active": previous}, after)
+    if canary_share > 0:
+        return canary.start(session, version, canary_share)
+    canary.end_undecided(session, version)
     return _activate(session, version, current)
 
 
+def _refuse_rolled_back_canary(version: ModelVersion, force: bool) -> None:
+    """A version its canary rolled back was worse live: it is never served again unless forced."""
+    ended, promoted = version.canary_ended_at, version.promoted_at  # a full promotion ends it at promoted_at
+    as_canary = ended is not None and (promoted is None or promoted < ended)
+    if version.status == ModelStatus.ROLLED_BACK and as_canary and not force:
+        raise PromotionRefused(
+            f"{version.adapter_name} was rolled back as a canary ({version.canary_reason}); "
+            "only a forced promotion, with a reason, serves it again"
+        )
+
+
 def admin_promote(
-    settings: Settings, session: Session, actor: str, name: str, *, force: bool = False, reason: str = ""
+    settings: Settings,
+    session: Session,
+    actor: str,
+    name: str,
+    *,
+    force: bool = False,
+    reason: str = "",
+    with_canary: bool = True,
 ) -> Promotion:
     """An admin's promotion of ``name``: unless forced, ``judge`` compares it with the model in use
-    now and the gate decides; a forced one needs a ``reason``. Raises ``ReasonRequired``,
-    ``UnknownVersion``, ``PromotionRefused``, ``ComparisonFailed``, ``ConfigError`` or ``DataError``,
-    with nothing changed."""
+    now and the gate decides; a forced one needs a ``reason``. Forced or not, it is first a canary
+    on ``REVIEWBOT_CANARY_SHARE`` of merge requests unless ``with_canary`` is off; a running canary
+    promoted takes all traffic at once. Raises ``ReasonRequired``, ``UnknownVersion``,
+    ``PromotionRefused``, ``ComparisonFailed``, ``ConfigError`` or ``DataError``, with nothing changed."""
     reason = reason.strip()
     if force and not reason:
         raise ReasonRequired("a forced promotion needs a reason: it skips the gate; the audit log keeps why")
@@ -194,9 +259,28 @@ def admin_promote(
     previous = current.adapter_name if current else None
     if version.status == ModelStatus.ACTIVE:
         return Promotion(version, previous, None, changed=False)
-    verdict = None if force else _judge_now(settings, session, name)
-    promoted = promote(session, name, verdict, force=force, actor=actor, reason=reason)
+    _refuse_rolled_back_canary(version, force)
+    judged = not force and version.status != ModelStatus.CANARY
+    verdict = _judge_now(settings, session, name) if judged else None
+    if settings.eval_base_url is not None and (verdict is None or verdict.passed):
+        _load_into_production(settings, version)
+    share = settings.canary_share if with_canary else 0.0
+    promoted = promote(session, name, verdict, force=force, actor=actor, reason=reason, canary_share=share)
     return Promotion(promoted, previous, verdict, changed=True)
+
+
+def _load_into_production(settings: Settings, version: ModelVersion) -> None:
+    """Judged on the evaluation vLLM (``REVIEWBOT_EVAL_BASE_URL``), the version is loaded into the
+    one reviews use before they name it, its base weights checked against that one's."""
+
+    async def load() -> None:
+        async with LLMClient.student(settings) as production:
+            await load_adapters(production, [version])
+
+    try:
+        asyncio.run(load())
+    except LLMError as exc:  # AdapterMismatch included
+        raise PromotionRefused(f"cannot load {version.adapter_name} into the production vLLM: {exc}") from exc
 
 
 def _judge_now(settings: Settings, session: Session, name: str) -> gate.Verdict:
@@ -237,35 +321,22 @@ async def judge(
     spec = spec_for(task)
     items = data.read_jsonl(test_file, spec) if test_file.is_file() else gold.examples
     async with AsyncExitStack() as stack:
-        student = await stack.enter_async_context(LLMClient.student(settings))
-        teacher = (
-            await stack.enter_async_context(LLMClient.teacher(settings))
+        student = await stack.enter_async_context(LLMClient.evaluation(settings))
+        await load_adapters(student, [v for v in (version, current) if v is not None])  # after a restart
+        judge = (
+            Judge(await stack.enter_async_context(LLMClient.judge(settings)), judge_model(settings))
             if settings.teacher_base_url
             else None
         )
-        scores = [
-            await _measure(student, teacher, settings, spec, model, examples, costs)
+        answers = {
+            (model, part): (await take_exam(student, model, spec, examples)).attempts
             for model in (name, in_use)
-            for examples in (items, gold.examples)
-        ]
-    golden_scores = gate.GoldenScores(gold.version, scores[1].value, scores[3].value)
-    return gate.judge((name, scores[0]), (in_use, scores[2]), rule, golden_scores)
-
-
-async def _measure(
-    student: LLMClient,
-    teacher: LLMClient | None,
-    settings: Settings,
-    spec: TaskSpec,
-    model: str,
-    examples: list[Example],
-    costs: Costs,
-) -> Score:
-    sitting = await take_exam(student, model, spec, examples)
-    return await score(
-        spec, sitting.attempts, teacher, settings.teacher_model or "", random.Random(1),
-        settings.reference_model, costs,
-    )  # fmt: skip
+            for part, examples in (("test", items), ("golden", gold.examples))
+        }
+        test = await compare(spec, answers[name, "test"], answers[in_use, "test"], judge, costs)
+        gilt = await compare(spec, answers[name, "golden"], answers[in_use, "golden"], judge, costs)
+    golden_scores = gate.GoldenScores(gold.version, gilt[0].value, gilt[1].value)
+    return gate.judge((name, test[0]), (in_use, test[1]), rule, golden_scores)
 
 
 def _activate(session: Session, version: ModelVersion, current: ModelVersion | None) -> ModelVersion:
@@ -284,7 +355,12 @@ def _activate(session: Session, version: ModelVersion, current: ModelVersion | N
 def rollback(session: Session, task: Task, *, actor: str | None = None) -> ModelVersion | None:
     """Mark the active version rolled back and bring back the one active before it (None: the base
     model). A rolled-back version is never brought back by a later rollback. With ``actor`` (an
-    admin's rollback: the CLI, the console) the audit entry is written in its transaction."""
+    admin's rollback: the CLI, the console) the audit entry is written in its transaction. A running
+    canary is what is rolled back first (the latest promotion): the active version keeps all traffic."""
+    trial = canary.running(session, task)
+    if trial is not None:
+        canary.roll_back(session, trial, f"rolled back by {actor or 'an admin'}", actor)
+        return active_version(session, task)
     current = active_version(session, task)
     if current is None:
         raise LookupError(f"no active {task.value} version to roll back; the base model is in use")
@@ -312,7 +388,8 @@ def rollback(session: Session, task: Task, *, actor: str | None = None) -> Model
 
 
 def admin_rollback(session: Session, actor: str, task: Task) -> Rollback:
-    """An admin's rollback of ``task``, with its audit entry; ``LookupError`` when none is active."""
-    current = active_version(session, task)
+    """An admin's rollback of ``task`` (its canary first), with its audit entry; ``LookupError`` when
+    none is active."""
+    current = canary.running(session, task) or active_version(session, task)
     rolled_back = current.adapter_name if current else ""
     return Rollback(rolled_back, rollback(session, task, actor=actor))

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import sqlalchemy as sa
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from bot.cli.common import Format, FormatOption, ProjectFilter, command_group, fail, open_engine
+from bot.cli.common import Format, FormatOption, ProjectFilter, cli_actor, command_group, fail, open_engine
+from bot.feedback import audit_set
+from bot.feedback.audit_set import AuditError, AuditLabel, BlindItem
 from bot.feedback.labels import HARD_LABEL_KINDS, LabelledFinding, labelled_findings, severity_examples
 from bot.feedback.stats import RATES, VERDICTS, acceptance, severity_confusion
 from bot.feedback.suppression import suppressed_findings, unsuppress
 from bot.models import Feedback
-from bot.untrusted import terminal
+from bot.untrusted import terminal, terminal_lines
 
 feedback_app = command_group(
     "feedback",
@@ -101,7 +106,8 @@ def export(
 ) -> None:
     """Write the labelled examples (confirmed and corrected findings) in the flywheel's JSONL format."""
     _, engine = open_engine(ctx)
-    examples = list(severity_examples(labelled_findings(engine, project, with_signal_of=HARD_LABEL_KINDS)))
+    found = labelled_findings(engine, project, with_signal_of=HARD_LABEL_KINDS, include_audited=False)
+    examples = list(severity_examples(found))
     with out.open("w", encoding="utf-8") as file:
         for example in examples:
             file.write(json.dumps(example, ensure_ascii=False) + "\n")
@@ -205,3 +211,108 @@ def unsuppress_finding(
     except LookupError as exc:
         fail(str(exc))
     typer.echo(done)
+
+
+QUIT = "quit"
+AUDIT_CHOICES = [label.value.replace("_", "-") for label in AuditLabel] + [QUIT]
+
+
+@feedback_app.command("audit")
+def audit(
+    ctx: typer.Context,
+    list_: Annotated[
+        bool,
+        typer.Option("--list", help="The labelled items, newest first, each beside the model's severity."),
+    ] = False,
+    show_stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats", help="Labelled this week, waiting, and the labels against the model's severities."
+        ),
+    ] = False,
+    output: FormatOption = Format.TABLE,
+) -> None:
+    """Label the blind audit set, item by item: a finding's file, code and review, never the model's
+    severity or explanation; answer critical, major, minor, trivial, not-an-issue or skip (quit stops).
+    The model's severity is shown once the label is recorded. Labels are final and go to the golden set
+    the flywheel's promotions are judged on."""
+    settings, engine = open_engine(ctx)
+    if show_stats:
+        figures = audit_set.stats(engine)
+        if output is Format.JSON:
+            typer.echo(json.dumps(asdict(figures), indent=2))
+            return
+        _print_stats(figures)
+        return
+    if list_:
+        items = audit_set.labelled_items(engine)
+        if output is Format.JSON:
+            typer.echo(json.dumps([asdict(i) for i in items], indent=2, default=str))
+            return
+        table = Table("id", "week", "where", "title", "label", "model said", "auditor")
+        for i in items:
+            where = Text(terminal(f"{i.path}:{i.line or '-'}"))
+            table.add_row(str(i.id), i.week, where, Text(terminal(i.title)), i.label, i.model_severity,
+                          Text(terminal(i.auditor)))  # fmt: skip
+        Console().print(table)
+        return
+    _label_items(engine, settings.audit_per_week)
+
+
+def _label_items(engine: sa.Engine, per_week: int) -> None:
+    console, auditor, labelled = Console(highlight=False), cli_actor(), 0
+    shown: list[int] = []  # once per session: an item whose label failed is not asked again
+    while (item := audit_set.next_item(engine, per_week, shown)) is not None:
+        shown.append(item.id)
+        console.print(_blind(item))
+        answer = _ask()
+        if answer == QUIT:
+            break
+        try:
+            done = audit_set.record(engine, item.id, AuditLabel(answer.replace("-", "_")), auditor)
+        except AuditError as exc:
+            console.print(Text(str(exc)))
+            continue
+        labelled += 1
+        console.print(Text(done.words()), "")
+    left = "" if item is not None else "; nothing is waiting"
+    typer.echo(f"{labelled} labelled as {auditor}{left}")
+
+
+def _ask() -> str:
+    """One of ``AUDIT_CHOICES``, asked until given; quit at the end of input."""
+    while True:
+        try:
+            answer = str(typer.prompt(f"label ({', '.join(AUDIT_CHOICES)})")).strip().lower()
+        except typer.Abort:
+            return QUIT
+        if answer in AUDIT_CHOICES:
+            return answer
+        typer.echo(f"answer one of {', '.join(AUDIT_CHOICES)}")
+
+
+def _blind(item: BlindItem) -> Group:
+    """An item as the auditor sees it: every text of the model's and the forge's as plain text (a
+    ``Text`` is never read as markup), control characters dropped."""
+    where = f"{item.project} !{item.mr_number} {item.path}:{item.line or '-'}"
+    return Group(
+        Text.assemble((f"audit item {item.id}", "bold"), f" · week {item.week} · ", terminal(where)),
+        Text(terminal(item.title), style="bold"),
+        Text(terminal_lines(item.review)),
+        Text(terminal_lines(item.code), style="dim"),
+    )
+
+
+def _print_stats(figures: audit_set.AuditStats) -> None:
+    console = Console(highlight=False)
+    console.print(
+        f"week {figures.week}: {figures.labelled_this_week} labelled this week, {figures.waiting} waiting, "
+        f"{figures.labelled} labelled in all"
+    )
+    console.print(", ".join(f"{count} {name}" for name, count in figures.agreement.items()))
+    table = Table(
+        "model said", *(f"→ {label.value}" for label in AuditLabel), title="labels against the model"
+    )
+    for said, row in figures.matrix.items():
+        table.add_row(said, *(str(row[label.value]) for label in AuditLabel))
+    console.print(table)

@@ -26,7 +26,7 @@ from bot.models import Severity
 from bot.repo_config import Effective, effective, find_config
 from bot.review import localgit, render
 from bot.review.pipeline import Limits, ReviewResult, review_diff
-from bot.serving import served_models
+from bot.serving import load_missing_adapters, served_models
 
 
 class OutputFormat(StrEnum):
@@ -139,7 +139,11 @@ async def _review_with_progress(
 ) -> ReviewResult:
     async with LLMClient.student(settings) as llm:
         served = await llm.list_models()  # fails fast, with the URL, when the server is down
-        models = served_models(settings, _existing_database(settings))
+        engine = _existing_database(settings)
+        if engine is not None and sa.inspect(engine).has_table("modelversion"):
+            # As the review job does: a restarted server, or a replica that has not resolved them yet.
+            served += await load_missing_adapters(engine, llm)
+        models = served_models(settings, engine)
         missing = sorted({name for name in models.values() if name not in served})
         if missing:
             raise ConfigError(f"{llm.base_url} does not serve {missing}; it serves {served}")

@@ -1,12 +1,12 @@
 """The admin console: server-rendered pages at ``/admin`` and their JSON at ``/api/v1``.
 
 Each part is a module with a ``router(console) -> APIRouter`` (``projects``, ``reviews``,
-``verdicts``, ``health``, ``audit_pages``); the trainer adds its own (flywheel runs, models) through
-the ``reviewbot.console`` entry point, so ``bot`` never imports ``flywheel``. Pages and API share one
-implementation of each action and each query (the command line's, where it has one). Every page
-and call needs the admin token (``bot.console.auth``); every change is written to the audit log
-(``bot.audit``). Pages are plain HTML (Jinja2, autoescaped), charts are SVG made on the server, and
-the one script (live updates) is served from the app: no build step, no inline script.
+``verdicts``, ``audit_set``, ``health``, ``audit_pages``); the trainer adds its own (flywheel runs,
+models) through the ``reviewbot.console`` entry point, so ``bot`` never imports ``flywheel``. Pages
+and API share one implementation of each action and each query (the command line's, where it has
+one). Every page and call needs the admin token (``bot.console.auth``); every change is written to
+the audit log (``bot.audit``). Pages are plain HTML (Jinja2, autoescaped), charts are SVG made on the
+server, and the one script (live updates) is served from the app: no build step, no inline script.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from bot.console.auth import COOKIE, CSRF_FIELD, SESSION_TTL_S, Actor, Auth, Not
 from bot.secrets import SecretBox
 
 NAV = (("Projects", "/admin/projects"), ("Reviews", "/admin/reviews"), ("Verdicts", "/admin/verdicts"),
-       ("Flywheel", "/admin/flywheel"), ("Models", "/admin/models"), ("Health", "/admin/health"),
-       ("Audit", "/admin/audit"))  # fmt: skip
+       ("Severity audit", "/admin/severity-audit"), ("Flywheel", "/admin/flywheel"),
+       ("Models", "/admin/models"), ("Health", "/admin/health"), ("Audit", "/admin/audit"))  # fmt: skip
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"
@@ -132,12 +132,13 @@ def _local(path: str | None) -> str:
 
 def _parts() -> list[RouterFactory]:
     """The console's own parts, then the trainer's (entry point ``reviewbot.console``)."""
-    from bot.console import audit_pages, health, projects, reviews, verdicts
+    from bot.console import audit_pages, audit_set, health, projects, reviews, verdicts
 
     own: list[RouterFactory] = [
         projects.router,
         reviews.router,
         verdicts.router,
+        audit_set.router,
         health.router,
         audit_pages.router,
     ]

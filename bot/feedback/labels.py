@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from bot.events import DOWN, UP, Role, SignalKind
+from bot.feedback.audit_set import not_audited
 from bot.feedback.roles import may_label
 from bot.models import Feedback, Finding, FindingStatus, Project, Review, Severity
 
@@ -145,11 +146,16 @@ def labelled_findings(
     since: datetime | None = None,
     *,
     with_signal_of: Collection[str] | None = None,
+    include_audited: bool = True,
 ) -> Iterator[LabelledFinding]:
     """Every posted finding (of one project, created since a date; with a signal of one of the kinds
-    ``with_signal_of`` only, when given) with its signals and the label its trusted signals give it,
-    in id order. Read ``BATCH`` findings at a time, each batch's signals by a range of finding ids."""
+    ``with_signal_of`` only, when given; not in the blind audit set unless ``include_audited``: what
+    trains the model or reaches the teacher leaves those out) with its signals and the label its trusted
+    signals give it, in id order. Read ``BATCH`` findings at a time, each batch's signals by a range of
+    finding ids."""
     query = posted(select(Finding, col(Review.project_id), col(Review.mr_author)), project_path, since)
+    if not include_audited:
+        query = query.where(not_audited(col(Finding.fingerprint)))
     if with_signal_of is not None:
         query = query.where(
             sa.exists().where(

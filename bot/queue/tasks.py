@@ -39,6 +39,7 @@ from sqlmodel import Session, col, select
 from bot import metrics
 from bot.config import Settings
 from bot.events import Signal
+from bot.feedback import canary
 from bot.feedback.polling import ETags, poll_feedback
 from bot.feedback.roles import RoleCache, resolve_roles
 from bot.feedback.signals import apply_signal, stage_follow_ups
@@ -69,7 +70,9 @@ FEEDBACK_RETRY_DELAY_S = 30
 STALE_QUEUED = timedelta(minutes=5)  # a queued review not picked up within this is queued again
 STALE_RUNNING = timedelta(minutes=30)  # a running review of before leases, never renewed
 FINAL = (ReviewStatus.DONE, ReviewStatus.SUPERSEDED, ReviewStatus.FAILED)
-PERIODS_S = {"poll_feedback": 300.0, "requeue_stale": 60.0, "resend_outbox": 30.0, "prune": 86400.0}
+PERIODS_S = {
+    "poll_feedback": 300.0, "requeue_stale": 60.0, "resend_outbox": 30.0, "prune": 86400.0, "canary": 3600.0,
+}  # fmt: skip
 
 
 def make_huey(queue_url: str, key: bytes, name: str = "reviewbot") -> Huey:
@@ -479,6 +482,7 @@ class Queue:
             Periodic("requeue_stale", PERIODS_S["requeue_stale"] * scale, self.requeue_stale),
             Periodic("resend_outbox", PERIODS_S["resend_outbox"] * scale, self.relay.send_all),
             Periodic("reconcile", self.settings.reconcile_minutes * 60 * scale, self.reconcile),
+            Periodic("canary", PERIODS_S["canary"] * scale, self.check_canaries),
         ]
         if self.settings.retention_days is not None:
             jobs.append(Periodic("prune", PERIODS_S["prune"] * scale, self.prune))
@@ -497,6 +501,11 @@ class Queue:
         queued = reconcile(self.engine, self.forges)
         self._flush_outbox()
         return queued
+
+    def check_canaries(self) -> list[str]:
+        """Hourly: each running canary rolled back, promoted fully, or left running
+        (``bot.feedback.canary``); what happened to each."""
+        return canary.check(self.engine, self.settings)
 
     def prune(self) -> dict[str, int]:
         """Daily, when a retention is set: what no feature needs any more (``bot.retention``)."""

@@ -156,7 +156,8 @@ def run_review_job(review_id: int, settings: Settings, engine: sa.Engine, forge_
             raise _MergeRequestMoved
 
     try:
-        result = asyncio.run(_review(settings, engine, diff, config, limits, between_stages))
+        merge_request = (job.review.project_id, job.review.mr_number)  # a canary serves some of them
+        result = asyncio.run(_review(settings, engine, merge_request, diff, config, limits, between_stages))
     except _MergeRequestMoved:
         return ReviewStatus.SUPERSEDED
 
@@ -240,6 +241,7 @@ def _superseded(engine: sa.Engine, review: Review, mr: MergeRequest) -> bool:
 async def _review(
     settings: Settings,
     engine: sa.Engine,
+    merge_request: tuple[int, int],
     diff: Diff,
     config: Effective,
     limits: Limits,
@@ -250,7 +252,7 @@ async def _review(
         return await review_diff(
             diff,
             llm,
-            served_models(settings, engine),
+            served_models(settings, engine, merge_request),
             threshold=config.threshold,
             chunk_tokens=settings.review_chunk_tokens,
             limits=limits,
@@ -392,17 +394,17 @@ def _record_pending(
     engine: sa.Engine, review_id: int, result: ReviewResult, config: Effective, held: dict[str, _Held]
 ) -> None:
     """This review's findings as rows, in one transaction: pending, or ``held`` back (suppressed,
-    listed). Rows an earlier attempt of the same review recorded are kept, not added again, and take
-    this attempt's decision. Each records the settings in force (digest) and the instructions its
-    file's prompts saw."""
+    listed), and those rated below the threshold (never posted: kept for the blind audit set). Rows an
+    earlier attempt of the same review recorded are kept, not added again, and take this attempt's
+    decision. Each records the settings in force (digest) and the instructions its file's prompts saw."""
     model = result.stats.models[Task.SEVERITY.value]
     with Session(engine) as session:
         recorded = {
             row.fingerprint: row
             for row in session.exec(select(Finding).where(Finding.review_id == review_id))
         }
-        for finding in result.findings:
-            hold = held.get(finding.fingerprint)
+        below = [(f, _Held(FindingStatus.BELOW)) for f in result.below if f.fingerprint not in recorded]
+        for finding, hold in [(f, held.get(f.fingerprint)) for f in result.findings] + below:
             row = recorded.get(finding.fingerprint)
             if row is not None:
                 if row.status != FindingStatus.POSTED:
@@ -441,6 +443,8 @@ def _mark_posted(engine: sa.Engine, review_id: int, comments: dict[str, tuple[st
     is not a finding of this attempt: it goes."""
     with Session(engine) as session:
         for row in session.exec(select(Finding).where(Finding.review_id == review_id)).all():
+            if row.status == FindingStatus.BELOW:
+                continue  # never posted, whatever an earlier review posted with its fingerprint
             if row.fingerprint in comments:
                 row.forge_comment_id, row.forge_thread_id = comments[row.fingerprint]
                 row.status = FindingStatus.POSTED

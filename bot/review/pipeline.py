@@ -137,7 +137,7 @@ class ReviewStats:
     changed_lines: int
     changed_lines_reviewed: int
     candidates: int  # issues the find step proposed
-    below_threshold: int  # rated below the threshold: dropped
+    below_threshold: int  # rated below the threshold: not explained, not posted (``ReviewResult.below``)
     anchors_moved: int  # pointed at a line not in the diff: moved to the nearest changed line
     file_level: int  # pointed at a line not in the diff, with no changed line to move to
     merged: int  # identical findings (same fingerprint) merged into one
@@ -157,6 +157,9 @@ class ReviewResult:
     stats: ReviewStats
     stopped: str | None = None  # the limit that ended the review early, in plain words
     unfinished: frozenset[str] = frozenset()  # files not wholly reviewed (a failure or a limit)
+    # Rated below the threshold, unexplained: never posted, kept for the blind audit set (a finding
+    # the model under-rates is otherwise never seen).
+    below: list[ReviewFinding] = field(default_factory=list)
 
     def severity_counts(self) -> dict[Severity, int]:
         """Findings per severity, most severe first, zeros included."""
@@ -372,7 +375,7 @@ def _find_values(chunk: Chunk, instructions: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class _Rated:
-    """A candidate rated at or above the threshold, waiting for its explanation."""
+    """A rated candidate: at or above the threshold, waiting for its explanation."""
 
     chunk: Chunk
     issue: CandidateIssue
@@ -385,6 +388,23 @@ class _Rated:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.chunk.file.path, self.target, self.issue.review)
+
+    def finding(self, explanation: str) -> ReviewFinding:
+        target = self.target
+        return ReviewFinding(
+            path=self.chunk.file.path,
+            line=target.number if target else None,
+            side=target.side if target else Side.NEW,
+            severity=self.severity,
+            title=self.issue.title,
+            review=self.issue.review,
+            explanation=explanation,
+            code=self.code,
+            fingerprint=self.fingerprint,
+            anchor_text=target.text if target else "",
+            anchor_note=self.note,
+            confidence=self.confidence,
+        )
 
 
 @dataclass
@@ -399,6 +419,7 @@ class _Run:
     instructions: Instructions = no_instructions
     max_per_file: int | None = None  # findings a file may get, the most severe first; None: any number
     findings: list[ReviewFinding] = field(default_factory=list)
+    below: list[ReviewFinding] = field(default_factory=list)  # rated below the threshold: kept, unexplained
     failed: list[Failure] = field(default_factory=list)
     cut: list[tuple[str, str]] = field(default_factory=list)  # (path, what a limit left undone)
     stages: dict[str, StageStats] = field(default_factory=lambda: {t.value: StageStats() for t in Task})
@@ -547,14 +568,16 @@ class _Run:
             self.cut.append((path, f"a finding was not rated: {exc}"))
             return None
         severity = Severity(rated.value.issue_type)
+        confidence = None if rated.logprob is None else round(math.exp(rated.logprob), 4)
+        found = _Rated(chunk, issue, target, note, code, severity, confidence)
         if severity.rank < self.threshold.rank:
             self.counts["below_threshold"] += 1
+            self.below.append(found.finding(""))
             return None
-        confidence = None if rated.logprob is None else round(math.exp(rated.logprob), 4)
-        return _Rated(chunk, issue, target, note, code, severity, confidence)
+        return found
 
     async def explain(self, rated: _Rated) -> None:
-        path, issue, target = rated.chunk.file.path, rated.issue, rated.target
+        path, issue = rated.chunk.file.path, rated.issue
         explanation = ""  # the finding stands without its explanation
         try:
             explained: ExplainAnswer = await self.call(
@@ -568,22 +591,7 @@ class _Run:
             self.failed.append(_failure(path, f"finding {issue.title!r} not explained: {exc}", public, exc))
         except LimitReached as exc:
             self.cut.append((path, f"a finding was not explained: {exc}"))
-        self.findings.append(
-            ReviewFinding(
-                path=path,
-                line=target.number if target else None,
-                side=target.side if target else Side.NEW,
-                severity=rated.severity,
-                title=issue.title,
-                review=issue.review,
-                explanation=explanation,
-                code=rated.code,
-                fingerprint=rated.fingerprint,
-                anchor_text=target.text if target else "",
-                anchor_note=rated.note,
-                confidence=rated.confidence,
-            )
-        )
+        self.findings.append(rated.finding(explanation))
 
 
 def merge_identical(findings: list[ReviewFinding]) -> list[ReviewFinding]:
@@ -708,4 +716,6 @@ async def review_diff(
     skipped = [(s.path, s.reason) for s in diff.skipped] + sorted(run.cut)
     failed = sorted(run.failed, key=lambda f: f.path)
     unfinished = frozenset(path for path, _ in run.cut) | {f.path for f in failed}
-    return ReviewResult(findings, skipped, failed, stats, budget.spent, unfinished)
+    shown = {f.fingerprint for f in findings}  # rated at or above the threshold elsewhere: that one stands
+    below = [f for f in merge_identical(run.below) if f.fingerprint not in shown]
+    return ReviewResult(findings, skipped, failed, stats, budget.spent, unfinished, below)

@@ -283,3 +283,15 @@ def test_every_page_renders_with_data(engine: sa.Engine, serve: Serve, tabs: Tab
             assert tab.page.locator(f"tr#model-severity-v{number}").count() == 1
         assert tab.page.locator("tr#model-severity-v3 form.promote button.promote").count() == 1
         assert tab.page.locator("form.rollback button.rollback").count() >= 1
+
+
+def test_the_severity_audit_page_renders_and_says_when_nothing_waits(
+    engine: sa.Engine, serve: Serve, tabs: Tabs
+) -> None:
+    served = serve(engine)
+    tab = tabs(served.url)
+    tab.sign_in()
+    page = tab.go("/admin/severity-audit", shot="empty-severity-audit")
+    assert page.locator("h1").count() == 1
+    assert page.locator(".empty").count() == 2  # nothing waiting, nothing labelled
+    assert rows(tab, "table#audit-labelled") == 0

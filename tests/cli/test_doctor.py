@@ -23,7 +23,7 @@ from bot.models import ModelStatus, ModelVersion, Project, Source, SourceKind
 from bot.queue.schedule import Scheduler
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.live_server import live_server
-from tests.support.scripted_server import Script, completion, scripted_server
+from tests.support.scripted_server import Reply, Script, completion, scripted_server
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -94,7 +94,9 @@ def test_a_wrong_served_name_and_a_short_context_fail(setup: dict[str, str]) -> 
     assert "--max-model-len" in checks["student model"]["fix"]
 
 
-def test_an_active_adapter_the_server_lacks_fails(setup: dict[str, str], tmp_path: Path) -> None:
+def test_an_active_adapter_the_server_lacks_and_cannot_load_fails(
+    setup: dict[str, str], tmp_path: Path
+) -> None:
     engine = db.make_engine(f"sqlite:///{tmp_path / 'home' / 'reviewbot.db'}")
     with Session(engine) as session:
         session.add(
@@ -107,9 +109,28 @@ def test_an_active_adapter_the_server_lacks_fails(setup: dict[str, str], tmp_pat
             )
         )
         session.commit()
-    code, checks = doctor(setup)
+    # Like vLLM asked to load an adapter from a folder it cannot read (doctor tries, as a review does).
+    refusing = Script(
+        [], default=Reply(400, {"message": "No adapter found for /x"}), model=MODEL, max_model_len=8192
+    )
+    with scripted_server(refusing) as student:
+        code, checks = doctor({**setup, "REVIEWBOT_STUDENT_BASE_URL": student})
     assert code == 1
     assert "severity-v3" in checks["student model"]["detail"]
+    assert "cannot load the adapters in use" in checks["student model"]["detail"]
+    assert refusing.requests[-1]["path"] == "/v1/load_lora_adapter"
+
+
+def test_an_active_adapter_the_server_lacks_is_loaded(setup: dict[str, str], tmp_path: Path) -> None:
+    """A restarted server, or a replica whose resolver has not loaded it yet, gets it loaded."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'home' / 'reviewbot.db'}")
+    with Session(engine) as session:
+        session.add(ModelVersion(task="severity", adapter_name="severity-v3", path="/x", base_model=MODEL,
+                                 status=ModelStatus.ACTIVE))  # fmt: skip
+        session.commit()
+    code, checks = doctor(setup)
+    assert code == 0, checks
+    assert checks["student model"]["state"] == "ok"
 
 
 def test_no_consumer_a_behind_database_and_no_service_fail(setup: dict[str, str], tmp_path: Path) -> None:

@@ -7,11 +7,17 @@ from pathlib import Path
 
 import openai
 import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
 from transformers import AutoTokenizer
 
 from bot.llm import LLMClient, LLMError, LLMRejected
+from bot.models import Task
+from bot.serving import AdapterMismatch
+from bot.weights import fingerprint
+from flywheel import registry
 from prompts import RateAnswer, render
-from tests.support.tiny_model import TinyStudent, build_lora_adapter
+from tests.support.tiny_model import TinyStudent, build_lora_adapter, build_tiny_student
 from tests.support.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.vllm
@@ -124,3 +130,25 @@ def test_many_requests_at_once(vllm_server: VLLMServer) -> None:
     answers = asyncio.run(ask_all())
     assert len(answers) == 24
     assert not [a for a in answers if isinstance(a, LLMError)]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_adapter_trained_on_other_base_weights_is_refused_before_loading(
+    vllm_server: VLLMServer, tiny_student: TinyStudent, engine: sa.Engine, tmp_path: Path
+) -> None:
+    other = build_tiny_student(tmp_path / "other-student", seed=1)  # same architecture, other weights
+    adapter = build_lora_adapter(other, tmp_path / "adapters" / "severity-v1", seed=2)
+
+    async def register() -> list[str]:
+        async with client(vllm_server) as llm:
+            with Session(engine) as session, pytest.raises(AdapterMismatch) as refused:
+                await registry.register(session, llm, Task.SEVERITY, adapter, str(other.path), max_rank=16)
+            assert f"trained on base weights {fingerprint(other.path)}" in str(refused.value)
+            assert f"serves {tiny_student.path} with base weights {fingerprint(tiny_student.path)}" in str(
+                refused.value
+            )
+            return await llm.list_models()
+
+    assert "severity-v1" not in asyncio.run(register())  # vLLM was never asked
+    with Session(engine) as session:
+        assert registry.versions(session) == []

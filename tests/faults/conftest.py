@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import db
-from tests.faults.world import BOT_TOKEN, PATH, ReviewingModel, Tally, TimedLog, World
-from tests.support.fake_gitlab import FakeGitLab
-from tests.support.live_server import live_server
-from tests.support.processes import Postgres, postgres, redis_server
-from tests.support.scripted_server import scripted_server
+from tests.faults.world import Tally, World, open_world
+from tests.support.processes import Postgres, Redis, postgres, redis_server
 
 _tallies: list[Tally] = []
 
@@ -40,6 +36,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     suite's PostgreSQL and a Redis of the test's own), a fake GitLab holding the project, a model
     server, and the project recorded."""
     with ExitStack() as stack:
+        server: Postgres | None = None  # the backend's own servers, for a test to stop and start
+        redis: Redis | None = None
         if request.param == "sqlite":
             database_url, queue_url = f"sqlite:///{tmp_path / 'bot.db'}", f"sqlite:///{tmp_path / 'queue.db'}"
         else:
@@ -49,24 +47,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
             database_url = server.create_database(f"faults_{uuid.uuid4().hex[:12]}")
             redis = stack.enter_context(redis_server())
             queue_url = redis.url()
-        engine = db.make_engine(database_url)
-        stack.callback(engine.dispose)
-        db.upgrade(engine)
-        fake = FakeGitLab()
-        fake.add_user("reviewbot", BOT_TOKEN)
-        fake.add_user("alice", "alice-token")
-        fake.add_project(PATH)
-        forge_log = TimedLog(fake.app)
-        model = ReviewingModel(replies=[])
-        forge_url = stack.enter_context(live_server(forge_log))
-        model_url = stack.enter_context(scripted_server(model))
-        logs = tmp_path / "logs"
-        logs.mkdir()
-        world = World(
-            request.param, database_url, queue_url, engine, fake, forge_url, forge_log, model, model_url, logs
-        )
-        if request.param != "sqlite":
-            world.postgres, world.redis = server, redis
-        world.add_project()
+        world = stack.enter_context(open_world(request.param, database_url, queue_url, tmp_path / "logs"))
+        world.postgres, world.redis = server, redis
         yield world
         _tallies.extend(world.tallies)

@@ -5,25 +5,19 @@ the reconciliation poll when the database was down and the forge never redeliver
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import httpx
 import pytest
 from sqlmodel import Session, select
 
 from bot.models import Delivery, ReviewStatus
-from tests.faults.world import PATH, SECRET, World
+from tests.faults.world import World, delivery, send
 from tests.support.fake_gitlab import MergeRequest
-from tests.support.fixtures import FIXTURES
 from tests.support.processes import Postgres, postgres, start_serve, start_worker, wait_for
 
-FIXTURE = FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json"
 MERGE_REQUESTS = 30
 PACE_S = 0.15  # one delivery every PACE_S, in flight together, while the outages happen
 SETTLE_S = 150  # the reconciliation poll leaves a merge request to its webhook for its first minute
@@ -34,30 +28,6 @@ def private_postgres() -> Iterator[Postgres]:
     """This test stops its PostgreSQL: one of its own, not the suite's."""
     with postgres() as server:
         yield server
-
-
-def delivery(mr: MergeRequest) -> tuple[str, bytes, dict[str, str]]:
-    payload: dict[str, Any] = json.loads(FIXTURE.read_text())
-    payload["project"]["path_with_namespace"] = PATH
-    payload["user"]["username"] = "alice"
-    attributes = payload["object_attributes"]
-    attributes.update(iid=mr.iid, action="open", last_commit={**attributes["last_commit"], "id": mr.sha})
-    key = str(uuid.uuid4())
-    headers = {
-        "X-Gitlab-Event": "Merge Request Hook",
-        "X-Gitlab-Token": SECRET,
-        "X-Gitlab-Event-UUID": key,
-        "Content-Type": "application/json",
-    }
-    return key, json.dumps(payload).encode(), headers
-
-
-def send(url: str, body: bytes, headers: dict[str, str]) -> int:
-    """The status the forge sees; 599 when the connection itself failed (it would retry too)."""
-    try:
-        return httpx.post(f"{url}/webhooks/gitlab", content=body, headers=headers, timeout=30).status_code
-    except httpx.HTTPError:
-        return 599
 
 
 @pytest.mark.parametrize("world", ["postgres-redis"], indirect=True)

@@ -10,26 +10,34 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from bot import db
 from bot.forges.base import parse_marker
 from bot.models import Review, ReviewStatus
 from bot.outbox import Job, stage
 from tests.support.db import session_scope
 from tests.support.fake_gitlab import FakeGitLab, MergeRequest, change
+from tests.support.fixtures import FIXTURES
+from tests.support.live_server import live_server
 from tests.support.processes import Postgres, Redis, reviewbot_env
-from tests.support.scripted_server import Reply, Script, completion
+from tests.support.scripted_server import Reply, Script, completion, scripted_server
 from tests.support.secrets import SECRET_KEY, project_row
 
 SECRET = "fault-secret"
 PATH = "group/app"
+MR_OPENED = FIXTURES / "gitlab" / "webhooks" / "merge_request.open.json"
 BOT_TOKEN = "bot-token"
 TOKEN_ENV = "REVIEWBOT_TOKEN_FAULTS"
 OLD = "".join(f"def handler_{i}(request):\n    return respond(request, {i})\n\n" for i in range(30))
@@ -94,6 +102,7 @@ class Request:
     method: str
     path: str
     status: int | None = None  # None while it is being answered
+    token: str | None = None  # the PRIVATE-TOKEN it carried: which of the bot's tokens, so which worker
 
 
 class TimedLog:
@@ -113,7 +122,8 @@ class TimedLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request = Request(time.time(), scope["method"], scope["path"])
+        token = dict(scope["headers"]).get(b"private-token", b"").decode() or None
+        request = Request(time.time(), scope["method"], scope["path"], token=token)
         with self._lock:
             self.requests.append(request)
         for method, pattern, seconds in self._delays:
@@ -291,3 +301,52 @@ class World:
         )
         self.tallies.append(tally)
         return tally
+
+
+@contextmanager
+def open_world(backend: str, database_url: str, queue_url: str, log_dir: Path) -> Iterator[World]:
+    """A world on ``database_url`` (migrated here) and ``queue_url``: a fake GitLab holding the
+    project and a model server, each on a real port, and the project recorded; the processes' logs
+    go to ``log_dir``."""
+    with ExitStack() as stack:
+        engine = db.make_engine(database_url)
+        stack.callback(engine.dispose)
+        db.upgrade(engine)
+        fake = FakeGitLab()
+        fake.add_user("reviewbot", BOT_TOKEN)
+        fake.add_user("alice", "alice-token")
+        fake.add_project(PATH)
+        forge_log = TimedLog(fake.app)
+        model = ReviewingModel(replies=[])
+        forge_url = stack.enter_context(live_server(forge_log))
+        model_url = stack.enter_context(scripted_server(model))
+        log_dir.mkdir(exist_ok=True)
+        world = World(
+            backend, database_url, queue_url, engine, fake, forge_url, forge_log, model, model_url, log_dir
+        )
+        world.add_project()
+        yield world
+
+
+def delivery(mr: MergeRequest) -> tuple[str, bytes, dict[str, str]]:
+    payload: dict[str, Any] = json.loads(MR_OPENED.read_text())
+    payload["project"]["path_with_namespace"] = PATH
+    payload["user"]["username"] = "alice"
+    attributes = payload["object_attributes"]
+    attributes.update(iid=mr.iid, action="open", last_commit={**attributes["last_commit"], "id": mr.sha})
+    key = str(uuid.uuid4())
+    headers = {
+        "X-Gitlab-Event": "Merge Request Hook",
+        "X-Gitlab-Token": SECRET,
+        "X-Gitlab-Event-UUID": key,
+        "Content-Type": "application/json",
+    }
+    return key, json.dumps(payload).encode(), headers
+
+
+def send(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """The status the forge sees; 599 when the connection itself failed (it would retry too)."""
+    try:
+        return httpx.post(f"{url}/webhooks/gitlab", content=body, headers=headers, timeout=30).status_code
+    except httpx.HTTPError:
+        return 599

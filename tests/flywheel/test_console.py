@@ -317,7 +317,8 @@ def test_no_run_is_queued_without_a_teacher(engine: sa.Engine) -> None:
 
 
 class Student(Script):
-    """vLLM as ``judge`` asks it: each model rates every item right or every item wrong."""
+    """vLLM as ``judge`` asks it: it loads the adapters it lacks, and each model rates every item
+    right or every item wrong."""
 
     def __init__(self, right: set[str]) -> None:
         super().__init__([])
@@ -325,6 +326,8 @@ class Student(Script):
 
     def next_reply(self, request: dict[str, Any]) -> Reply:
         super().next_reply(request)
+        if str(request["path"]).endswith(("/load_lora_adapter", "/unload_lora_adapter")):
+            return Reply(200, {})
         prompt = str(request["messages"][-1]["content"])
         marker = re.search(rf"\b({'|'.join(MARKERS)})\b", prompt)
         assert marker is not None, prompt
@@ -365,9 +368,10 @@ def test_a_promotion_follows_the_gate_and_a_forced_one_needs_a_reason(engine: sa
             ("severity-v1", "severity-v2", "severity-v3"), ModelStatus.CANDIDATE
         )
         assert audit_log(engine) == []
-        passed = admin.api("POST", "/api/v1/models/severity-v1/promote", json={})
-        forced = admin.form(
-            "/admin/models/promote", {"name": "severity-v2", "force": "on", "reason": "hotfix <b>"}
+        passed = admin.api("POST", "/api/v1/models/severity-v1/promote", json={"canary": False})
+        forced = admin.form(  # all traffic at once: the canary is tested in tests/feedback/test_canary.py
+            "/admin/models/promote",
+            {"name": "severity-v2", "force": "on", "reason": "hotfix <b>", "no_canary": "on"},
         )
         again = admin.api("POST", "/api/v1/models/severity-v2/promote", json={})
         after = admin.client.get("/admin/models").text
@@ -527,7 +531,9 @@ def test_the_cli_forces_a_promotion_only_with_a_reason_and_logs_it_and_a_rollbac
     assert "a forced promotion needs a reason" in bare.stderr
     assert "--reason" in bare.stderr
     assert audit_log(engine) == []
-    forced = reviewbot("models", "promote", "severity-v1", "--force", "--reason", "the gate's server is down")
+    forced = reviewbot(
+        "models", "promote", "severity-v1", "--force", "--reason", "the gate's server is down", "--no-canary"
+    )
     assert forced.returncode == 0, forced.stderr
     assert "severity-v1 is now the severity model" in forced.stdout
     rolled = reviewbot("models", "rollback", "severity")

@@ -1,9 +1,12 @@
 """LoRA fine-tuning (flywheel.finetune) on the tiny student: the loss covers only the answer, the
 adapter is one vLLM loads, and the student really learns the synthetic severity task (a review's
-first word decides its severity), from chance to at least 0.8 on held-out questions."""
+first word decides its severity), from chance to at least 0.8 on held-out questions. Training
+hygiene: warmup, one sequence length with over-long examples left out and counted, checkpointing
+only on a GPU, and a training record (settings, library versions, data hash) with each adapter."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -16,6 +19,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flywheel.finetune import (
+    SERVED_CONTEXT,
+    TRAINING_FILE,
     AdapterIncompatible,
     Chat,
     FinetuneConfig,
@@ -24,7 +29,10 @@ from flywheel.finetune import (
     chat_dataset,
     check_vllm_compatible,
     finetune,
+    fitting,
     read_result,
+    tokenize_chats,
+    training_record,
     write_job,
 )
 from prompts import conversation
@@ -115,16 +123,100 @@ def test_the_loss_covers_the_answer_and_its_end_of_turn_only(
         assert (labels[~real] == -100).all()  # no padding in the loss
 
 
-def test_the_curriculum_order_can_be_kept(tiny_student: TinyStudent, tmp_path: Path) -> None:
+def test_the_learning_rate_warms_up_by_default(tiny_student: TinyStudent, tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
     dataset = chat_dataset(chats(make_examples(8, seed=2)))
+    trainer = build_trainer(model, tokenizer, dataset, tmp_path, FinetuneConfig())
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    rates = []
+    for _ in range(10):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    peak = FinetuneConfig().learning_rate
+    assert rates[0] == 0.0
+    assert rates[:6] == sorted(rates[:6])  # 5 warmup steps: 5% of 100
+    assert rates[5] == pytest.approx(peak)
+    assert rates[9] < peak  # then the linear decay
 
-    def sampler(config: FinetuneConfig) -> list[int]:
+
+def test_the_sequence_length_is_the_served_context_unless_given() -> None:
+    assert FinetuneConfig().max_seq_length is None
+    assert FinetuneConfig().for_serving(4096).max_seq_length == 4096  # what vLLM says it serves
+    assert FinetuneConfig().for_serving(None).max_seq_length == SERVED_CONTEXT == 8192
+    assert FinetuneConfig(max_seq_length=1024).for_serving(4096).max_seq_length == 1024
+
+
+def test_over_long_examples_are_left_out_and_counted_never_cut(
+    tiny_student: TinyStudent, tmp_path: Path
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
+    rows = [
+        (messages, answer[:-1] + f',"note":"{"x" * 8 * i}"}}')
+        for i, (messages, answer) in enumerate(chats(make_examples(6, seed=3)))
+    ]  # answers of different lengths
+    tokens = tokenize_chats(chat_dataset(rows), tokenizer)
+    lengths = [len(ids) for ids in tokens["input_ids"]]
+    limit = sorted(lengths)[2]  # the three shortest fit, one of them exactly
+    keep = fitting(tokens, limit)
+    assert keep == [index for index, length in enumerate(lengths) if length <= limit]
+    model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
+    config = FinetuneConfig(max_seq_length=limit, batch_size=len(keep))
+    trainer = build_trainer(model, tokenizer, tokens.select(keep), tmp_path, config)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(keep))])
+    for row, index in enumerate(keep):
+        labels = batch["labels"][row]
+        assert tokenizer.decode(labels[labels != -100]) == rows[index][1] + EOT  # whole, not cut
+    shortest = min(lengths)
+    with pytest.raises(ValueError, match=f"all 6 training examples are longer than {shortest - 1} tokens"):
+        fitting(tokens, shortest - 1)
+    tuning = FinetuneConfig(max_seq_length=limit, epochs=1.0, batch_size=2, rank=4)
+    result = finetune(tiny_student.path, rows, tmp_path / "adapter", tuning, show_progress=False)
+    assert result.too_long == len(rows) - len(keep) >= 1  # counted in the result and its record
+    assert result.training["examples"] == len(keep)
+
+
+def test_activation_checkpointing_is_off_on_a_cpu_unless_asked(
+    tiny_student: TinyStudent, tmp_path: Path
+) -> None:
+    """On by default only with a CUDA GPU (there memory runs out; here it only costs time); asked
+    for, it trains (the path a GPU takes by default)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
+    dataset = chat_dataset(chats(make_examples(4, seed=6)))
+
+    def trainer(config: FinetuneConfig) -> Any:
         model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
-        return list(build_trainer(model, tokenizer, dataset, tmp_path, config)._get_train_sampler())
+        return build_trainer(model, tokenizer, dataset, tmp_path, config)
 
-    assert sampler(FinetuneConfig(in_order=True)) == list(range(8))  # easy to hard, as given
-    assert sorted(sampler(FinetuneConfig())) == list(range(8))
+    assert not torch.cuda.is_available()
+    assert trainer(FinetuneConfig()).args.activation_checkpointing is False
+    asked = trainer(FinetuneConfig(gradient_checkpointing=True, batch_size=2, epochs=1.0))
+    assert asked.args.activation_checkpointing is True
+    asked.train()
+    assert asked.model.is_gradient_checkpointing  # transformers turned it on for the run
+    assert asked.state.global_step == 2
+
+
+def test_the_training_record_hashes_the_chats_trained_on() -> None:
+    rows = chats(make_examples(6, seed=4))
+    config = FinetuneConfig(max_seq_length=512)
+    record = training_record(config, chat_dataset(rows), too_long=2)
+    assert record["examples"] == 6
+    assert record["too_long"] == 2
+    assert record["config"]["max_seq_length"] == 512
+    assert record["config"]["bf16"] is False  # resolved: this machine has no CUDA GPU
+    assert record["config"]["gradient_checkpointing"] is False  # off on a CPU, where it only costs time
+    assert record["config"]["warmup_ratio"] == 0.05
+    assert record["libraries"] == {
+        name: importlib.metadata.version(name) for name in ("torch", "transformers", "peft", "trl")
+    }
+    digest = record["data_sha256"]
+    assert training_record(config, chat_dataset(rows[::-1]), 2)["data_sha256"] == digest  # order-free
+    changed = [*rows[:-1], (rows[-1][0], '{"issue_type":"trivial"}')]
+    assert training_record(config, chat_dataset(changed), 2)["data_sha256"] != digest
+    assert training_record(config, chat_dataset(rows[:-1]), 2)["data_sha256"] != digest
+    assert FinetuneConfig(gradient_checkpointing=True).gradient_checkpointing is True  # configurable
 
 
 def test_fine_tuning_teaches_the_student(trained: FinetuneResult, tiny_student: TinyStudent) -> None:
@@ -157,6 +249,10 @@ def test_the_result_sums_up_the_run(trained: FinetuneResult, tiny_student: TinyS
     assert trained.tokens_per_s > 0
     assert trained.peak_memory_mb > 0
     assert trained.seconds > 0
+    assert trained.too_long == 0
+    assert trained.training["examples"] == 192
+    assert trained.training["config"]["max_seq_length"] == SERVED_CONTEXT
+    assert json.loads((out / TRAINING_FILE).read_text()) == trained.training  # kept with the adapter
 
 
 def prompt_and_answer(tokenizer: Any, messages: list[Any], answer: str) -> str:

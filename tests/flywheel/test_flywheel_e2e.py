@@ -62,6 +62,10 @@ def flywheel_env(
         "REVIEWBOT_PROMOTION_MARGIN": "0.05",
         "REVIEWBOT_PROMOTION_MIN_ITEMS": "10",  # the test part of 48 held-out examples; 200 by default
         "REVIEWBOT_LLM_CONCURRENCY": "32",
+        "REVIEWBOT_FLYWHEEL_MAX_SYNTHETIC_SHARE": "1",  # no reviewers' training data: the teacher's alone
+        # The winner takes all traffic at once: a local review has no merge request to draw a canary
+        # side by (the canary: tests/feedback/test_canary.py).
+        "REVIEWBOT_CANARY_SHARE": "0",
     }
 
 

@@ -363,6 +363,7 @@ def test_the_periodic_jobs_and_their_periods(engine: sa.Engine, tmp_path: Path) 
     periods = {job.name: job.period_s for job in Queue(settings, engine).periodic_jobs()}
     assert periods == {
         "poll_feedback": 300, "requeue_stale": 60, "resend_outbox": 30, "reconcile": 420, "prune": 86400,
+        "canary": 3600,
     }  # fmt: skip
     never_pruned = settings.model_copy(update={"retention_days": None})
     assert "prune" not in {job.name for job in Queue(never_pruned, engine, period_scale=0.5).periodic_jobs()}

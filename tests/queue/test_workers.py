@@ -55,13 +55,13 @@ def test_two_workers_run_each_periodic_job_once_per_period(engine: sa.Engine, tm
         for job, when in CLAIMED.findall(log):
             starts.setdefault(job, []).append((datetime.fromisoformat(when), index))
     periods = {"requeue_stale": 60 * SCALE, "resend_outbox": 30 * SCALE, "poll_feedback": 300 * SCALE}
-    periods |= {"reconcile": 300 * SCALE, "prune": 86400 * SCALE}
+    periods |= {"reconcile": 300 * SCALE, "prune": 86400 * SCALE, "canary": 3600 * SCALE}
     assert set(starts) == set(periods), logs
     for job, runs in starts.items():
         times = sorted(when for when, _ in runs)
         gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
         assert all(gap >= periods[job] - 1e-6 for gap in gaps), (job, gaps)  # never twice in one period
-    assert len(starts["prune"]) == 1  # daily: once, though both workers started
+    assert len(starts["prune"]) == len(starts["canary"]) == 1  # daily, hourly: once, though two workers ran
     assert 6 <= len(starts["requeue_stale"]) <= 19  # ~15 s / 1.2 s = 12.5, late on a busy machine; twice: 25
     assert len(starts["poll_feedback"]) in (2, 3)
     assert {index for runs in starts.values() for _, index in runs} == {0, 1}  # both took their turns

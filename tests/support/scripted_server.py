@@ -52,6 +52,7 @@ class Script:
     model: str = "scripted"  # the id its /v1/models lists
     adapters: tuple[str, ...] = ()  # LoRA adapters it lists too: vLLM gives them a parent, no max_model_len
     max_model_len: int | None = None  # prompt + max_tokens past this: HTTP 400, as vLLM answers
+    root: str | None = None  # where its base model was loaded from, as vLLM's card says (``--model``)
     chars_per_token: float = 3.0  # its tokenizer: this many characters of message text a token
     tokenize: bool = False  # whether it serves POST /tokenize (vLLM does)
     requests: list[dict[str, Any]] = field(default_factory=list)  # chat completions and other POSTs
@@ -98,6 +99,8 @@ class Script:
         card: dict[str, Any] = {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm"}
         if self.max_model_len is not None:
             card["max_model_len"] = self.max_model_len
+        if self.root is not None:
+            card["root"] = self.root
         adapters = [{**card, "id": name, "parent": self.model} for name in self.adapters]
         for adapter in adapters:
             adapter.pop("max_model_len", None)

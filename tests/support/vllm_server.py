@@ -58,8 +58,12 @@ def start_vllm(
     log_path: Path,
     max_lora_rank: int = 16,
     max_model_len: int = 8192,
+    resolver_dir: Path | None = None,
+    port: int | None = None,
 ) -> VLLMServer:
-    port = free_port()
+    """``resolver_dir``: the adapters folder its filesystem resolver loads from (off when None);
+    ``port``: its port (a restart keeps its address), else a free one."""
+    port = port or free_port()
     env = {
         **os.environ,
         "VLLM_PYTHON": vllm_python(),
@@ -68,6 +72,7 @@ def start_vllm(
         "MAX_LORA_RANK": str(max_lora_rank),
         "MAX_MODEL_LEN": str(max_model_len),
         "LORA_MODULES": " ".join(f"{name}={path}" for name, path in adapters.items()),
+        **({"LORA_RESOLVER_DIR": str(resolver_dir)} if resolver_dir else {}),
     }
     started = time.monotonic()
     with log_path.open("wb") as log:

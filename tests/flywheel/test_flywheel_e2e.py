@@ -112,9 +112,10 @@ def test_the_flywheel_teaches_the_student(
     assert max(scores[1:]) >= 0.8, f"held-out score per round: {scores}"
     assert [v.adapter_name for v in versions] == ["severity-v1", "severity-v2", "severity-v3"]
     assert all(r["teacher_score"] for r in run.rounds[1:])
-    served = httpx.get(f"{vllm_server.base_url}/models").json()["data"]
-    assert {v.adapter_name for v in versions} <= {m["id"] for m in served}  # each hot-loaded
     [active] = [v for v in versions if v.status == ModelStatus.ACTIVE]
+    served = {m["id"] for m in httpx.get(f"{vllm_server.base_url}/models").json()["data"]}
+    assert active.adapter_name in served  # hot-loaded, and serving
+    assert not {v.adapter_name for v in versions if v is not active} & served  # rejected: unloaded at the end
     assert active.metrics["heldout"] == max(scores[1:])
     # The --heldout file is golden set v1: every round scored on it through vLLM, the promoted one recorded.
     assert [r["golden_version"] for r in run.rounds] == [1, 1, 1, 1]

@@ -9,8 +9,6 @@ Page and ``/api/v1/severity-audit`` share the module's functions.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -26,20 +24,6 @@ PAGE = "/admin/severity-audit"
 SHOWN_LABELLED = 50  # the page's newest labelled items
 
 
-class BlindItemOut(BaseModel):
-    """An item as an auditor sees it: never the model's severity, explanation or posting."""
-
-    id: int
-    week: str
-    project: str
-    mr_number: int
-    path: str
-    line: int | None
-    title: str
-    review: str
-    code: str
-
-
 class LabelIn(BaseModel):
     label: AuditLabel = Field(description="critical, major, minor, trivial, not_an_issue or skip")
 
@@ -52,29 +36,6 @@ class RecordedOut(BaseModel):
     model_severity: str
     agreement: str
     words: str
-
-
-class AuditStatsOut(BaseModel):
-    week: str
-    labelled_this_week: int
-    waiting: int
-    labelled: int
-    agreement: dict[str, int]
-    matrix: dict[str, dict[str, int]]
-    strata: dict[str, int]
-
-
-class LabelledOut(BaseModel):
-    id: int
-    week: str
-    stratum: str
-    path: str
-    line: int | None
-    title: str
-    label: str
-    model_severity: str
-    auditor: str
-    labelled_at: datetime
 
 
 def label_item(console: Console, item_id: int, label: AuditLabel, actor: Actor) -> RecordedOut:
@@ -120,11 +81,10 @@ def router(console: Console) -> APIRouter:
 
     @routes.get("/api/v1/severity-audit/next", tags=["severity audit"], dependencies=[api_actor],
                 summary="The next item to label, blind")  # fmt: skip
-    def next_api() -> BlindItemOut | None:
+    def next_api() -> audit_set.BlindItem | None:
         """The next unlabelled item of the blind audit set (drawing the complete weeks not drawn yet),
         without the model's severity; null when none is waiting."""
-        item = audit_set.next_item(console.engine, per_week)
-        return BlindItemOut(**asdict(item)) if item is not None else None
+        return audit_set.next_item(console.engine, per_week)
 
     refusals: dict[int | str, dict[str, Any]] = {
         404: {"description": "No such item"},
@@ -139,14 +99,14 @@ def router(console: Console) -> APIRouter:
 
     @routes.get("/api/v1/severity-audit/stats", tags=["severity audit"], dependencies=[api_actor],
                 summary="How far the audit is")  # fmt: skip
-    def stats_api() -> AuditStatsOut:
+    def stats_api() -> audit_set.AuditStats:
         """Labelled this week, waiting, and the labels against the model's severities (labelled items)."""
-        return AuditStatsOut(**asdict(audit_set.stats(console.engine)))
+        return audit_set.stats(console.engine)
 
     @routes.get("/api/v1/severity-audit/labelled", tags=["severity audit"], dependencies=[api_actor],
                 summary="The labelled items")  # fmt: skip
-    def labelled_api() -> list[LabelledOut]:
+    def labelled_api() -> list[audit_set.LabelledItem]:
         """The newest labelled items, each label beside the model's severity."""
-        return [LabelledOut(**asdict(i)) for i in audit_set.labelled_items(console.engine)]
+        return audit_set.labelled_items(console.engine)
 
     return routes

@@ -63,6 +63,30 @@ def package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def copy_sources(tree: Path, packages: Iterable[str], stdlib: Iterable[str] | None = None) -> dict[str, int]:
+    """Copy the standard library (only the top-level ``stdlib`` modules and packages when given) and
+    the installed ``packages`` under ``tree``, Python files only; the number of files per source."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    if stdlib is None:
+        copied = {"stdlib": copy_tree(root, tree / "stdlib", STDLIB_LEFT_OUT)}
+    else:
+        copied = {"stdlib": 0}
+        for name in stdlib:
+            if (root / name).is_dir():
+                copied["stdlib"] += copy_tree(root / name, tree / "stdlib" / name, STDLIB_LEFT_OUT)
+            elif (root / f"{name}.py").is_file():
+                (tree / "stdlib").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / f"{name}.py", tree / "stdlib" / f"{name}.py")
+                copied["stdlib"] += 1
+    for name in packages:
+        where = package_dir(name)
+        if where is None:
+            print(f"{name}: not installed, left out")
+            continue
+        copied[name] = copy_tree(where, tree / name)
+    return copied
+
+
 def print_counts(task: Task, report: Report) -> None:
     labels = ["chunks"] if task == Task.FIND else [level.value for level in Severity]
     print(
@@ -87,14 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="real-dataset-") as folder:
         tree = Path(folder)
-        stdlib = Path(sysconfig.get_paths()["stdlib"])
-        copied = {"stdlib": copy_tree(stdlib, tree / "stdlib", STDLIB_LEFT_OUT)}
-        for name in args.packages:
-            where = package_dir(name)
-            if where is None:
-                print(f"{name}: not installed, left out")
-                continue
-            copied[name] = copy_tree(where, tree / name)
+        copied = copy_sources(tree, args.packages)
         print("files:", ", ".join(f"{name} {count}" for name, count in copied.items()))
         started = time.monotonic()
         analysis = analyze(tree)

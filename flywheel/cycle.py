@@ -402,8 +402,10 @@ class Flywheel:
         curriculum = self._curriculum(number, known, vetted, heldout, round_dir)
         with timed(timings, "finetune"):
             name, trained = await self._train(number, curriculum.examples, round_dir)
+        with timed(timings, "load"):
+            await self._load(student, trained)
         with timed(timings, "heldout"):
-            held, gold = await self._register(number, student, trained, heldout, baseline)
+            held, gold = await self._register(number, student, name, trained, heldout, baseline)
         with timed(timings, "anchor"):
             anchor = await self._anchor_score(student, name)
         record = RoundRecord(
@@ -542,22 +544,27 @@ class Flywheel:
             )
         return name, trained
 
+    async def _load(self, student: LLMClient, trained: FinetuneResult) -> None:
+        """Step 6: register the adapter as a candidate version and load it into vLLM."""
+        with Session(self.engine) as session:
+            await registry.register(
+                session, student, self.plan.task, trained.adapter_dir, self.base_weights,
+                self.settings.max_lora_rank,
+            )  # fmt: skip
+
     async def _register(
         self,
         number: int,
         student: LLMClient,
+        name: str,
         trained: FinetuneResult,
         heldout: list[Example],
         baseline: Score,
     ) -> tuple[Score, Score | None]:
-        """Step 6: load the adapter into vLLM as a candidate version and score it on the held-out
-        and golden sets; the version keeps its scores for the promotion gates."""
+        """Step 7: score the candidate ``name`` on the held-out and golden sets; its version keeps
+        its scores for the promotion gates."""
         with Session(self.engine) as session:
-            version = await registry.register(
-                session, student, self.plan.task, trained.adapter_dir, self.base_weights,
-                self.settings.max_lora_rank,
-            )  # fmt: skip
-        name = version.adapter_name
+            version = registry.find(session, name)
         held = await self._heldout_score(student, name, heldout)
         gold = await self._golden_score(student, name)
         metrics = {

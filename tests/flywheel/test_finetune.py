@@ -123,6 +123,35 @@ def test_the_loss_covers_the_answer_and_its_end_of_turn_only(
         assert (labels[~real] == -100).all()  # no padding in the loss
 
 
+def test_the_lean_loss_is_the_models_own_loss_and_gradients(
+    tiny_student: TinyStudent, tmp_path: Path
+) -> None:
+    """The trainer reads the LM head at the trained positions only (flywheel.finetune's speed-up);
+    its loss and gradients are those of the model's own loss on the same labels."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)
+    examples = chats(make_examples(4, seed=5))
+    examples[2] = (examples[2][0], '{"issue_type":"trivial"}')  # answers end at different places
+    config = FinetuneConfig(batch_size=4, dropout=0.0)
+    trainer = build_trainer(model, tokenizer, chat_dataset(examples), tmp_path, config)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
+    peft_model = trainer.model
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+
+    def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        return [g.clone() for g in torch.autograd.grad(loss, trained)]
+
+    ours = trainer.compute_loss(peft_model, dict(batch), num_items_in_batch=None)
+    own = peft_model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss
+    assert ours.item() == pytest.approx(own.item(), rel=1e-5)
+    for mine, theirs in zip(gradients(ours), gradients(own), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    items = (batch["labels"][:, 1:] != -100).sum()  # as Trainer passes it: the trained tokens
+    assert trainer.compute_loss(peft_model, dict(batch), num_items_in_batch=items).item() == pytest.approx(
+        own.item(), rel=1e-5
+    )
+
+
 def test_the_learning_rate_warms_up_by_default(tiny_student: TinyStudent, tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_student.path)
     model = AutoModelForCausalLM.from_pretrained(tiny_student.path, dtype=torch.float32)

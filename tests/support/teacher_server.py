@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -168,7 +168,13 @@ def _completion(content: str, prompt: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def teacher_app(teacher: Teacher) -> FastAPI:
+class Answers(Protocol):
+    """What the server needs of a teacher double: a status and a JSON body for a prompt."""
+
+    def answer(self, prompt: str, temperature: float | None = None) -> tuple[int, Any]: ...
+
+
+def teacher_app(teacher: Answers) -> FastAPI:
     app = FastAPI()
 
     @app.get("/v1/models")
@@ -188,7 +194,7 @@ def teacher_app(teacher: Teacher) -> FastAPI:
 
 
 @contextmanager
-def teacher_server(teacher: Teacher) -> Iterator[str]:
+def teacher_server(teacher: Answers) -> Iterator[str]:
     """Yields the teacher's base URL (ending in /v1)."""
     with live_server(teacher_app(teacher)) as url:
         yield f"{url}/v1"

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,10 @@ def start_vllm(
     max_model_len: int = 8192,
     resolver_dir: Path | None = None,
     port: int | None = None,
+    extra: Sequence[str] = (),
 ) -> VLLMServer:
     """``resolver_dir``: the adapters folder its filesystem resolver loads from (off when None);
-    ``port``: its port (a restart keeps its address), else a free one."""
+    ``port``: its port (a restart keeps its address), else a free one; ``extra``: more vLLM arguments."""
     port = port or free_port()
     env = {
         **os.environ,
@@ -77,7 +79,7 @@ def start_vllm(
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            ["bash", str(ROOT / "deploy" / "vllm-serve.sh"), str(model_path)],
+            ["bash", str(ROOT / "deploy" / "vllm-serve.sh"), str(model_path), *extra],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

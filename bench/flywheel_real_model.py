@@ -5,7 +5,7 @@ the CPU. The data is ground truth no one here wrote: ruff's and bandit's finding
 library and installed third-party packages, rated by ``flywheel/bootstrap/severity_map.toml``
 (``flywheel bootstrap``'s builder). Split by source file into:
 
-- the **held-out set** (``--heldout-share`` of the files): scored here at the end, never seen by the
+- the **held-out set** (``Profile.heldout_share`` of the files): scored here at the end, never seen by the
   flywheel, its teacher or its trainer;
 - the flywheel's **dev set** (a few files of the rest): its ``--heldout`` file, which picks rounds;
 - the **training pool**: a few examples stored as the analyzer-labelled seed, the rest the only
@@ -206,9 +206,7 @@ def student_server(url: str | None, student: Path, folder: Path) -> Iterator[str
         server.stop()
 
 
-def flywheel_env(
-    work: Path, server: str, student: Path, teacher: str, judge: str, profile: Profile
-) -> dict[str, str]:
+def flywheel_env(work: Path, server: str, student: Path, teacher: str, profile: Profile) -> dict[str, str]:
     return {
         "REVIEWBOT_HOME": str(work / "home"),
         "REVIEWBOT_DATABASE_URL": f"sqlite:///{work / 'reviewbot.db'}",
@@ -217,7 +215,6 @@ def flywheel_env(
         "REVIEWBOT_STUDENT_WEIGHTS": str(student),
         "REVIEWBOT_TEACHER_BASE_URL": teacher,
         "REVIEWBOT_TEACHER_MODEL": MODEL,
-        "REVIEWBOT_JUDGE_BASE_URL": judge,
         "REVIEWBOT_JUDGE_MODEL": MODEL,
         "REVIEWBOT_FLYWHEEL_DIR": str(work / "flywheel"),
         "REVIEWBOT_MAX_LORA_RANK": str(MAX_LORA_RANK),
@@ -252,9 +249,8 @@ def run_flywheel(
     dev_file = work / "dev.jsonl"
     data.write_jsonl(dev_file, task_data.dev)
     teacher = PoolTeacher(task_data.pool, seed=1)
-    judge = PoolTeacher([], references=[*task_data.training, *task_data.dev])
-    with teacher_server(teacher) as teacher_url, teacher_server(judge) as judge_url:
-        env = flywheel_env(work, server, student, teacher_url, judge_url, profile)
+    with teacher_server(teacher) as teacher_url:
+        env = flywheel_env(work, server, student, teacher_url, profile)
         reviewbot(env, "db", "upgrade")
         engine = db.make_engine(env["REVIEWBOT_DATABASE_URL"])
         with Session(engine) as session:

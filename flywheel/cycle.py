@@ -33,7 +33,7 @@ from sqlmodel import Session
 
 from bot.config import ConfigError, Settings
 from bot.llm import LLMClient, LLMError, check_teacher, judge_model
-from bot.models import ExampleSource, ExampleSplit, FlywheelRun, ModelStatus, RunStatus, Task
+from bot.models import ExampleSource, ExampleSplit, FlywheelRun, ModelStatus, ModelVersion, RunStatus, Task
 from bot.serving import SERVED, load_adapters, load_missing_adapters, served_models
 from flywheel import data, gate, golden, registry
 from flywheel.anchor import keep_anchor, read_anchor
@@ -403,9 +403,9 @@ class Flywheel:
         with timed(timings, "finetune"):
             name, trained = await self._train(number, curriculum.examples, round_dir)
         with timed(timings, "load"):
-            await self._load(student, trained)
+            version = await self._load(student, trained)
         with timed(timings, "heldout"):
-            held, gold = await self._register(number, student, name, trained, heldout, baseline)
+            held, gold = await self._register(number, student, version, trained, heldout, baseline)
         with timed(timings, "anchor"):
             anchor = await self._anchor_score(student, name)
         record = RoundRecord(
@@ -544,10 +544,10 @@ class Flywheel:
             )
         return name, trained
 
-    async def _load(self, student: LLMClient, trained: FinetuneResult) -> None:
+    async def _load(self, student: LLMClient, trained: FinetuneResult) -> ModelVersion:
         """Step 6: register the adapter as a candidate version and load it into vLLM."""
         with Session(self.engine) as session:
-            await registry.register(
+            return await registry.register(
                 session, student, self.plan.task, trained.adapter_dir, self.base_weights,
                 self.settings.max_lora_rank,
             )  # fmt: skip
@@ -556,15 +556,14 @@ class Flywheel:
         self,
         number: int,
         student: LLMClient,
-        name: str,
+        version: ModelVersion,
         trained: FinetuneResult,
         heldout: list[Example],
         baseline: Score,
     ) -> tuple[Score, Score | None]:
-        """Step 7: score the candidate ``name`` on the held-out and golden sets; its version keeps
-        its scores for the promotion gates."""
-        with Session(self.engine) as session:
-            version = registry.find(session, name)
+        """Step 7: score the candidate ``version`` on the held-out and golden sets; it keeps its
+        scores for the promotion gates."""
+        name = version.adapter_name
         held = await self._heldout_score(student, name, heldout)
         gold = await self._golden_score(student, name)
         metrics = {

@@ -498,19 +498,22 @@ def _no_library_progress_bars() -> Iterator[None]:
 def _checkpointing(config_class: type, enabled: bool) -> dict[str, Any]:
     """Activation (gradient) checkpointing as ``_use_checkpointing`` decided, never SFTConfig's own
     default; transformers 5 renamed the setting (the old name still works, with a warning every run)."""
-    names = {field.name for field in dataclasses.fields(config_class)}
     return {
         "activation_checkpointing"
-        if "activation_checkpointing" in names
+        if "activation_checkpointing" in _field_names(config_class)
         else "gradient_checkpointing": enabled
     }
+
+
+def _field_names(config_class: type) -> set[str]:
+    """The settings a trainer's config class has: transformers renames some between versions."""
+    return {field.name for field in dataclasses.fields(config_class)}
 
 
 def _by_length(config_class: type) -> dict[str, Any]:
     """Batches of examples of about the same length (shuffled in groups), so that little of a batch is
     padding; transformers 5 renamed the setting."""
-    names = {field.name for field in dataclasses.fields(config_class)}
-    if "train_sampling_strategy" in names:
+    if "train_sampling_strategy" in _field_names(config_class):
         return {"train_sampling_strategy": "group_by_length"}
     return {"group_by_length": True}
 

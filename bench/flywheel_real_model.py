@@ -17,12 +17,16 @@ fine-tune, hot-load, dev score). Afterwards every model answers the whole held-o
 (round 0), each round's adapter, and a plain LoRA fine-tune on as many examples drawn at random from
 the training pool (no exam, no curriculum). Reported: held-out accuracy and recall per severity, the
 wall time of each stage of each round, the fine-tune's tokens per second, and a plot of the accuracy
-per round beside the random baseline. The explanation task is not measured yet.
+per round beside the random baseline. The explanation task (``--tasks explanation``, in the full
+profile) runs a flywheel of its own; its adapters' explanations of the held-out findings are compared
+with the base model's, pair by pair in both orders, by a judge double that prefers the one closer to
+the analyzer's documented rationale (token F1): wins, losses, ties and the sign test.
 
     .venv/bin/python bench/flywheel_real_model.py [--short] [--json OUT.json] [--plot OUT.png]
 
 ``--short`` is CI's version (tests/e2e/test_real_learning.py): one round, a small pool, part of the
-standard library, no random baseline. ``--server URL`` uses a vLLM already serving the demo student.
+standard library, the severity task only, no random baseline. ``--server URL`` uses a vLLM already
+serving the demo student.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 
 from build_real_dataset import PACKAGES, copy_sources
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from bot import db
 from bot.llm import LLMClient
@@ -54,12 +58,12 @@ from bot.models import ExampleSource, ExampleSplit, FlywheelRun, ModelVersion, T
 from flywheel import data
 from flywheel.bootstrap.dataset import analyze, examples_for
 from flywheel.data import Example
-from flywheel.evaluate import Score, accuracy
+from flywheel.evaluate import Judge, Score, accuracy, against_model
 from flywheel.finetune import FinetuneConfig, finetune
 from flywheel.spec import TaskSpec, spec_for
-from flywheel.take import take_exam
+from flywheel.take import Attempt, take_exam
 from tests.support.demo_student import SERVED_NAME, cache_dir, prepare_demo_student
-from tests.support.pool_teacher import PoolTeacher
+from tests.support.pool_teacher import PoolTeacher, token_f1
 from tests.support.teacher_server import MODEL, teacher_server
 from tests.support.vllm_server import start_vllm
 
@@ -90,17 +94,20 @@ class Profile:
     heldout_max: int  # of the held-out questions asked (0: all)
     max_prompt_tokens: int  # longer questions are left out: CPU fine-tuning costs per token
     random_baseline: bool
+    tasks: tuple[Task, ...]
+    explanation_heldout_max: int  # explanations are long to write: fewer held-out questions
     stdlib: tuple[str, ...] | None  # top-level stdlib modules analyzed; None: all of it
     packages: tuple[str, ...]
 
 
 FULL = Profile(
     rounds=1, seed=32, exam=24, new=32, dev=40, heldout_share=0.4, heldout_max=200,
-    max_prompt_tokens=560, random_baseline=True, stdlib=None, packages=tuple(PACKAGES),
+    max_prompt_tokens=560, random_baseline=True, tasks=(Task.SEVERITY, Task.EXPLANATION),
+    explanation_heldout_max=60, stdlib=None, packages=tuple(PACKAGES),
 )  # fmt: skip
 SHORT = replace(
     FULL, rounds=1, seed=24, new=24, exam=16, dev=24, heldout_max=80, random_baseline=False,
-    packages=(),
+    tasks=(Task.SEVERITY,), packages=(),
 )  # fmt: skip
 
 
@@ -135,7 +142,9 @@ def build_data(profile: Profile, student: Path, rng: random.Random) -> dict[Task
             f"data: {sum(copied.values())} files ({', '.join(f'{k} {v}' for k, v in copied.items())}) "
             f"analyzed in {time.monotonic() - clock:.0f} s"
         )
-        built = {Task.SEVERITY: examples_for(analysis, Task.SEVERITY, heldout_share=profile.heldout_share)}
+        built = {
+            task: examples_for(analysis, task, heldout_share=profile.heldout_share) for task in profile.tasks
+        }
     out = {}
     for task, result in built.items():
         spec = spec_for(task)
@@ -143,7 +152,8 @@ def build_data(profile: Profile, student: Path, rng: random.Random) -> dict[Task
         train = [e for e in short if data.split_for(e.group, profile.heldout_share) == ExampleSplit.TRAIN]
         heldout = [e for e in short if e not in train]
         rng.shuffle(heldout)
-        heldout = heldout[: profile.heldout_max or None]
+        asked = profile.heldout_max if task == Task.SEVERITY else profile.explanation_heldout_max
+        heldout = heldout[: asked or None]
         dev, rest = carve_dev(train, profile.dev)
         rng.shuffle(rest)
         task_data = TaskData(heldout, dev, rest[: profile.seed], rest[profile.seed :])
@@ -181,7 +191,7 @@ def carve_dev(train: list[Example], size: int) -> tuple[list[Example], list[Exam
 def label_counts(examples: Sequence[Example]) -> str:
     counts = dict.fromkeys(LABELS, 0)
     for example in examples:
-        label = example.answer.get("issue_type") or example.question.get("issue_type")
+        label = example.question.get("issue_type") or example.answer.get("issue_type")
         counts[str(label)] += 1
     return "(" + " ".join(f"{label[:4]} {count}" for label, count in counts.items()) + ")"
 
@@ -248,7 +258,8 @@ def run_flywheel(
     spec = spec_for(task)
     dev_file = work / "dev.jsonl"
     data.write_jsonl(dev_file, task_data.dev)
-    teacher = PoolTeacher(task_data.pool, seed=1)
+    # The flywheel's judge (explanations) knows the dev set's references too: that set is the run's own.
+    teacher = PoolTeacher(task_data.pool, references=task_data.dev, seed=1)
     with teacher_server(teacher) as teacher_url:
         env = flywheel_env(work, server, student, teacher_url, profile)
         reviewbot(env, "db", "upgrade")
@@ -260,7 +271,7 @@ def run_flywheel(
         )
     with Session(engine) as session:
         run = session.exec(select(FlywheelRun)).one()
-        versions = list(session.exec(select(ModelVersion).order_by(ModelVersion.id)).all())
+        versions = list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id))).all())
     return run, versions
 
 
@@ -314,6 +325,94 @@ def random_baseline(
     }
 
 
+def measure_severity(
+    severity: TaskData, work: Path, url: str, student: Path, profile: Profile, rng: random.Random,
+    plot_to: Path | None,
+) -> dict[str, Any]:  # fmt: skip
+    say(f"\nseverity: the flywheel, {profile.rounds} round(s)")
+    run, versions = run_flywheel(
+        Task.SEVERITY, severity, work / "severity", url, student, profile, profile.rounds
+    )
+    models: dict[str, Path | None] = {SERVED_NAME: None}
+    models |= {v.adapter_name: Path(v.path) for v in versions}
+    trained_on: dict[str, int | None] = {SERVED_NAME: None}
+    trained_on |= {entry["model"]: entry["curriculum"] for entry in run.rounds[1:]}
+    baseline_info = None
+    if profile.random_baseline:
+        count = run.rounds[-1]["curriculum"]
+        say(f"\nseverity: a plain LoRA fine-tune on {count} examples drawn at random")
+        name = f"random-{count}"
+        path, baseline_info = random_baseline(severity, count, student, work / name, rng)
+        models[name] = path
+        trained_on[name] = baseline_info["examples"]
+    say(f"\nseverity: every model on the {len(severity.heldout)} held-out questions")
+    attempts = asyncio.run(answers(url, spec_for(Task.SEVERITY), models, severity.heldout))
+    rows = [severity_row(name, accuracy(attempts[name]), trained_on[name]) for name in models]
+    print_table(rows)
+    print_stages(run.rounds)
+    if plot_to:
+        flywheel_rows = [r for r in rows if not r["model"].startswith("random-")]
+        random_row = next((r for r in rows if r["model"].startswith("random-")), None)
+        plot(flywheel_rows, random_row, plot_to)
+        say(f"plot: {plot_to}")
+    return {
+        "heldout": len(severity.heldout),
+        "rows": rows,
+        "rounds": run.rounds,
+        "outcome": run.outcome,
+        "random_baseline": baseline_info,
+    }
+
+
+def measure_explanation(
+    explanation: TaskData, work: Path, url: str, student: Path, profile: Profile
+) -> dict[str, Any]:
+    """The explanation flywheel, then each round's adapter against the base model on the held-out
+    findings: pairs judged in both orders against the analyzer's rationale, and each model's token F1."""
+    say(f"\nexplanation: the flywheel, {profile.rounds} round(s)")
+    run, versions = run_flywheel(
+        Task.EXPLANATION, explanation, work / "explanation", url, student, profile, profile.rounds
+    )
+    models: dict[str, Path | None] = {SERVED_NAME: None}
+    models |= {v.adapter_name: Path(v.path) for v in versions}
+    say(f"\nexplanation: every model on the {len(explanation.heldout)} held-out questions")
+    attempts = asyncio.run(answers(url, spec_for(Task.EXPLANATION), models, explanation.heldout))
+    judge = PoolTeacher((), references=explanation.heldout)
+    with teacher_server(judge) as judge_url:
+        rows = asyncio.run(explanation_rows(judge_url, attempts))
+    print_duels(rows)
+    print_stages(run.rounds)
+    return {"heldout": len(explanation.heldout), "rows": rows, "rounds": run.rounds, "outcome": run.outcome}
+
+
+def reference(attempt: Attempt) -> str:
+    return str(attempt.example.answer["explanation"])
+
+
+async def explanation_rows(judge_url: str, attempts: dict[str, Any]) -> list[dict[str, Any]]:
+    base = attempts[SERVED_NAME]
+    rows = []
+    async with LLMClient(judge_url, "EMPTY", role="judge", timeout_s=600, concurrency=32) as client:
+        for name, mine in attempts.items():
+            f1 = [
+                token_f1(str(a.answer["explanation"]), str(a.example.answer["explanation"]))
+                if a.answer
+                else 0.0
+                for a in mine
+            ]
+            row: dict[str, Any] = {
+                "model": name,
+                "token_f1": sum(f1) / len(f1),
+                "failed": sum(a.answer is None for a in mine),
+            }
+            if name != SERVED_NAME:
+                duel = (await against_model(Judge(client, MODEL), mine, base)).duel
+                assert duel is not None
+                row["against_base"] = duel.to_json()
+            rows.append(row)
+    return rows
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -330,6 +429,21 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
         trained = row["trained_on"] if row["trained_on"] is not None else "-"
         say(f"{row['model']:<28} {row['accuracy']:>12.3f} {cells} {trained:>11}")
+
+
+def print_duels(rows: list[dict[str, Any]]) -> None:
+    say(
+        f"\n{'model':<28} {'token F1':>9} {'wins':>5} {'losses':>6} {'ties':>5} {'win rate':>9} {'sign p':>7}"
+    )
+    for row in rows:
+        duel = row.get("against_base")
+        cells = (
+            f"{duel['wins']:>5} {duel['losses']:>6} {duel['ties']:>5} {duel['win_rate']:>9.3f} "
+            f"{duel['sign_test_p']:>7.3f}"
+            if duel
+            else f"{'-':>5} {'-':>6} {'-':>5} {'-':>9} {'-':>7}"
+        )
+        say(f"{row['model']:<28} {row['token_f1']:>9.3f} {cells}")
 
 
 def print_stages(rounds: list[dict[str, Any]]) -> None:
@@ -390,6 +504,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="write the held-out accuracy per round here (PNG)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the random-sample baseline")
+    parser.add_argument(
+        "--tasks",
+        type=lambda text: tuple(Task(t) for t in text.split(",")),
+        help="severity,explanation (default: both; --short: severity)",
+    )
     args = parser.parse_args()
     # A stopped benchmark stops its vLLM too (the context managers' exits run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -398,55 +517,26 @@ def main() -> None:
         profile,
         rounds=args.rounds or profile.rounds,
         random_baseline=profile.random_baseline and not args.no_baseline,
+        tasks=args.tasks or profile.tasks,
     )
     rng = random.Random(args.seed)
     started = time.monotonic()
     student = prepare_demo_student(cache_dir()).path
     tasks = build_data(profile, student, rng)
     results: dict[str, Any] = {
-        "profile": profile.__dict__ | {"packages": list(profile.packages)},
+        "profile": profile.__dict__ | {"packages": list(profile.packages), "tasks": list(profile.tasks)},
         "finetune": FINETUNE,
     }
     with tempfile.TemporaryDirectory(prefix="flywheel-real-") as folder, ExitStack() as stack:
         work = Path(folder)
         url = stack.enter_context(student_server(args.server, student, work))
-        severity = tasks[Task.SEVERITY]
-        say(f"\nseverity: the flywheel, {profile.rounds} round(s)")
-        run, versions = run_flywheel(
-            Task.SEVERITY, severity, work / "severity", url, student, profile, profile.rounds
-        )
-        models: dict[str, Path | None] = {SERVED_NAME: None}
-        models |= {v.adapter_name: Path(v.path) for v in versions}
-        trained_on: dict[str, int | None] = {SERVED_NAME: None}
-        trained_on |= {entry["model"]: entry["curriculum"] for entry in run.rounds[1:]}
-        baseline_info = None
-        if profile.random_baseline:
-            count = run.rounds[-1]["curriculum"]
-            say(f"\nseverity: a plain LoRA fine-tune on {count} examples drawn at random")
-            name = f"random-{count}"
-            path, baseline_info = random_baseline(severity, count, student, work / name, rng)
-            models[name] = path
-            trained_on[name] = baseline_info["examples"]
-        say(f"\nseverity: every model on the {len(severity.heldout)} held-out questions")
-        spec = spec_for(Task.SEVERITY)
-        attempts = asyncio.run(answers(url, spec, models, severity.heldout))
-        rows = [severity_row(name, accuracy(attempts[name]), trained_on[name]) for name in models]
-        flywheel_rows = [r for r in rows if not r["model"].startswith("random-")]
-        random_row = next((r for r in rows if r["model"].startswith("random-")), None)
-        print_table(rows)
-        print_stages(run.rounds)
-        results |= {
-            "severity": {
-                "heldout": len(severity.heldout),
-                "rows": rows,
-                "rounds": run.rounds,
-                "outcome": run.outcome,
-                "random_baseline": baseline_info,
-            }
-        }
-        if args.plot:
-            plot(flywheel_rows, random_row, args.plot)
-            say(f"plot: {args.plot}")
+        if Task.SEVERITY in tasks:
+            results["severity"] = measure_severity(
+                tasks[Task.SEVERITY], work, url, student, profile, rng, args.plot
+            )
+        if Task.EXPLANATION in tasks:
+            explanation = tasks[Task.EXPLANATION]
+            results["explanation"] = measure_explanation(explanation, work, url, student, profile)
     results["seconds"] = time.monotonic() - started
     say(f"\nbenchmark done in {results['seconds'] / 60:.1f} min")
     if args.json:

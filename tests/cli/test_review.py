@@ -23,7 +23,7 @@ from tests.support.live_server import live_server
 from tests.support.vllm_server import VLLMServer, free_port
 
 SOURCE = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
-HUGE = "".join(f"value_{i} = compute({i}, cache={i % 7})\n" for i in range(1500))
+HUGE = "".join(f"value_{i} = compute({i}, cache={i % 7})\n" for i in range(500))
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def test_every_finding_is_on_a_line_of_the_diff(reviewed: dict[str, Any], featur
 def test_huge_file_is_split_and_fully_covered(reviewed: dict[str, Any]) -> None:
     stats = reviewed["stats"]
     assert stats["files"] == 2  # app.py and generated_table.py
-    assert stats["chunks"] > 5  # 1500 added lines at 600 tokens a chunk
-    assert stats["changed_lines_reviewed"] == stats["changed_lines"] >= 1500 + 3
+    assert stats["chunks"] > 5  # 500 added lines (about 5,800 tokens) at 600 tokens a chunk
+    assert stats["changed_lines_reviewed"] == stats["changed_lines"] >= 500 + 3
 
 
 @pytest.mark.vllm

@@ -284,7 +284,7 @@ def student_client(url: str) -> LLMClient:
 
 async def answers(
     url: str, spec: TaskSpec, models: dict[str, Path | None], questions: list[Example]
-) -> dict[str, Any]:
+) -> dict[str, list[Attempt]]:
     """Each model's answers to ``questions``: the base model by its served name, adapters loaded first."""
     out = {}
     async with student_client(url) as student:
@@ -389,17 +389,12 @@ def reference(attempt: Attempt) -> str:
     return str(attempt.example.answer["explanation"])
 
 
-async def explanation_rows(judge_url: str, attempts: dict[str, Any]) -> list[dict[str, Any]]:
+async def explanation_rows(judge_url: str, attempts: dict[str, list[Attempt]]) -> list[dict[str, Any]]:
     base = attempts[SERVED_NAME]
     rows = []
     async with LLMClient(judge_url, "EMPTY", role="judge", timeout_s=600, concurrency=32) as client:
         for name, mine in attempts.items():
-            f1 = [
-                token_f1(str(a.answer["explanation"]), str(a.example.answer["explanation"]))
-                if a.answer
-                else 0.0
-                for a in mine
-            ]
+            f1 = [token_f1(str(a.answer["explanation"]), reference(a)) if a.answer else 0.0 for a in mine]
             row: dict[str, Any] = {
                 "model": name,
                 "token_f1": sum(f1) / len(f1),
@@ -491,6 +486,11 @@ def plot(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, path: Path
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
+def task_list(text: str) -> tuple[Task, ...]:
+    """``--tasks``: comma-separated task names; argparse reports a bad one as an invalid value."""
+    return tuple(Task(name.strip()) for name in text.split(","))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -506,7 +506,7 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the random-sample baseline")
     parser.add_argument(
         "--tasks",
-        type=lambda text: tuple(Task(t) for t in text.split(",")),
+        type=task_list,
         help="severity,explanation (default: both; --short: severity)",
     )
     args = parser.parse_args()
